@@ -1,0 +1,54 @@
+"""The errors deepscope raises for bad input. Each names the problem and, where it can, the fix."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class DeepscopeError(Exception):
+    """Base class of every error deepscope raises on purpose."""
+
+
+class SpecError(DeepscopeError, ValueError):
+    """A model, dataset or objective spec that deepscope cannot understand."""
+
+
+class WeightsNotFoundError(DeepscopeError, FileNotFoundError):
+    """Pretrained weights that are not on local disk (deepscope never downloads)."""
+
+    def __str__(self) -> str:  # FileNotFoundError would format (errno, strerror) otherwise
+        return str(self.args[0])
+
+
+class ImageError(DeepscopeError, ValueError):
+    """An input that is not an image of the kind asked for."""
+
+
+class LayerNotFoundError(DeepscopeError, LookupError):
+    """A layer name or glob that matches no module of the model."""
+
+
+class ReceptiveFieldError(DeepscopeError, ValueError):
+    """A layer whose receptive field cannot be computed through the ops in front of it."""
+
+
+class GraphError(DeepscopeError, RuntimeError):
+    """A model that neither torch.fx nor the dynamic tracer could turn into a graph."""
+
+
+def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:
+    """The candidates closest to ``word``, best first (for 'did you mean' messages)."""
+    candidates = list(candidates)
+    found = difflib.get_close_matches(word, candidates, n=n, cutoff=0.5)
+    if not found:
+        # A dotted path often fails only in its last part: suggest siblings of the deepest existing parent.
+        parent = word.rsplit(".", 1)[0] if "." in word else ""
+        found = [c for c in candidates if parent and c.startswith(parent + ".")][:n]
+    return found
+
+
+def suggestion(word: str, candidates: Iterable[str]) -> str:
+    """' Did you mean: a, b?' or an empty string."""
+    found = close_matches(word, candidates)
+    return f" Did you mean: {', '.join(found)}?" if found else ""

@@ -1,0 +1,192 @@
+"""VisionModel: a torch module together with what it takes to feed it images and name its outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms import v2 as T
+
+from deepscope.errors import ImageError
+
+Size = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images become model input: resize the short side, centre-crop, scale to [0,1], normalise.
+
+    ``resize=None`` skips resizing (all images must then share one size, or ``crop`` must be given);
+    ``crop=None`` keeps the resized image whole. ``mean``/``std`` apply per channel to [0,1] pixels.
+    """
+
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    resize: int | Size | None = None
+    crop: Size | None = None
+    interpolation: T.InterpolationMode = T.InterpolationMode.BILINEAR
+    image_mode: str = "RGB"
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    def pixel_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """PIL image -> [C,H,W] float tensor in [0,1] (no normalisation)."""
+        steps: list[nn.Module] = [T.ToImage()]
+        if self.resize is not None:
+            steps.append(T.Resize(self.resize, interpolation=self.interpolation, antialias=True))
+        if self.crop is not None:
+            steps.append(T.CenterCrop(self.crop))
+        steps.append(T.ToDtype(torch.float32, scale=True))
+        return T.Compose(steps)
+
+
+@dataclass(eq=False)
+class VisionModel:
+    """An image model with its preprocessing and class names.
+
+    Every public deepscope function accepts a ``VisionModel`` or a plain ``torch.nn.Module``
+    (see :func:`as_vision_model`). ``module`` is the user's model, used as is: deepscope never changes
+    its parameters, mode or hooks.
+
+    >>> import deepscope as ds
+    >>> vm = ds.load_model("zoo:lenet_mnist")
+    >>> vm.preprocess(ds.datasets.mnist5k().images[:2]).shape
+    torch.Size([2, 1, 28, 28])
+    """
+
+    module: nn.Module
+    name: str
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    labels: list[str] | None = None
+    transform: Callable[[Image.Image], torch.Tensor] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    @property
+    def input_size(self) -> Size | None:
+        """(H, W) the model expects, or None when it takes any size."""
+        return self.preprocessing.crop
+
+    @property
+    def image_mode(self) -> str:
+        """PIL mode of the images the model reads: 'RGB' or 'L'."""
+        return self.preprocessing.image_mode
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.module.parameters():
+            return tensor.device
+        for tensor in self.module.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    def label(self, index: int) -> str:
+        """Human-readable name of output ``index`` (the index itself when the model has no labels)."""
+        if self.labels is None:
+            return str(index)
+        return self.labels[index]
+
+    def pixels(self, images: Sequence[Image.Image] | Image.Image) -> torch.Tensor:
+        """Images -> [B,C,H,W] pixel-space tensor in [0,1], resized and cropped, on the model's device."""
+        if isinstance(images, Image.Image):
+            images = [images]
+        if not images:
+            raise ImageError("no images given")
+        to_pixels = self.preprocessing.pixel_transform()
+        tensors = []
+        for index, image in enumerate(images):
+            if not isinstance(image, Image.Image):
+                raise ImageError(
+                    f"image {index} is a {type(image).__name__}, not a PIL image; use ds.load_images() first"
+                )
+            tensors.append(to_pixels(_to_mode(image, self.image_mode)))
+        shapes = {tuple(t.shape) for t in tensors}
+        if len(shapes) > 1:
+            raise ImageError(
+                f"images have mixed sizes {sorted(shapes)} and {self.name} sets no resize/crop; "
+                "resize them to one size or give the model a Preprocessing with crop=(H, W)"
+            )
+        return torch.stack(tensors).to(self.device)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel-space [0,1] tensor [B,C,H,W] -> model input. Differentiable (used by feature visualisation)."""
+        mean = torch.as_tensor(self.preprocessing.mean, dtype=pixels.dtype, device=pixels.device)
+        std = torch.as_tensor(self.preprocessing.std, dtype=pixels.dtype, device=pixels.device)
+        if pixels.ndim != 4 or pixels.shape[1] != mean.numel():
+            raise ImageError(
+                f"expected pixels of shape [B,{mean.numel()},H,W] for {self.name}, got {list(pixels.shape)}"
+            )
+        return (pixels - mean[:, None, None]) / std[:, None, None]
+
+    def preprocess(self, images: Sequence[Image.Image] | Image.Image) -> torch.Tensor:
+        """Images -> [B,C,H,W] model input on the model's device (resize, crop, to tensor, normalise)."""
+        if self.transform is not None:
+            if isinstance(images, Image.Image):
+                images = [images]
+            return torch.stack([self.transform(image) for image in images]).to(self.device)
+        return self.normalize(self.pixels(images))
+
+    def predict(self, x: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` softmax probabilities and class indices, each [B,k], for a preprocessed batch.
+
+        Runs the module as it is (its train/eval mode untouched) without recording gradients.
+        """
+        with torch.inference_mode():
+            logits = self.module(x)
+        if logits.ndim != 2:
+            raise ValueError(
+                f"{self.name} returns shape {list(logits.shape)}, not [B, classes]; cannot rank classes"
+            )
+        probabilities = logits.float().softmax(1)
+        top = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
+        return top.values, top.indices
+
+    def with_module(self, module: nn.Module) -> VisionModel:
+        """The same preprocessing and labels around another module (e.g. a random-init copy)."""
+        return replace(self, module=module)
+
+
+def _to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """Convert losslessly where possible: RGB->L only for models that read grayscale."""
+    if image.mode == mode:
+        return image
+    if mode == "L" and image.mode in ("RGB", "P", "1", "I;16", "I", "F"):
+        return image.convert("L")
+    if mode == "RGB" and image.mode in ("P", "CMYK", "YCbCr"):
+        return image.convert("RGB")
+    raise ImageError(
+        f"image has mode {image.mode!r} but the model reads {mode!r} images; "
+        "load it with ds.load_images(..., mode=...) or convert it explicitly"
+    )
+
+
+def as_vision_model(
+    model: VisionModel | nn.Module,
+    *,
+    preprocessing: Preprocessing | None = None,
+    labels: Sequence[str] | None = None,
+    transform: Callable[[Image.Image], torch.Tensor] | None = None,
+) -> VisionModel:
+    """Wrap a plain module (or return a VisionModel as is) so every deepscope function can take either.
+
+    >>> import torch, deepscope as ds
+    >>> ds.as_vision_model(torch.nn.Conv2d(3, 4, 3)).name
+    'Conv2d'
+    """
+    if isinstance(model, VisionModel):
+        return model
+    if isinstance(model, nn.Module):
+        return VisionModel(
+            module=model,
+            name=type(model).__name__,
+            preprocessing=preprocessing or Preprocessing(),
+            labels=list(labels) if labels is not None else None,
+            transform=transform,
+        )
+    raise TypeError(f"expected a deepscope VisionModel or a torch.nn.Module, got {type(model).__name__}")

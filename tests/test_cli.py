@@ -1,0 +1,70 @@
+"""The deepscope command, run as a user would."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import skimage.data
+from PIL import Image
+from typer.testing import CliRunner
+
+from deepscope import cli
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def photo_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    paths = {}
+    for name in ("chelsea", "coffee"):
+        paths[name] = folder / f"{name}.png"
+        Image.fromarray(getattr(skimage.data, name)()).save(paths[name])
+    return paths
+
+
+def test_predict_puts_a_cat_first_for_chelsea_and_espresso_for_coffee(photo_files):
+    result = runner.invoke(
+        cli.app,
+        ["predict", "zoo:efficientnet_lite0", str(photo_files["chelsea"]), str(photo_files["coffee"])],
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    cat_line = lines[1]
+    assert int(cat_line.split()[2]) in range(281, 286), cat_line
+    coffee_first = lines[lines.index(str(photo_files["coffee"])) + 1]
+    assert coffee_first.split()[3] in ("espresso", "cup"), coffee_first
+
+
+def test_models_and_graph_commands():
+    listing = runner.invoke(cli.app, ["models"])
+    assert "zoo:efficientnet_lite0" in listing.output and "torchvision:" in listing.output
+    summary = runner.invoke(cli.app, ["graph", "zoo:efficientnet_lite0", "--depth", "1"])
+    assert summary.exit_code == 0
+    assert "_blocks" in summary.output and "1x320x7x7" in summary.output and "traced by fx" in summary.output
+
+
+def test_demo_writes_a_self_contained_page(tmp_path):
+    result = runner.invoke(cli.app, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    page = tmp_path / "index.html"
+    assert str(page.resolve()) in result.output
+    html = page.read_text()
+    for expected in ("Predictions", "Architecture", "First-layer filters", "<svg", "data:image/png;base64"):
+        assert expected in html
+    assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "https://" not in html
+
+
+def test_errors_print_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    for argv, message in [
+        (["predict", "zoo:efficientnet_lite", str(text)], "Did you mean: efficientnet_lite0"),
+        (["predict", "zoo:lenet_mnist", str(text)], "is not an image file"),
+    ]:
+        monkeypatch.setattr(sys, "argv", ["deepscope", *argv])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err

@@ -1,0 +1,156 @@
+"""Layer addressing, scoped capture, and receptive fields checked against brute-force gradients."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import deepscope as ds
+from deepscope.errors import DeepscopeError, LayerNotFoundError, ReceptiveFieldError
+
+
+def test_find_layers_with_names_and_globs(lenet):
+    assert ds.find_layers(lenet, "conv*") == ["conv1", "conv2"]
+    assert ds.find_layers(lenet, ["fc3", "conv1", "fc?"]) == ["conv1", "fc1", "fc2", "fc3"]
+    resnet = torchvision.models.resnet18()
+    assert ds.find_layers(resnet, "layer*.0.conv1") == [f"layer{i}.0.conv1" for i in range(1, 5)]
+
+
+def test_wrong_layer_names_list_the_closest(lenet):
+    with pytest.raises(LayerNotFoundError, match="no layer 'conv3'.*Closest: conv2, conv1"):
+        ds.find_layers(lenet, "conv3")
+    resnet = torchvision.models.resnet18()
+    with pytest.raises(LayerNotFoundError, match="layer4.1.conv2"):
+        ds.get_layer(resnet, "layer4.1.conv3")
+    with pytest.raises(LayerNotFoundError, match="no layer 'block\\*'"):
+        ds.find_layers(resnet, "block*")
+    with pytest.raises(LayerNotFoundError, match="one exact layer name"):
+        ds.get_layer(resnet, "layer*")
+
+
+def test_capture_records_activations_and_gradients(lenet, unchanged):
+    x = torch.randn(3, 1, 28, 28, requires_grad=True)
+    with unchanged(lenet.module), ds.capture(lenet, ["conv2", "fc3"], gradients=True) as rec:
+        logits = lenet(x)
+        torch.autograd.grad(logits[:, 4].sum(), x)
+    assert rec.activations["conv2"].shape == (3, 16, 10, 10)
+    torch.testing.assert_close(rec.activations["fc3"], logits.detach())
+    expected = torch.zeros_like(logits)
+    expected[:, 4] = 1
+    torch.testing.assert_close(rec.gradients["fc3"], expected)
+    assert rec.gradients["conv2"].shape == (3, 16, 10, 10)
+    assert not rec.activations["conv2"].requires_grad
+
+
+def test_capture_explains_missing_and_repeated_records():
+    shared = nn.ReLU()
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), shared, nn.Conv2d(2, 2, 3), shared)
+    with ds.capture(model, ["1", "2"], gradients=True) as rec, torch.no_grad():
+        model(torch.randn(1, 1, 8, 8))
+    assert len(rec.activations.all("1")) == 2
+    with pytest.raises(DeepscopeError, match="ran 2 times"):
+        rec.activations["1"]
+    with pytest.raises(DeepscopeError, match="no gradient reached layer '2'"):
+        rec.gradients["2"]
+
+
+def test_capture_removes_hooks_when_the_block_raises(lenet, unchanged):
+    with (
+        unchanged(lenet.module),
+        pytest.raises(RuntimeError, match="boom"),
+        ds.capture(lenet, "*", gradients=True),
+    ):
+        x = torch.randn(1, 1, 28, 28, requires_grad=True)
+        torch.autograd.grad(lenet(x).sum(), x)
+        raise RuntimeError("boom")
+
+
+def test_capture_removes_hooks_when_the_forward_raises(lenet, unchanged):
+    with unchanged(lenet.module), pytest.raises(RuntimeError), ds.capture(lenet, ["conv1"]):
+        lenet(torch.randn(1, 3, 28, 28))  # wrong channel count
+
+
+# --- receptive fields ------------------------------------------------------------------------------------
+
+
+def linearised(module: nn.Module) -> nn.Module:
+    """A copy whose every unit responds to every input in its field: non-negative weights, no biases, no
+    non-linearities, average instead of max pooling, identity batch norm. Geometry is unchanged."""
+    clone = copy.deepcopy(module).eval()
+    for name, sub in list(clone.named_modules()):
+        if not name:
+            continue
+        parent = clone.get_submodule(name.rpartition(".")[0]) if "." in name else clone
+        leaf = name.rpartition(".")[2]
+        if isinstance(sub, nn.MaxPool2d):
+            setattr(parent, leaf, nn.AvgPool2d(sub.kernel_size, sub.stride, sub.padding))
+        elif isinstance(sub, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU)):
+            setattr(parent, leaf, nn.Identity())
+        elif isinstance(sub, nn.BatchNorm2d):
+            sub.reset_parameters()
+            sub.reset_running_stats()
+    with torch.no_grad():
+        for name, parameter in clone.named_parameters():
+            parameter.copy_(torch.zeros_like(parameter) if name.endswith("bias") else parameter.abs() + 0.01)
+    return clone
+
+
+def brute_force_box(
+    module: nn.Module, layer: str, shape: tuple, unit: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """Bounding box (top, left, bottom, right) of input pixels with a non-zero gradient for one output unit."""
+    clone = linearised(module)
+    x = torch.rand(*shape, requires_grad=True)
+    with ds.capture(clone, layer, detach=False) as rec:
+        clone(x)
+    rec.activations[layer][0, :, unit[0], unit[1]].sum().backward()
+    rows = x.grad[0].abs().sum(0).sum(1).nonzero()
+    cols = x.grad[0].abs().sum(0).sum(0).nonzero()
+    return (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "layer", "shape"),
+    [
+        ("lenet", "conv1", (1, 1, 28, 28)),
+        ("lenet", "pool1", (1, 1, 28, 28)),
+        ("lenet", "conv2", (1, 1, 28, 28)),
+        ("lenet", "relu2", (1, 1, 28, 28)),
+        ("resnet18", "maxpool", (1, 3, 96, 96)),
+        ("resnet18", "layer1.1", (1, 3, 96, 96)),
+        ("resnet18", "layer2.0.conv2", (1, 3, 128, 128)),
+        ("resnet18", "layer2", (1, 3, 160, 160)),
+        ("efficientnet", "_blocks.1", (1, 3, 224, 224)),
+        ("efficientnet", "_blocks.3", (1, 3, 224, 224)),
+    ],
+)
+def test_receptive_field_equals_brute_force(model_name, layer, shape, lenet, request):
+    module = {
+        "lenet": lambda: lenet.module,
+        "resnet18": lambda: torchvision.models.resnet18(),
+        "efficientnet": lambda: request.getfixturevalue("efficientnet").module,
+    }[model_name]()
+    example = torch.zeros(shape)
+    field = ds.receptive_field(module, layer, example)
+    with torch.no_grad(), ds.capture(module, layer) as rec:
+        module.eval()(example)
+    height, width = rec.activations[layer].shape[-2:]
+    for unit in [(height // 2, width // 2), (0, 0), (height - 1, width - 1)]:
+        assert field.box(*unit) == brute_force_box(module, layer, shape, unit), unit
+
+
+def test_receptive_field_known_values():
+    resnet = torchvision.models.resnet18()
+    field = ds.receptive_field(resnet, "layer4", torch.zeros(1, 3, 224, 224))
+    assert (field.size, field.stride) == ((435, 435), (32, 32))  # the published ResNet-18 value
+    assert ds.receptive_field(resnet, "fc", torch.zeros(1, 3, 224, 224)).is_global
+
+
+def test_receptive_field_refuses_ops_it_cannot_model():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Upsample(scale_factor=2), nn.Conv2d(4, 4, 3))
+    with pytest.raises(ReceptiveFieldError, match="Upsample"):
+        ds.receptive_field(model, "2", torch.zeros(1, 3, 16, 16))
