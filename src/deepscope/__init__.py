@@ -8,6 +8,7 @@
 """
 
 from deepscope import errors
+from deepscope.attribution import attribute, methods, targets
 from deepscope.probe import (
     Graph,
     ReceptiveField,
@@ -40,6 +41,7 @@ __all__ = [
     "VisionModel",
     "__version__",
     "as_vision_model",
+    "attribute",
     "capture",
     "datasets",
     "errors",
@@ -50,6 +52,8 @@ __all__ = [
     "list_models",
     "load_images",
     "load_model",
+    "methods",
     "receptive_field",
     "samples",
+    "targets",
 ]

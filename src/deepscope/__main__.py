@@ -1,0 +1,5 @@
+"""`python -m deepscope` runs the command line."""
+
+from deepscope.cli import main
+
+main()

@@ -1,0 +1,160 @@
+"""The shared machinery of every heat-map method: the registry, the base class, and ``attribute()``.
+
+A method is one small class in its family's module, registered by name::
+
+    @register("saliency", family="gradient", space="pixel", passes="1 forward + 1 backward",
+              reference="Simonyan et al. 2014, Deep Inside Convolutional Networks")
+    class Saliency(Attribution):
+        def attribute(self, inputs, target=None): ...
+
+``Attribution.attribute(inputs, target) -> Tensor`` is the one entry point. Pixel-space methods return signed
+``[B,C,H,W]``; layer-space and perturbation methods ``[B,1,H,W]``, upsampled to the input unless
+``upsample=False``. Raw values: normalisation happens only in ``deepscope.render``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from deepscope.attribution.targets import TargetLike
+from deepscope.errors import DeepscopeError, ImageError, suggestion
+from deepscope.zoo.vision_model import VisionModel, as_vision_model
+
+
+class MethodError(DeepscopeError, ValueError):
+    """An unknown method name, or a method that cannot run on this model / layer / input."""
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One registry entry: what ``ds.methods()`` lists and what the registry-driven tests iterate over."""
+
+    name: str
+    family: str  # "gradient", "cam", "relevance", "perturbation", "transformer"
+    space: str  # "pixel" ([B,C,H,W]) or "layer" ([B,1,H,W])
+    passes: str  # the cost floor in passes through the model, e.g. "1 forward + 1 backward"
+    reference: str  # paper and variant
+    needs_layer: bool
+    method: type[Attribution]
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+
+
+def register(
+    name: str, *, family: str, space: str, passes: str, reference: str, needs_layer: bool = False
+) -> Callable[[type[Attribution]], type[Attribution]]:
+    """Class decorator adding a method to the registry under ``name``."""
+    if space not in ("pixel", "layer"):
+        raise ValueError(f"space must be 'pixel' or 'layer', got {space!r}")
+
+    def add(method: type[Attribution]) -> type[Attribution]:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is registered twice")
+        method.name = name
+        _REGISTRY[name] = MethodInfo(name, family, space, passes, reference, needs_layer, method)
+        return method
+
+    return add
+
+
+def methods(family: str | None = None) -> list[MethodInfo]:
+    """The registered heat-map methods (optionally of one family), in registration order.
+
+    >>> import deepscope as ds
+    >>> all(info.space in ("pixel", "layer") for info in ds.methods())
+    True
+    """
+    return [info for info in _REGISTRY.values() if family is None or info.family == family]
+
+
+def method_info(name: str) -> MethodInfo:
+    """The registry entry for ``name``; an unknown name lists the closest ones."""
+    if name not in _REGISTRY:
+        raise MethodError(
+            f"unknown heat-map method {name!r}.{suggestion(name, _REGISTRY)} Known: {', '.join(_REGISTRY)}"
+        )
+    return _REGISTRY[name]
+
+
+class Attribution:
+    """Base of every heat-map method: holds the model, the layer (for layer methods) and the configuration.
+
+    Subclasses implement :meth:`attribute` (or a narrower step that a family base defines). They must leave the
+    model as found: parameters never get gradients, hooks live in ``with`` blocks, modes are not changed.
+    ``batch_size`` bounds how many model inputs go through at once for methods that expand the batch.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        model: VisionModel | nn.Module,
+        layer: str | None = None,
+        batch_size: int | None = None,
+        **config: Any,
+    ):
+        self.vm = as_vision_model(model)
+        self.model = self.vm.module
+        self.layer = layer
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.config = config
+
+    def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        layer = f", layer={self.layer!r}" if self.layer else ""
+        return f"{type(self).__name__}({self.vm.name}{layer})"
+
+
+def check_inputs(inputs: Any) -> torch.Tensor:
+    """A model-ready image batch ``[B,C,H,W]`` float tensor, or a clear error."""
+    if isinstance(inputs, (list, tuple)):
+        shapes = {tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)}
+        if len(shapes) > 1:
+            raise ImageError(f"a batch of mixed sizes {sorted(shapes)}; resize the images to one size first")
+        raise ImageError("inputs must be one [B,C,H,W] tensor; stack them (or use vm.preprocess)")
+    if not isinstance(inputs, torch.Tensor):
+        raise ImageError(f"inputs must be a [B,C,H,W] tensor, got {type(inputs).__name__}")
+    if inputs.ndim != 4:
+        raise ImageError(f"inputs must be a [B,C,H,W] batch, got shape {list(inputs.shape)}")
+    if not inputs.is_floating_point():
+        raise ImageError(f"inputs must be a float tensor (preprocessed), got {inputs.dtype}")
+    return inputs
+
+
+def attribute(
+    model: VisionModel | nn.Module,
+    inputs: torch.Tensor,
+    method: str,
+    target: TargetLike = None,
+    layer: str | None = None,
+    batch_size: int | None = None,
+    **config: Any,
+) -> torch.Tensor:
+    """Heat maps of ``method`` for a preprocessed batch ``inputs`` explaining ``target``.
+
+    ``target``: None (each sample's top-1 class), an int, a list of ints (one per sample), a
+    ``ds.targets.Region`` / ``ds.targets.Box``, or any callable output -> [B] scores. ``layer`` picks the layer
+    of layer-space methods (default: found automatically). ``config`` holds the method's own settings.
+    """
+    info = method_info(method)
+    return info.method(model, layer=layer, batch_size=batch_size, **config).attribute(
+        check_inputs(inputs), target
+    )
+
+
+def method_names(names: str | Sequence[str]) -> list[str]:
+    """'a,b' or ['a', 'b'] -> validated list of method names."""
+    listed = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    for name in listed:
+        method_info(name)
+    return listed
