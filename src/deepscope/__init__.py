@@ -8,7 +8,7 @@
 """
 
 from deepscope import errors
-from deepscope.attribution import attribute, methods, targets
+from deepscope.attribution import attribute, explain, methods, targets
 from deepscope.probe import (
     Graph,
     ReceptiveField,
@@ -45,6 +45,7 @@ __all__ = [
     "capture",
     "datasets",
     "errors",
+    "explain",
     "find_layers",
     "get_layer",
     "graph",
