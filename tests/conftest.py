@@ -86,3 +86,35 @@ def photos() -> dict:
 @pytest.fixture
 def seeded() -> None:
     torch.manual_seed(0)
+
+
+def _randomise_batch_norm(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Random running statistics and affine parameters, so that a random-init network is not positively
+    homogeneous (with fresh batch norm, IG would equal input x gradient and hide mistakes)."""
+    with torch.no_grad():
+        for sub in module.modules():
+            if isinstance(sub, nn.BatchNorm2d):
+                size = sub.num_features
+                sub.running_mean.copy_(torch.rand(size, generator=generator) - 0.5)
+                sub.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+                sub.weight.copy_(torch.rand(size, generator=generator) + 0.5)
+                sub.bias.copy_(torch.rand(size, generator=generator) - 0.5)
+    return module
+
+
+@pytest.fixture(scope="session")
+def resnet18() -> nn.Module:
+    """Random-init torchvision resnet18 (eval mode, batch norm randomised)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    return _randomise_batch_norm(torchvision.models.resnet18().eval(), torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def vgg11_bn() -> nn.Module:
+    """Random-init torchvision vgg11_bn (eval mode, batch norm randomised); use small inputs (>= 32 px)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    return _randomise_batch_norm(torchvision.models.vgg11_bn().eval(), torch.Generator().manual_seed(2))

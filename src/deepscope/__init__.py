@@ -7,7 +7,7 @@
 'espresso'
 """
 
-from deepscope import errors
+from deepscope import errors, render
 from deepscope.attribution import attribute, explain, methods, targets
 from deepscope.probe import (
     Graph,
@@ -55,6 +55,7 @@ __all__ = [
     "load_model",
     "methods",
     "receptive_field",
+    "render",
     "samples",
     "targets",
 ]

@@ -95,6 +95,8 @@ class Attribution:
     name: ClassVar[str] = ""
     # Model inputs per forward for methods that expand the batch, when the caller does not say.
     default_batch_size: ClassVar[int] = 16
+    # False for methods that explain no class (attention rollout): they refuse a target.
+    uses_target: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -111,7 +111,7 @@ def explain(
             maps[name] = result
     for name, method in instances.items():
         if name not in shared:
-            maps[name] = method.attribute(inputs, target)
+            maps[name] = method.attribute(inputs, target if method.uses_target else None)
     explanation = Explanation({name: maps[name] for name in names})
     if shared:
         explanation.shared = shared

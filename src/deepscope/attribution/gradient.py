@@ -367,6 +367,7 @@ class _ModifiedReluGradient(SharedPassMethod):
     backward to the input."""
 
     rule = ""
+    shares_pass = False  # its backward differs from the plain one
 
     def __init__(self, model, layer=None, batch_size=None):
         super().__init__(model, layer, batch_size)

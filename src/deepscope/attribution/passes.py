@@ -9,8 +9,8 @@ what is needed: a CAM's backward stops at its layer, and parameters never get ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -178,7 +178,33 @@ def forward_backward(
     """One forward of ``chunk`` (rows ``rows`` of a batch of ``batch``) and one backward of the target
     scores to the input (``input_gradient``) and to the tapped ``gradient_layers``: the only place where
     deepscope runs a model forward for a gradient."""
-    tapped = tapped or {}
+    with kept_buffers(vm):
+        return _forward_backward(
+            vm,
+            chunk,
+            rows,
+            target,
+            batch,
+            input_gradient,
+            tapped or {},
+            gradient_layers,
+            forward_context,
+            between_backwards,
+        )
+
+
+def _forward_backward(
+    vm: VisionModel,
+    chunk: torch.Tensor,
+    rows: torch.Tensor,
+    target: TargetLike,
+    batch: int,
+    input_gradient: bool,
+    tapped: dict[str, Tap],
+    gradient_layers: set[str] | frozenset[str],
+    forward_context: Callable[[], AbstractContextManager],
+    between_backwards: Callable[[], None] | None,
+) -> Pass:
     for tap in tapped.values():
         tap.reset()
     x = chunk.detach().requires_grad_(input_gradient)
@@ -216,6 +242,22 @@ def forward_backward(
     for name, tap in tapped.items():
         pass_.activations[name] = tap.as_map(tap.raw.detach())
     return pass_
+
+
+@contextmanager
+def kept_buffers(vm: VisionModel) -> Iterator[None]:
+    """Inside the block the model runs as it is, train mode included (batch statistics, dropout); on exit
+    the buffers of modules in train mode (batch-norm running statistics) are put back as they were."""
+    training = [
+        m for m in vm.module.modules() if m.training and next(m.buffers(recurse=False), None) is not None
+    ]
+    saved = [(buffer, buffer.detach().clone()) for m in training for buffer in m.buffers(recurse=False)]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 def _required(grad: torch.Tensor | None, what: str, vm: VisionModel) -> torch.Tensor:
@@ -285,7 +327,7 @@ def perturbed_scores(
     The forward of every perturbation method (occlusion, RISE, Score-CAM, prediction difference)."""
     device = vm.device
     scores: list[torch.Tensor] = []
-    with torch.inference_mode():
+    with torch.inference_mode(), kept_buffers(vm):
         for points in chunks(total, batch_size, device):
             inputs, rows = build(points)
             scores.append(score(vm.module(inputs), rows))

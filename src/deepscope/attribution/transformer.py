@@ -22,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 from deepscope.attribution.base import Attribution, MethodError, chunks, register, upsample
 from deepscope.attribution.layers import layout_of
+from deepscope.attribution.passes import kept_buffers
 from deepscope.attribution.targets import TargetLike
 
 _SOFTMAX = {torch.softmax, torch.Tensor.softmax, F.softmax}
@@ -98,7 +99,8 @@ class AttentionRollout(Attribution):
     layer to the last; the map is the row of the class token (first token; the mean of all rows for a model
     without prefix tokens) over the patch tokens, reshaped to the patch grid worked out from the token count.
 
-    It explains what the network attends to, not a class: ``target`` is not used.
+    It explains what the network attends to, not a class: a ``target`` is refused (``ds.explain`` gives it
+    none).
 
     >>> import torch, torchvision, deepscope as ds
     >>> vit = torchvision.models.VisionTransformer(32, 8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
@@ -107,6 +109,7 @@ class AttentionRollout(Attribution):
     """
 
     default_batch_size = 32
+    uses_target = False
 
     def __init__(
         self, model, layer=None, batch_size=None, *, head_fusion: str = "mean", upsample: bool = True
@@ -117,13 +120,17 @@ class AttentionRollout(Attribution):
         self.head_fusion, self.upsample = head_fusion, upsample
 
     def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
+        if target is not None:
+            raise MethodError(
+                "attention_rollout explains no class (it follows attention only); leave target=None"
+            )
         inputs = inputs.to(self.vm.device)
         batch, _, height, width = inputs.shape
         size = self.batch_size or self.default_batch_size
         maps = []
         for rows in chunks(batch, size, inputs.device):
             recorder = _RecordAttention(FUSIONS[self.head_fusion])
-            with torch.inference_mode(), recorder:
+            with torch.inference_mode(), kept_buffers(self.vm), recorder:
                 self.vm.module(inputs[rows])
             self.passes.add(len(rows), batch, backward=False)
             maps.append(self._rollout(recorder.maps, (height, width)))

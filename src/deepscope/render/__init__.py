@@ -1,7 +1,19 @@
 """Tensors -> pictures: the only layer that normalises, colours and encodes."""
 
 from deepscope.render.graph_svg import graph_svg
+from deepscope.render.heatmap import Figure, grid, heatmap, reduce_channels
 from deepscope.render.html import Report
 from deepscope.render.images import data_uri, scale_each, tile, to_pil
 
-__all__ = ["Report", "data_uri", "graph_svg", "scale_each", "tile", "to_pil"]
+__all__ = [
+    "Figure",
+    "Report",
+    "data_uri",
+    "graph_svg",
+    "grid",
+    "heatmap",
+    "reduce_channels",
+    "scale_each",
+    "tile",
+    "to_pil",
+]

@@ -1,0 +1,262 @@
+"""Heat maps -> pictures: channel reduction, percentile clipping, colormaps, overlays, method x image grids.
+
+Signed maps (gradients, integrated gradients, occlusion, LRP) are drawn with a diverging colormap centred
+on zero (red positive, blue negative), scaled by a percentile of their absolute values; CAMs are drawn as
+their positive part (the papers' ReLU) with a sequential colormap, as are maps without negative values.
+Overlays blend each pixel's colour, in proportion to its magnitude, into a grey copy of the photo, so
+that zero leaves the photo visible and the colours read the same over any picture.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from deepscope.attribution.base import method_info, methods
+from deepscope.render.images import png_bytes
+
+REDUCTIONS = ("sum", "abs_sum", "l2", "max_abs")
+DIVERGING, SEQUENTIAL = "RdBu_r", "inferno"
+
+
+class Figure:
+    """A rendered picture (``.image``, a PIL image) that notebooks display (``_repr_png_``)."""
+
+    def __init__(self, image: Image.Image):
+        self.image = image
+
+    def _repr_png_(self) -> bytes:
+        return png_bytes(self.image)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the picture (PNG unless the suffix says otherwise)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.image.save(path)
+        return path
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+    def __repr__(self) -> str:
+        return f"Figure({self.image.width}x{self.image.height})"
+
+
+def reduce_channels(attribution: torch.Tensor, how: str = "sum") -> torch.Tensor:
+    """``[C,H,W]`` -> ``[H,W]``: 'sum' (signed), 'abs_sum', 'l2' (norm over channels) or 'max_abs'
+    (Simonyan et al.'s saliency map); one channel is returned as is.
+
+    >>> reduce_channels(torch.tensor([[[1.0]], [[-3.0]]]), "max_abs")
+    tensor([[3.]])
+    """
+    if how not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {how!r}")
+    if attribution.ndim != 3:
+        raise ValueError(f"expected one map [C,H,W], got shape {list(attribution.shape)}")
+    if attribution.shape[0] == 1:
+        return attribution[0]
+    if how == "sum":
+        return attribution.sum(0)
+    if how == "abs_sum":
+        return attribution.abs().sum(0)
+    if how == "l2":
+        return attribution.pow(2).sum(0).sqrt()
+    return attribution.abs().amax(0)
+
+
+def _family(method: str | None) -> str | None:
+    if method is None:
+        return None
+    return method_info(method).family if method != "guided_grad_cam" else "gradient"
+
+
+def normalise(values: torch.Tensor, signed: bool, clip: float = 99.5) -> tuple[np.ndarray, np.ndarray]:
+    """``[H,W]`` values -> (colormap position in [0,1], magnitude in [0,1]) as float arrays.
+
+    Signed: ``v / percentile(|v|, clip)`` clipped to [-1, 1], zero at 0.5. Sequential: from the minimum to
+    the ``clip`` percentile.
+    """
+    if not 0 < clip <= 100:
+        raise ValueError(f"clip is a percentile in (0, 100], got {clip}")
+    array = values.detach().double().cpu().numpy()
+    if signed:
+        extent = float(np.percentile(np.abs(array), clip)) or float(np.abs(array).max()) or 1.0
+        scaled = np.clip(array / extent, -1.0, 1.0)
+        return (scaled + 1) / 2, np.abs(scaled)
+    low = float(array.min())
+    high = float(np.percentile(array, clip))
+    if high <= low:
+        high = float(array.max())
+    scaled = np.clip((array - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(array)
+    return scaled, scaled
+
+
+def _colour(position: np.ndarray, cmap: str) -> np.ndarray:
+    import matplotlib
+
+    return matplotlib.colormaps[cmap](position)[..., :3]
+
+
+def _as_image_array(image: Image.Image | torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An RGB float array [H,W,3] in [0,1] of ``size`` (H, W) from a PIL image or a [C,H,W] tensor in [0,1]."""
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().float().cpu()
+        if tensor.ndim == 4 and tensor.shape[0] == 1:
+            tensor = tensor[0]
+        if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
+            raise ValueError(f"image tensor must be [C,H,W] with C = 1 or 3, got {list(tensor.shape)}")
+        if tensor.shape[0] == 1:
+            tensor = tensor.expand(3, -1, -1)
+        array = (tensor.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        image = Image.fromarray(array)
+    elif isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image must be a PIL image or a [C,H,W] tensor in [0,1], got {type(image).__name__}")
+    image = image.convert("RGB")
+    if image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(image, dtype=np.float64) / 255
+
+
+def heatmap(
+    attribution: torch.Tensor,
+    image: Image.Image | torch.Tensor | None = None,
+    *,
+    method: str | None = None,
+    reduce: str = "sum",
+    signed: bool | None = None,
+    cmap: str | None = None,
+    alpha: float = 0.85,
+    clip: float = 99.5,
+) -> Figure:
+    """One heat map as a picture, over ``image`` when given (a PIL image, or ``[C,H,W]`` pixels in [0,1]
+    such as ``vm.pixels(images)[i]``).
+
+    ``attribution``: ``[C,H,W]``, ``[1,H,W]``, ``[H,W]`` or a batch of one. ``method`` (a registry name)
+    picks the display: CAMs as their positive part in a sequential colormap, other methods diverging
+    when they have negative values; ``signed`` overrides. ``reduce`` combines channels ('sum', 'abs_sum',
+    'l2', 'max_abs'); ``clip`` is the percentile mapped to full colour; ``alpha`` the largest opacity of the
+    overlay.
+
+    >>> import torch, deepscope as ds
+    >>> figure = ds.render.heatmap(torch.randn(3, 32, 32), torch.rand(3, 32, 32))
+    >>> figure.size, figure._repr_png_()[:4]
+    ((32, 32), b'\\x89PNG')
+    """
+    values = _one_map(attribution)
+    if values.ndim == 3:
+        values = reduce_channels(values, reduce)
+    family = _family(method)
+    if family == "cam":
+        values = values.clamp(min=0)
+    if signed is None:
+        signed = family != "cam" and bool((values < 0).any())
+    position, magnitude = normalise(values, signed, clip)
+    colour = _colour(position, cmap or (DIVERGING if signed else SEQUENTIAL))
+    if image is None:
+        picture = colour
+    else:
+        # A grey copy of the photo: colours of the map stay readable over any picture.
+        base = _as_image_array(image, tuple(values.shape)) @ np.array([0.299, 0.587, 0.114])
+        base = 0.25 + 0.6 * base[..., None]
+        weight = alpha * magnitude[..., None]
+        picture = base * (1 - weight) + colour * weight
+    return Figure(Image.fromarray((np.clip(picture, 0, 1) * 255).round().astype(np.uint8)))
+
+
+def _one_map(attribution: torch.Tensor) -> torch.Tensor:
+    if not isinstance(attribution, torch.Tensor):
+        raise TypeError(f"a heat map is a tensor, got {type(attribution).__name__}")
+    if attribution.ndim == 4:
+        if attribution.shape[0] != 1:
+            raise ValueError(
+                f"heatmap draws one map, got a batch of {attribution.shape[0]}; index it or use ds.render.grid"
+            )
+        attribution = attribution[0]
+    if attribution.ndim not in (2, 3):
+        raise ValueError(f"expected a map [C,H,W] or [H,W], got shape {list(attribution.shape)}")
+    return attribution.detach()
+
+
+def grid(
+    maps: Mapping[str, torch.Tensor],
+    images: Sequence[Image.Image] | torch.Tensor | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    cell: int = 128,
+    reduce: str = "sum",
+    alpha: float = 0.85,
+    clip: float = 99.5,
+) -> Figure:
+    """Methods x images: one row per image (the image first when given), one column per method, with the
+    method names on top and ``labels`` (e.g. predicted classes) under the images. ``maps`` maps method
+    names to ``[B,...]`` batches (what ``ds.explain`` returns); ``images`` are PIL images or ``[B,C,H,W]``
+    pixels in [0,1].
+
+    >>> import torch, deepscope as ds
+    >>> maps = {"saliency": torch.randn(2, 3, 16, 16), "grad_cam": torch.rand(2, 1, 16, 16)}
+    >>> ds.render.grid(maps, torch.rand(2, 3, 16, 16), cell=32).size
+    (104, 86)
+    """
+    if not maps:
+        raise ValueError("no maps to draw")
+    batches = {len(batch) for batch in maps.values()}
+    if len(batches) != 1:
+        raise ValueError(f"the maps have different batch sizes {sorted(batches)}")
+    (count,) = batches
+    if images is not None and len(images) != count:
+        raise ValueError(f"{len(images)} images for maps of {count}")
+    columns = list(maps)
+    header, footer, pad = 16, 14 if labels else 0, 2
+    with_image = images is not None
+    width = (len(columns) + with_image) * (cell + pad) + pad
+    height = header + count * (cell + footer + pad) + pad
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    titles = (["image"] if with_image else []) + columns
+    for index, title in enumerate(titles):
+        draw.text((pad + index * (cell + pad) + 2, 2), _fit(title, cell), fill="black")
+    for row in range(count):
+        top = header + row * (cell + footer + pad)
+        tiles: list[Image.Image] = []
+        if with_image:
+            tiles.append(_thumbnail(images[row], cell))
+        for name in columns:
+            background = images[row] if with_image else None
+            method = name if _known(name) else None
+            figure = heatmap(
+                maps[name][row], background, method=method, reduce=reduce, alpha=alpha, clip=clip
+            )
+            tiles.append(figure.image.resize((cell, cell), Image.BILINEAR))
+        for index, tile in enumerate(tiles):
+            canvas.paste(tile, (pad + index * (cell + pad), top))
+        if labels:
+            draw.text((pad + 2, top + cell + 1), _fit(str(labels[row]), cell * 2), fill="black")
+    return Figure(canvas)
+
+
+def _known(name: str) -> bool:
+    return name in {info.name for info in methods()}
+
+
+def _thumbnail(image: Image.Image | torch.Tensor, cell: int) -> Image.Image:
+    array = _as_image_array(image, _size_of(image))
+    return Image.fromarray((array * 255).round().astype(np.uint8)).resize((cell, cell), Image.BILINEAR)
+
+
+def _size_of(image: Image.Image | torch.Tensor) -> tuple[int, int]:
+    if isinstance(image, Image.Image):
+        return (image.height, image.width)
+    return (int(image.shape[-2]), int(image.shape[-1]))
+
+
+def _fit(text: str, pixels: int) -> str:
+    limit = max(4, math.floor(pixels / 6.2))
+    return text if len(text) <= limit else text[: limit - 2] + ".."
