@@ -22,7 +22,7 @@ captum_attr = pytest.importorskip("captum.attr")
 
 def assert_equal_maps(ours: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-4) -> None:
     assert ours.shape == reference.shape
-    torch.testing.assert_close(ours, reference, rtol=rtol, atol=1e-6 * float(reference.abs().max()))
+    torch.testing.assert_close(ours, reference, rtol=rtol, atol=1e-6 * float(reference.detach().abs().max()))
 
 
 @pytest.fixture(scope="module")

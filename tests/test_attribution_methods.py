@@ -166,7 +166,8 @@ def test_prediction_difference_marginal_by_hand():
     train_size, k, target = 50, 2, 1
 
     def probability(image: torch.Tensor) -> float:
-        return float(torch.softmax(linear(image.flatten()), 0)[target])
+        with torch.no_grad():
+            return float(torch.softmax(linear(image.flatten()), 0)[target])
 
     windows = [(top, left) for top in range(2) for left in range(2)]  # a 2x2 window sliding by 1 on 3x3
     evidence = {}

@@ -68,3 +68,33 @@ def test_errors_print_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
             cli.main()
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_explain_writes_overlays_a_grid_and_the_passes(photo_files, tmp_path):
+    result = runner.invoke(
+        cli.app,
+        [
+            "explain",
+            "zoo:efficientnet_lite0",
+            str(photo_files["coffee"]),
+            "-m",
+            "grad_cam,saliency",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "explaining class 967 (espresso)" in result.output
+    assert "layer of grad_cam: _swish@1" in result.output
+    assert "passes through the model: 2 forward + 1 backward" in result.output  # + the one-sample probe
+    assert {p.name for p in tmp_path.iterdir()} == {"coffee_grad_cam.png", "coffee_saliency.png", "grid.png"}
+
+
+def test_explain_names_an_unknown_method(monkeypatch, photo_files, capsys):
+    monkeypatch.setattr(
+        sys, "argv", ["deepscope", "explain", "zoo:lenet_mnist", str(photo_files["coffee"]), "-m", "grad_cm"]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    assert "unknown heat-map method 'grad_cm'. Did you mean: grad_cam" in capsys.readouterr().err

@@ -84,6 +84,68 @@ def graph_command(
 
 
 @app.command()
+def explain(
+    model: ModelArgument,
+    images: Annotated[list[Path], typer.Argument(help="Image files")],
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method", "-m", help="Comma-separated heat-map methods (deepscope methods lists them)"
+        ),
+    ] = "grad_cam",
+    out: Annotated[Path, typer.Option(help="Directory for the pictures")] = Path("deepscope-explain"),
+    target: Annotated[
+        int | None, typer.Option(help="Class to explain (default: each image's top class)")
+    ] = None,
+    layer: Annotated[
+        str | None, typer.Option(help="Layer of the layer-space methods (default: found)")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Model inputs per forward for expanding methods")
+    ] = None,
+) -> None:
+    """Heat maps of each image with each method: one overlay PNG per image and method, and grid.png."""
+    from deepscope.attribution.base import method_names
+    from deepscope.attribution.explain import explain as explain_batch
+    from deepscope.render.heatmap import grid, heatmap
+    from deepscope.zoo.images import load_images
+    from deepscope.zoo.loaders import load_model
+
+    method_names(method)  # a wrong name fails before anything is loaded
+    vm = load_model(model)
+    pictures = load_images(images, mode=vm.image_mode)
+    pixels = vm.pixels(pictures) if vm.transform is None else None
+    x = vm.preprocess(pictures)
+    maps = explain_batch(vm, x, method, target=target, layer=layer, batch_size=batch_size)
+    _, top = vm.predict(x, k=1)
+    explained = [target if target is not None else int(top[i, 0]) for i in range(len(images))]
+    backgrounds = pixels if pixels is not None else pictures
+    out.mkdir(parents=True, exist_ok=True)
+    for index, path in enumerate(images):
+        typer.echo(f"{path}: explaining class {explained[index]} ({vm.label(explained[index])})")
+        for name, batch in maps.items():
+            written = heatmap(batch[index], backgrounds[index], method=name).save(
+                out / f"{path.stem}_{name}.png"
+            )
+            typer.echo(f"  {name:24s} {written}")
+    labels = [vm.label(c) for c in explained]
+    typer.echo(f"grid: {grid(dict(maps), backgrounds, labels=labels, cell=160).save(out / 'grid.png')}")
+    for name, layer_name in maps.layers.items():
+        typer.echo(f"layer of {name}: {layer_name}")
+    typer.echo(f"passes through the model: {maps.passes}")
+
+
+@app.command()
+def methods() -> None:
+    """The heat-map methods: name, family, cost in passes, reference."""
+    from deepscope.attribution.base import methods as registered
+
+    for info in registered():
+        typer.echo(f"{info.name:30s} {info.family:13s} {info.passes}")
+        typer.echo(f"{'':30s} {info.reference}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Directory for the page")] = Path("deepscope-demo"),
 ) -> None:
