@@ -122,8 +122,15 @@ def first_convolution(module: nn.Module) -> tuple[str, nn.Conv2d]:
     raise ValueError(f"{type(module).__name__} has no Conv2d layer")
 
 
+def heat_maps(report: Report, context: DemoContext) -> None:
+    from deepscope.demo_heatmaps import heatmaps_section
+
+    heatmaps_section(report, context)
+
+
 Section = Callable[[Report, DemoContext], None]
 SECTIONS: list[Section] = [predictions_section, architecture_section, filters_section]
+SECTIONS.append(heat_maps)
 
 
 def build_demo(out: str | Path = "deepscope-demo") -> Path:

@@ -1,0 +1,344 @@
+"""Heat-map speed: every registered method against the cost floor of its passes and against its peer library.
+
+Run as ``flock /tmp/deepscope-bench.lock python benchmarks/attribution.py [--quick]`` (one benchmark at a time
+on a shared machine). For random-init resnet18 and EfficientNet-Lite0 (eval mode) on a batch of 8 photos at
+224x224, explaining each photo's top class, it times:
+
+- floors, measured in the same run: ``fwd+bwd``, one forward and one backward to the input
+  (``torch.autograd.grad`` of the target logits); ``fwd``, one forward under ``torch.inference_mode()``;
+- ours: ``ds.attribute(model, x, name, target=...)`` (and ``ds.explain`` of the six shared-pass methods);
+- the peer on the same inputs and settings: Captum (gradient family, occlusion, guided Grad-CAM),
+  pytorch-grad-cam (Grad-CAM, Grad-CAM++, Layer-CAM, Score-CAM) with the same number of model inputs per
+  forward. A family without a peer runner shows '-'; ``FAMILY_PEERS`` is where one is added (Zennit for LRP).
+
+Each time is the median of ``--repeats`` runs (1 with ``--quick``) after a warm-up, ours and the peer
+interleaved so that machine noise hits both. The floor of a method is its pass count times the measured
+``fwd+bwd`` (gradient methods; CAMs too, although they stop at their layer) or ``fwd`` (perturbation
+methods, one forward per perturbed input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torchvision
+
+import deepscope as ds
+
+BATCH = 8
+SHARED = ["saliency", "input_x_gradient", "grad_cam", "grad_cam_pp", "layer_cam", "cam"]
+
+# Settings for methods whose paper defaults would take minutes per run on a CPU, and the same for the peer.
+SETTINGS = {
+    "integrated_gradients": {"steps": 16, "batch_size": 16},
+    "smoothgrad": {"samples": 16, "batch_size": 16},
+    "occlusion": {"window": 32, "stride": 32, "batch_size": 32},
+    "rise": {"masks": 128, "batch_size": 32},
+    "score_cam": {"batch_size": 32},
+    "prediction_difference": {
+        "sampling": "marginal",
+        "window": 56,
+        "stride": 56,
+        "samples": 4,
+        "batch_size": 32,
+    },
+}
+SCORE_CAM_LAYER = {"resnet18": "layer4", "efficientnet_lite0": "_blocks.15"}  # 512 / 320 channels
+# The peers hook modules, not calls: EfficientNet-Lite0's default layer is the second call of the reused
+# _swish module, which they cannot name; they hook the batch norm just before it (the same passes).
+PEER_LAYER = {"resnet18": "layer4", "efficientnet_lite0": "_bn1"}
+
+
+@dataclass
+class Case:
+    name: str
+    model: torch.nn.Module
+    x: torch.Tensor
+    target: list[int]
+
+
+def cases() -> list[Case]:
+    efficientnet = ds.load_model("zoo:efficientnet_lite0")
+    torch.manual_seed(0)
+    resnet18 = ds.as_vision_model(
+        torchvision.models.resnet18().eval(),
+        preprocessing=ds.Preprocessing(
+            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize=256, crop=(224, 224)
+        ),
+    )
+    photos = (list(ds.samples().values()) * 2)[:BATCH]
+    found = []
+    for name, vm in [("resnet18", resnet18), ("efficientnet_lite0", efficientnet)]:
+        x = vm.preprocess(photos)
+        with torch.no_grad():
+            target = vm.module(x).argmax(1).tolist()
+        found.append(Case(name, vm.module, x, target))
+    return found
+
+
+def bare_fwd_bwd(case: Case) -> Callable[[], None]:
+    def run() -> None:
+        x = case.x.detach().requires_grad_()
+        output = case.model(x)
+        torch.autograd.grad(output[range(len(x)), case.target].sum(), x)
+
+    return run
+
+
+def bare_forward(case: Case) -> Callable[[], None]:
+    def run() -> None:
+        with torch.inference_mode():
+            case.model(case.x)
+
+    return run
+
+
+def ours(case: Case, name: str) -> Callable[[], object]:
+    settings = dict(SETTINGS.get(name, {}))
+    layer = SCORE_CAM_LAYER[case.name] if name == "score_cam" else None
+    if name == "prediction_difference":
+        settings["data"] = case.x
+    return lambda: ds.attribute(case.model, case.x, name, target=case.target, layer=layer, **settings)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# peers
+
+
+def captum_peer(case: Case, name: str) -> Callable[[], object] | None:
+    from captum import attr
+
+    model, x, target = case.model, case.x, case.target
+    steps = SETTINGS["integrated_gradients"]
+    samples = SETTINGS["smoothgrad"]
+    occlusion = SETTINGS["occlusion"]
+    sigma = float(0.15 * (x.flatten(1).amax(1) - x.flatten(1).amin(1)).mean())
+    runners = {
+        "saliency": lambda: attr.Saliency(model).attribute(x, target=target, abs=False),
+        "input_x_gradient": lambda: attr.InputXGradient(model).attribute(x, target=target),
+        "guided_backprop": lambda: attr.GuidedBackprop(model).attribute(x, target=target),
+        "deconvnet": lambda: attr.Deconvolution(model).attribute(x, target=target),
+        "integrated_gradients": lambda: attr.IntegratedGradients(model).attribute(
+            x, target=target, n_steps=steps["steps"], internal_batch_size=steps["batch_size"]
+        ),
+        "smoothgrad": lambda: attr.NoiseTunnel(attr.Saliency(model)).attribute(
+            x,
+            target=target,
+            abs=False,
+            nt_type="smoothgrad",
+            nt_samples=samples["samples"],
+            nt_samples_batch_size=samples["batch_size"] // BATCH,
+            stdevs=sigma,
+        ),
+        "occlusion": lambda: attr.Occlusion(model).attribute(
+            x,
+            sliding_window_shapes=(3, occlusion["window"], occlusion["window"]),
+            strides=(3, occlusion["stride"], occlusion["stride"]),
+            target=target,
+            perturbations_per_eval=occlusion["batch_size"] // BATCH,
+        ),
+        "guided_grad_cam": lambda: attr.GuidedGradCam(
+            model, model.get_submodule(PEER_LAYER[case.name])
+        ).attribute(x, target=target, interpolate_mode="bilinear"),
+    }
+    return runners.get(name)
+
+
+def grad_cam_peer(case: Case, name: str) -> Callable[[], object] | None:
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    peers = {
+        "grad_cam": pgc.GradCAM,
+        "grad_cam_pp": pgc.GradCAMPlusPlus,
+        "layer_cam": pgc.LayerCAM,
+        "score_cam": pgc.ScoreCAM,
+    }
+    if name not in peers:
+        return None
+    layer = SCORE_CAM_LAYER[case.name] if name == "score_cam" else PEER_LAYER[case.name]
+    targets = [ClassifierOutputTarget(t) for t in case.target]
+
+    def run():
+        with peers[name](case.model, [case.model.get_submodule(layer)]) as cam:
+            cam.batch_size = SETTINGS["score_cam"]["batch_size"]
+            return cam(input_tensor=case.x, targets=targets)
+
+    return run
+
+
+def cam_family_peer(case: Case, name: str):
+    return grad_cam_peer(case, name) or captum_peer(case, name)
+
+
+# family -> (peer name, runner factory); add "relevance": ("Zennit", ...) once LRP is merged.
+FAMILY_PEERS: dict[str, tuple[str, Callable[[Case, str], Callable | None]]] = {
+    "gradient": ("Captum", captum_peer),
+    "perturbation": ("Captum", captum_peer),
+    "cam": ("pytorch-grad-cam", cam_family_peer),
+}
+
+
+def peer_for(case: Case, name: str) -> tuple[str, Callable | None]:
+    family = ds.attribution.method_info(name).family
+    label, factory = FAMILY_PEERS.get(family, ("-", lambda case, name: None))
+    runner = factory(case, name)
+    if name == "guided_grad_cam":
+        label = "Captum"
+    return (label if runner is not None else "-"), runner
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def timed(runs: dict[str, Callable], repeats: int) -> dict[str, float]:
+    """Median seconds of each runner, interleaved, after one warm-up each."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for run in runs.values():
+            run()
+        found: dict[str, list[float]] = {key: [] for key in runs}
+        for _ in range(repeats):
+            for key, run in runs.items():
+                start = time.perf_counter()
+                run()
+                found[key].append(time.perf_counter() - start)
+    return {key: statistics.median(values) for key, values in found.items()}
+
+
+def floor(name: str, case: Case, times: dict[str, float]) -> tuple[float, str]:
+    """The method's cost floor in seconds, and how it was counted."""
+    settings = SETTINGS.get(name, {})
+    if name == "integrated_gradients":
+        return settings["steps"] * times["fwd+bwd"], f"{settings['steps']} fwd+bwd"
+    if name == "smoothgrad":
+        return settings["samples"] * times["fwd+bwd"], f"{settings['samples']} fwd+bwd"
+    family = ds.attribution.method_info(name).family
+    if family == "perturbation" or name == "score_cam":
+        count = perturbed_inputs(name, case)
+        return count * times["fwd"], f"{count} fwd"
+    if name == "guided_grad_cam":
+        return times["fwd+bwd"], "1 fwd+bwd"
+    return times["fwd+bwd"], "1 fwd+bwd"
+
+
+def perturbed_inputs(name: str, case: Case) -> int:
+    """How many forwards of the whole batch a perturbation method needs (the clean one excluded)."""
+    settings = SETTINGS.get(name, {})
+    size = case.x.shape[-1]
+    if name == "occlusion":
+        return (
+            len(ds.attribution.perturbation.window_positions(size, settings["window"], settings["stride"]))
+            ** 2
+        )
+    if name == "rise":
+        return settings["masks"]
+    if name == "prediction_difference":
+        positions = len(range(0, size - settings["window"] + 1, settings["stride"]))
+        return positions**2 * settings["samples"]
+    if name == "score_cam":
+        layer = SCORE_CAM_LAYER[case.name]
+        with torch.no_grad(), ds.capture(case.model, layer) as recording:
+            case.model(case.x[:1])
+        return recording.activations[layer].shape[1]
+    return 1
+
+
+TARGETS = {
+    "single": ("<= 1.15 fwd+bwd", lambda r, p: r <= 1.15),
+    "explain": ("<= 1.5 fwd+bwd", lambda r, p: r <= 1.5),
+    "steps": ("<= 1.1 floor, < peer", lambda r, p: r <= 1.1 and (p is None or p < 1)),
+    "peer": ("< peer", lambda r, p: p is None or p < 1),
+}
+
+
+def target_of(name: str) -> str | None:
+    if name in ("integrated_gradients", "smoothgrad"):
+        return "steps"
+    if name in ("occlusion", "score_cam"):
+        return "peer"
+    family = ds.attribution.method_info(name).family
+    if family in ("gradient", "cam", "relevance"):
+        return "single"
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one timed run per method instead of --repeats")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="resnet18,efficientnet_lite0")
+    parser.add_argument("--methods", default="", help="comma-separated subset (default: the whole registry)")
+    args = parser.parse_args()
+    repeats = 1 if args.quick else args.repeats
+    names = [n for n in args.methods.split(",") if n] or [info.name for info in ds.methods()]
+    torch.set_grad_enabled(True)
+    rows = []
+    for case in cases():
+        if case.name not in args.models.split(","):
+            continue
+        for name in [*names, "explain(6 shared)"]:
+            if name == "explain(6 shared)":
+                run_ours = lambda case=case: ds.explain(case.model, case.x, SHARED, target=case.target)  # noqa: E731
+                peer_label, peer = "six peers", None
+            else:
+                if ds.attribution.method_info(name).family == "transformer":
+                    rows.append([case.name, name, "n/a: needs a transformer", "", "", "", "", "", ""])
+                    continue
+                run_ours = ours(case, name)
+                peer_label, peer = peer_for(case, name)
+            runs = {"fwd+bwd": bare_fwd_bwd(case), "fwd": bare_forward(case), "ours": run_ours}
+            if peer is not None:
+                runs["peer"] = peer
+            times = timed(runs, repeats)
+            if name == "explain(6 shared)":
+                cost, counted = times["fwd+bwd"], "1 fwd+bwd"
+                peer_seconds = sum(
+                    timed({"p": r}, repeats)["p"]
+                    for n in SHARED
+                    for _, r in [peer_for(case, n)]
+                    if r is not None
+                )
+                times["peer"] = peer_seconds
+                peer_label = "sum of 5 peers"
+                goal = "explain"
+            else:
+                cost, counted = floor(name, case, times)
+                goal = target_of(name)
+            ratio = times["ours"] / cost
+            versus = times["ours"] / times["peer"] if "peer" in times else None
+            if goal is None:
+                verdict, goal_text = "", "-"
+            else:
+                goal_text, check = TARGETS[goal]
+                verdict = "ok" if check(ratio, versus) else "MISSED"
+            rows.append(
+                [
+                    case.name,
+                    name,
+                    f"{times['ours']:.3f}",
+                    f"{counted} = {cost:.3f}",
+                    f"{ratio:.2f}",
+                    f"{peer_label} {times['peer']:.3f}" if "peer" in times else "-",
+                    f"{versus:.2f}" if versus is not None else "-",
+                    goal_text,
+                    verdict,
+                ]
+            )
+            print(" | ".join(rows[-1]), flush=True)
+    header = ["model", "method", "ours s", "floor s", "ours/floor", "peer s", "ours/peer", "target", ""]
+    print()
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
