@@ -292,9 +292,13 @@ class ZBox(Rule):
 
     def relevance(self, layer, r, x, z, input_shape, domain=None):
         if self.low is not None:
-            low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device)
-            high = torch.as_tensor(self.high, dtype=x.dtype, device=x.device)
-            low, high = _as_input_shaped(low, x), _as_input_shaped(high, x)
+            low, high = (
+                _as_input_shaped(torch.as_tensor(bound, dtype=x.dtype, device=x.device), x).expand_as(x)
+                for bound in (self.low, self.high)
+            )
+            if domain is not None:  # padding in front of the layer is fixed: its bounds are its value
+                low = torch.where(domain.support > 0, low, x)
+                high = torch.where(domain.support > 0, high, x)
         elif domain is None or domain.low is None:
             raise ValueError(
                 f"ZBox at layer {layer.name!r} has no bounds: it does not take the model input directly, so give "
