@@ -71,11 +71,15 @@ def photos(vm: ds.VisionModel, batch: int) -> torch.Tensor:
     return x[:batch].contiguous()
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
+def median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
     times = []
     for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -86,19 +90,26 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(info.name for info in ds.methods("relevance")))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch} at 224x224")
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu, {torch.get_num_threads()} threads"
+    )
+    print(f"torch {torch.__version__}, {where}, batch {args.batch} at 224x224, median of {args.repeats}")
     print(
-        f"{'model':10s} {'method':30s} {'ours s':>8s} {'zennit s':>9s} {'bare s':>7s} {'ours/bare':>10s} {'ours/zennit':>12s}"
+        f"{'model':10s} {'method':30s} {'ours s':>8s} {'zennit s':>9s} {'bare s':>7s} "
+        f"{'ours/bare':>10s} {'ours/zennit':>12s}"
     )
     for model_name in args.models.split(","):
-        for name in args.methods.split(","):
-            bench(model_name, name, args.batch, args.repeats)
+        bench_model(model_name, args.methods.split(","), args.batch, args.repeats, device)
 
 
-def bench(model_name: str, name: str, batch: int, repeats: int) -> None:
-    module = torchvision.models.get_model(model_name, weights=None).eval()
+def bench_model(model_name: str, methods: list[str], batch: int, repeats: int, device: torch.device) -> None:
+    module = torchvision.models.get_model(model_name, weights=None).eval().to(device)
     vm = ds.as_vision_model(module, preprocessing=IMAGENET)
     canonizer = ResNetCanonizer if model_name.startswith("resnet") else VGGCanonizer
     x = photos(vm, batch)
@@ -110,28 +121,30 @@ def bench(model_name: str, name: str, batch: int, repeats: int) -> None:
         leaf = x.detach().requires_grad_()
         torch.autograd.grad(module(leaf).gather(1, target[:, None]).sum(), leaf)
 
-    def ours() -> torch.Tensor:
-        return ds.attribute(vm, x, name, target=target)
+    for name in methods:
 
-    def zennit() -> torch.Tensor:
-        composite = zennit_composite(name, canonizer, low, high)
-        with Gradient(module, composite) as attributor:
-            return attributor(x, lambda out: torch.nn.functional.one_hot(target, out.shape[1]) * out)[1]
+        def ours(name: str = name) -> torch.Tensor:
+            return ds.attribute(vm, x, name, target=target)
 
-    bare()
-    ours()
-    zennit()
-    t_ours, t_zennit, t_bare = [], [], []
-    for _ in range(repeats):
-        t_bare.append(median_time(bare, 1))
-        t_ours.append(median_time(ours, 1))
-        t_zennit.append(median_time(zennit, 1))
-    mine, theirs, floor = (statistics.median(t) for t in (t_ours, t_zennit, t_bare))
-    print(
-        f"{model_name:10s} {name:30s} {mine:8.2f} {theirs:9.2f} {floor:7.2f} {mine / floor:9.2f}x "
-        f"{mine / theirs:11.2f}x",
-        flush=True,
-    )
+        def zennit(name: str = name) -> torch.Tensor:
+            composite = zennit_composite(name, canonizer, low, high)
+            with Gradient(module, composite) as attributor:
+                return attributor(x, lambda out: torch.nn.functional.one_hot(target, out.shape[1]) * out)[1]
+
+        bare()
+        ours()
+        zennit()
+        t_ours, t_zennit, t_bare = [], [], []
+        for _ in range(repeats):  # interleaved, so that load changes hit all three alike
+            t_bare.append(median_time(bare, 1, device))
+            t_ours.append(median_time(ours, 1, device))
+            t_zennit.append(median_time(zennit, 1, device))
+        mine, theirs, floor = (statistics.median(t) for t in (t_ours, t_zennit, t_bare))
+        print(
+            f"{model_name:10s} {name:30s} {mine:8.3f} {theirs:9.3f} {floor:7.3f} {mine / floor:9.2f}x "
+            f"{mine / theirs:11.2f}x",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -674,3 +674,38 @@ def test_layer_overrides_by_glob(lenet, digits):
     assert rules == {"conv1": "WSquare", "conv2": "Epsilon", "fc1": "ZPlus", "fc2": "ZPlus", "fc3": "ZPlus"}
     custom = lrp(lenet, x, Composite(conv=Epsilon(), linear=ZPlus(), first=WSquare()))
     torch.testing.assert_close(method.attribute(x), custom)
+
+
+# --- CUDA (skipped where there is none) ------------------------------------------------------------------
+
+
+@pytest.fixture
+def exact_cuda_float32():
+    """Full float32 on the GPU (no TF32 convolutions or products) inside the test, the flags restored after."""
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", COMPOSITES)
+def test_cuda_equals_cpu_and_zennit(
+    name, resnet18, efficientnet, small_photos, unchanged, exact_cuda_float32
+):
+    cuda = torch.device("cuda")
+    vm, twin32, _ = resnet18
+    x = vm.preprocess(small_photos)
+    gpu = vm.with_module(copy.deepcopy(vm.module).to(cuda))
+    with unchanged(gpu.module):
+        ours = ds.attribute(gpu, x.to(cuda), name)
+    assert ours.device.type == "cuda"
+    assert_same_relevance(ours.cpu(), ds.attribute(vm, x, name), rtol=1e-3)
+    twin = twin32.with_module(copy.deepcopy(twin32.module).to(cuda))
+    reference = zennit_relevance(twin, x.to(cuda), name, [ResNetCanonizer()])
+    assert_same_relevance(ds.attribute(twin, x.to(cuda), name), reference, rtol=1e-3)
+    x = efficientnet.preprocess(small_photos[:1])
+    gpu = efficientnet.with_module(copy.deepcopy(efficientnet.module).to(cuda))
+    assert_same_relevance(
+        ds.attribute(gpu, x.to(cuda), name).cpu(), ds.attribute(efficientnet, x, name), rtol=1e-3
+    )
