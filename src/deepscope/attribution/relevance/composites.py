@@ -52,6 +52,13 @@ class LRP(Attribution):
     ε of the other rules, sums and average pooling), ``gamma`` and ``low``/``high`` (the input bounds of z-box)
     where the composite has them, and ``layers``: a mapping from layer names or globs to rules that override the
     composite (``{"features.0": ZBox(-1.0, 1.0)}``). Returns signed ``[B,C,H,W]`` relevance, raw.
+    :meth:`rules` shows which rule each layer gets and which batch norm is folded into it:
+
+    >>> import torch, deepscope as ds
+    >>> method = LRPEpsilonGammaBox(ds.load_model("zoo:efficientnet_lite0"))
+    >>> stem = method.rules(torch.zeros(1, 3, 224, 224))[0]
+    >>> stem.layer, stem.rule, stem.batch_norm
+    ('_conv_stem', ZBox(low=None, high=None, stabilizer=1e-06), '_bn0')
     """
 
     options: ClassVar[tuple[str, ...]] = ("epsilon", "stabilizer", "layers")

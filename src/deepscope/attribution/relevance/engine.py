@@ -527,7 +527,11 @@ class _RelevanceTracer(TorchFunctionMode):
         domain = self._domain(x) if self._track_pixels else None
         first = domain is not None
         rule = self.composite.rule_for(name, layer.kind, first)
-        if rule.needs_bounds and getattr(rule, "low", None) is None and (domain is None or domain.low is None):
+        if (
+            rule.needs_bounds
+            and getattr(rule, "low", None) is None
+            and (domain is None or domain.low is None)
+        ):
             raise RelevanceError(
                 f"{rule!r} at layer {name!r} has no bounds: the layer does not take the model input directly, so "
                 "give the rule the bounds of its input, ZBox(low=..., high=...)"

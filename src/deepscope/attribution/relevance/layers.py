@@ -38,7 +38,14 @@ class LinearLayer:
     """One call of a convolution or dense layer: its parameters (detached) and geometry.
 
     ``name`` is the dotted path of the module that made the call (``kind`` is ``"conv"`` or ``"linear"``).
-    ``folded`` names the batch norm folded into it, if any.
+    ``folded`` names the batch norm folded into it, if any. ``adjoint`` is what a gradient would compute:
+
+    >>> conv = torch.nn.Conv2d(2, 3, 3, stride=2, padding=1)
+    >>> layer = LinearLayer("conv", "conv", conv.weight.detach(), None, (2, 2), (1, 1), (1, 1), output_padding=(0, 0))
+    >>> x, s = torch.randn(1, 2, 7, 7, requires_grad=True), torch.randn(1, 3, 4, 4)
+    >>> (gradient,) = torch.autograd.grad(conv(x), x, s)
+    >>> torch.allclose(layer.adjoint(s, layer.weight, x.shape), gradient, atol=1e-6)
+    True
     """
 
     name: str

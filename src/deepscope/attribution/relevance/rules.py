@@ -160,11 +160,13 @@ def _alpha_beta(
     beta: float,
     stabilizer: float,
 ) -> torch.Tensor:
-    weight_pos, weight_neg = _positive(layer.weight), _negative(layer.weight)
     x_pos = x.clamp(min=0)
     x_neg = x.clamp(max=0) if _has_negative(x) else None
+    weight_pos = layer.weight.clamp(min=0)
+    # the mirrored weights only where something uses them (large dense layers make each copy costly)
+    weight_neg = layer.weight.clamp(max=0) if x_neg is not None or beta else None
 
-    def share(bias: torch.Tensor | None, w_pos: torch.Tensor, w_neg: torch.Tensor) -> torch.Tensor:
+    def share(bias: torch.Tensor | None, w_pos: torch.Tensor, w_neg: torch.Tensor | None) -> torch.Tensor:
         # inputs of one sign times weights of one sign: x⁺ w_pos + x⁻ w_neg (+ the bias of that sign)
         denominator = layer.forward(x_pos, w_pos, bias)
         if x_neg is not None:
