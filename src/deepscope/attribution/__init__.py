@@ -1,6 +1,6 @@
 """Heat maps: one family per module, one class per method, a registry, ``attribute()`` and ``explain()``."""
 
-from deepscope.attribution import targets
+from deepscope.attribution import relevance, targets
 from deepscope.attribution.base import (
     Attribution,
     MethodError,
@@ -53,5 +53,6 @@ __all__ = [
     "method_info",
     "methods",
     "register",
+    "relevance",
     "targets",
 ]

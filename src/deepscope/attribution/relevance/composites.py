@@ -1,0 +1,274 @@
+"""The registered LRP methods: named composites, each with the meaning of Zennit's composite of the same name.
+
+=================================  ===================  ====================  =================================
+method                             convolutions         dense layers          first layer (takes the input)
+=================================  ===================  ====================  =================================
+``lrp_epsilon``                    epsilon              epsilon               (as the others)
+``lrp_zplus``                      z+                   z+                    (as the others)
+``lrp_epsilon_plus``               z+                   epsilon               (as the others)
+``lrp_epsilon_plus_flat``          z+                   epsilon               flat
+``lrp_epsilon_alpha2_beta1``       alpha=2, beta=1      epsilon               (as the others)
+``lrp_epsilon_alpha2_beta1_flat``  alpha=2, beta=1      epsilon               flat
+``lrp_epsilon_gamma_box``          gamma=0.25           epsilon               z-box (bounds of the input)
+=================================  ===================  ====================  =================================
+
+All share Zennit's base map: activations and unfolded batch norms pass relevance through, sums and average
+pooling divide it in proportion to their inputs (stabilised by ``stabilizer``), batch norms after a linear layer
+are folded into it. Defaults are Zennit's: ``epsilon=1e-6``, ``stabilizer=1e-6``, ``gamma=0.25``. Zennit has no
+composite named ``epsilon`` or ``zplus``; ``lrp_epsilon`` and ``lrp_zplus`` are the base map with one rule for every
+linear layer. One difference: where a model's first layer is a dense layer, ``lrp_epsilon_gamma_box`` gives it the
+z-box rule (Zennit's gives z-box only to the first convolution).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from deepscope.attribution.base import Attribution, MethodError, check_inputs, register
+from deepscope.attribution.relevance.engine import Composite, LayerRule, propagate, trace_rules
+from deepscope.attribution.relevance.rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus
+from deepscope.attribution.targets import TargetLike
+from deepscope.probe.layers import find_layers
+from deepscope.zoo.vision_model import VisionModel
+
+_PASSES = "1 forward + 1 backward"
+_BACH = "Bach et al. 2015, On Pixel-Wise Explanations for Non-Linear Classifier Decisions by LRP"
+_MONTAVON = (
+    "Montavon et al. 2017, Explaining nonlinear classification decisions with deep Taylor decomposition"
+)
+_KOHLBRENNER = (
+    "Kohlbrenner et al. 2020, Towards best practice in explaining neural network decisions with LRP"
+)
+
+
+class LRP(Attribution):
+    """Base of the registered LRP composites: one forward and one backward pass with the composite's rules.
+
+    Settings (all optional): ``epsilon`` (dense layers, and every layer of ``lrp_epsilon``), ``stabilizer`` (the
+    ε of the other rules, sums and average pooling), ``gamma`` and ``low``/``high`` (the input bounds of z-box)
+    where the composite has them, and ``layers``: a mapping from layer names or globs to rules that override the
+    composite (``{"features.0": ZBox(-1.0, 1.0)}``). Returns signed ``[B,C,H,W]`` relevance, raw.
+    :meth:`rules` shows which rule each layer gets and which batch norm is folded into it:
+
+    >>> import torch, deepscope as ds
+    >>> method = LRPEpsilonGammaBox(ds.load_model("zoo:efficientnet_lite0"))
+    >>> stem = method.rules(torch.zeros(1, 3, 224, 224))[0]
+    >>> stem.layer, stem.rule, stem.batch_norm
+    ('_conv_stem', ZBox(low=None, high=None, stabilizer=1e-06), '_bn0')
+    """
+
+    options: ClassVar[tuple[str, ...]] = ("epsilon", "stabilizer", "layers")
+
+    def __init__(
+        self,
+        model: VisionModel | nn.Module,
+        layer: str | None = None,
+        batch_size: int | None = None,
+        **config: Any,
+    ):
+        super().__init__(model, layer=layer, batch_size=batch_size, **config)
+        if layer is not None:
+            raise MethodError(
+                f"{self.name} explains the input pixels; it takes no layer (got layer={layer!r})"
+            )
+        unknown = sorted(set(config) - set(self.options))
+        if unknown:
+            raise MethodError(
+                f"{self.name} has no setting {', '.join(map(repr, unknown))}; its settings: {', '.join(self.options)}"
+            )
+        overrides = config.get("layers") or {}
+        if not isinstance(overrides, Mapping) or not all(isinstance(r, Rule) for r in overrides.values()):
+            raise MethodError("layers must map layer names or globs to rules, e.g. {'features.0': Flat()}")
+        for pattern in overrides:
+            find_layers(self.vm, pattern)  # a name that matches nothing raises, with suggestions
+        self.composite = self.build(
+            **{key: value for key, value in config.items() if key not in ("low", "high")}
+        )
+        if overrides:
+            self.composite = Composite(
+                self.composite.conv,
+                self.composite.linear,
+                self.composite.first,
+                dict(overrides),
+                self.composite.stabilizer,
+            )
+
+    def build(self, **settings: Any) -> Composite:
+        raise NotImplementedError
+
+    def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
+        relevance, _ = propagate(
+            self.vm,
+            check_inputs(inputs),
+            self.composite,
+            target,
+            low=self.config.get("low"),
+            high=self.config.get("high"),
+            batch_size=self.batch_size,
+        )
+        return relevance
+
+    def rules(self, inputs: torch.Tensor) -> list[LayerRule]:
+        """Which rule each convolution / dense layer call gets for inputs like ``inputs`` (forward pass only)."""
+        return trace_rules(self.vm, check_inputs(inputs), self.composite)
+
+
+@register(
+    "lrp_epsilon", family="relevance", space="pixel", passes=_PASSES, reference=_BACH + "; LRP-ε everywhere"
+)
+class LRPEpsilon(LRP):
+    """LRP-ε on every convolution and dense layer (Bach et al. 2015).
+
+    >>> import torch, deepscope as ds
+    >>> vm = ds.load_model("zoo:lenet_mnist")
+    >>> x = vm.preprocess(ds.datasets.mnist5k().images[:2])
+    >>> relevance = ds.attribute(vm, x, "lrp_epsilon")
+    >>> relevance.shape, torch.allclose(relevance.sum((1, 2, 3)), vm(x).max(1).values, rtol=0.2)
+    (torch.Size([2, 1, 28, 28]), True)
+    """
+
+    def build(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, layers: Any = None) -> Composite:
+        return Composite(conv=Epsilon(epsilon), linear=Epsilon(epsilon), stabilizer=stabilizer)
+
+
+@register(
+    "lrp_zplus", family="relevance", space="pixel", passes=_PASSES, reference=_MONTAVON + "; z+ everywhere"
+)
+class LRPZPlus(LRP):
+    """The z⁺ rule of deep Taylor decomposition on every convolution and dense layer (Montavon et al. 2017).
+
+    >>> import deepscope as ds
+    >>> vm = ds.load_model("zoo:lenet_mnist")
+    >>> ds.attribute(vm, vm.preprocess(ds.datasets.mnist5k().images[:1]), "lrp_zplus").shape
+    torch.Size([1, 1, 28, 28])
+    """
+
+    options = ("stabilizer", "layers")
+
+    def build(self, stabilizer: float = 1e-6, layers: Any = None) -> Composite:
+        return Composite(conv=ZPlus(stabilizer), linear=ZPlus(stabilizer), stabilizer=stabilizer)
+
+
+@register(
+    "lrp_epsilon_plus",
+    family="relevance",
+    space="pixel",
+    passes=_PASSES,
+    reference=_KOHLBRENNER + "; Zennit's EpsilonPlus: z+ for convolutions, ε for dense layers",
+)
+class LRPEpsilonPlus(LRP):
+    """z⁺ for convolutions, ε for dense layers (Zennit's ``EpsilonPlus``; Kohlbrenner et al. 2020).
+
+    >>> import deepscope as ds
+    >>> vm = ds.load_model("zoo:lenet_mnist")
+    >>> ds.attribute(vm, vm.preprocess(ds.datasets.mnist5k().images[:1]), "lrp_epsilon_plus").shape
+    torch.Size([1, 1, 28, 28])
+    """
+
+    def build(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, layers: Any = None) -> Composite:
+        return Composite(conv=ZPlus(stabilizer), linear=Epsilon(epsilon), stabilizer=stabilizer)
+
+
+@register(
+    "lrp_epsilon_plus_flat",
+    family="relevance",
+    space="pixel",
+    passes=_PASSES,
+    reference=_KOHLBRENNER + "; Zennit's EpsilonPlusFlat: flat first layer, z+ convolutions, ε dense layers",
+)
+class LRPEpsilonPlusFlat(LRP):
+    """Flat rule for the first layer, z⁺ for the other convolutions, ε for dense layers (Zennit's
+    ``EpsilonPlusFlat``; Kohlbrenner et al. 2020).
+
+    >>> import deepscope as ds
+    >>> vm = ds.load_model("zoo:lenet_mnist")
+    >>> ds.attribute(vm, vm.preprocess(ds.datasets.mnist5k().images[:1]), "lrp_epsilon_plus_flat").shape
+    torch.Size([1, 1, 28, 28])
+    """
+
+    def build(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, layers: Any = None) -> Composite:
+        return Composite(
+            conv=ZPlus(stabilizer), linear=Epsilon(epsilon), first=Flat(stabilizer), stabilizer=stabilizer
+        )
+
+
+@register(
+    "lrp_epsilon_alpha2_beta1",
+    family="relevance",
+    space="pixel",
+    passes=_PASSES,
+    reference=_BACH + "; Zennit's EpsilonAlpha2Beta1: α2β1 convolutions, ε dense layers",
+)
+class LRPEpsilonAlpha2Beta1(LRP):
+    """α=2, β=1 for convolutions, ε for dense layers (Zennit's ``EpsilonAlpha2Beta1``; Bach et al. 2015).
+
+    >>> import deepscope as ds
+    >>> vm = ds.load_model("zoo:lenet_mnist")
+    >>> ds.attribute(vm, vm.preprocess(ds.datasets.mnist5k().images[:1]), "lrp_epsilon_alpha2_beta1").shape
+    torch.Size([1, 1, 28, 28])
+    """
+
+    def build(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, layers: Any = None) -> Composite:
+        return Composite(conv=AlphaBeta(2, 1, stabilizer), linear=Epsilon(epsilon), stabilizer=stabilizer)
+
+
+@register(
+    "lrp_epsilon_alpha2_beta1_flat",
+    family="relevance",
+    space="pixel",
+    passes=_PASSES,
+    reference=_BACH
+    + "; Zennit's EpsilonAlpha2Beta1Flat: flat first layer, α2β1 convolutions, ε dense layers",
+)
+class LRPEpsilonAlpha2Beta1Flat(LRP):
+    """Flat rule for the first layer, α=2, β=1 for the other convolutions, ε for dense layers (Zennit's
+    ``EpsilonAlpha2Beta1Flat``).
+
+    >>> import deepscope as ds
+    >>> vm = ds.load_model("zoo:lenet_mnist")
+    >>> ds.attribute(vm, vm.preprocess(ds.datasets.mnist5k().images[:1]), "lrp_epsilon_alpha2_beta1_flat").shape
+    torch.Size([1, 1, 28, 28])
+    """
+
+    def build(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, layers: Any = None) -> Composite:
+        return Composite(
+            conv=AlphaBeta(2, 1, stabilizer),
+            linear=Epsilon(epsilon),
+            first=Flat(stabilizer),
+            stabilizer=stabilizer,
+        )
+
+
+@register(
+    "lrp_epsilon_gamma_box",
+    family="relevance",
+    space="pixel",
+    passes=_PASSES,
+    reference=_MONTAVON + "; Zennit's EpsilonGammaBox: z-box first layer, γ convolutions, ε dense layers",
+)
+class LRPEpsilonGammaBox(LRP):
+    """z-box for the first layer, γ for the other convolutions, ε for dense layers (Zennit's ``EpsilonGammaBox``;
+    Montavon et al. 2017 and 2019). The z-box bounds default to the pixel range [0, 1] through the model's
+    normalisation; ``low``/``high`` (floats, per-channel values or input-shaped tensors) override them.
+
+    >>> import deepscope as ds
+    >>> vm = ds.load_model("zoo:lenet_mnist")
+    >>> ds.attribute(vm, vm.preprocess(ds.datasets.mnist5k().images[:1]), "lrp_epsilon_gamma_box").shape
+    torch.Size([1, 1, 28, 28])
+    """
+
+    options = ("epsilon", "gamma", "stabilizer", "low", "high", "layers")
+
+    def build(
+        self, epsilon: float = 1e-6, gamma: float = 0.25, stabilizer: float = 1e-6, layers: Any = None
+    ) -> Composite:
+        return Composite(
+            conv=Gamma(gamma, stabilizer),
+            linear=Epsilon(epsilon),
+            first=ZBox(stabilizer=stabilizer),
+            stabilizer=stabilizer,
+        )
