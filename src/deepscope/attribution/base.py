@@ -37,7 +37,7 @@ class MethodInfo:
     """One registry entry: what ``ds.methods()`` lists and what the registry-driven tests iterate over."""
 
     name: str
-    family: str  # "gradient", "cam", "relevance", "perturbation", "transformer"
+    family: str  # one of FAMILIES
     space: str  # "pixel" ([B,C,H,W]) or "layer" ([B,1,H,W])
     passes: str  # the cost floor in passes through the model, e.g. "1 forward + 1 backward"
     reference: str  # paper and variant
@@ -54,6 +54,8 @@ def register(
     """Class decorator adding a method to the registry under ``name``."""
     if space not in ("pixel", "layer"):
         raise ValueError(f"space must be 'pixel' or 'layer', got {space!r}")
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
     def add(method: type[Attribution]) -> type[Attribution]:
         if name in _REGISTRY:
@@ -65,14 +67,19 @@ def register(
     return add
 
 
+FAMILIES = ("gradient", "cam", "relevance", "perturbation", "transformer")
+
+
 def methods(family: str | None = None) -> list[MethodInfo]:
-    """The registered heat-map methods (optionally of one family), in registration order.
+    """The registered heat-map methods (optionally of one family): by family in ``FAMILIES`` order, then in
+    registration order.
 
     >>> import deepscope as ds
     >>> all(info.space in ("pixel", "layer") for info in ds.methods())
     True
     """
-    return [info for info in _REGISTRY.values() if family is None or info.family == family]
+    found = [info for info in _REGISTRY.values() if family is None or info.family == family]
+    return sorted(found, key=lambda info: FAMILIES.index(info.family))
 
 
 def method_info(name: str) -> MethodInfo:
