@@ -7,7 +7,7 @@
 'espresso'
 """
 
-from deepscope import errors
+from deepscope import errors, metrics
 from deepscope.attribution import attribute, methods, targets
 from deepscope.probe import (
     Graph,
@@ -53,6 +53,7 @@ __all__ = [
     "load_images",
     "load_model",
     "methods",
+    "metrics",
     "receptive_field",
     "samples",
     "targets",
