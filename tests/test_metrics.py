@@ -430,3 +430,89 @@ def test_bad_settings_name_the_problem(lenet, call, message):
     x = lenet.preprocess(ds.datasets.mnist5k("test").images[:2])
     with pytest.raises(ds.errors.DeepscopeError, match=message):
         call(lenet, x)
+
+
+# ---- evaluate ----
+
+
+def ink(model, x, target):
+    return x
+
+
+def noise(model, x, target):
+    return torch.rand(x.shape, generator=torch.Generator().manual_seed(0)).to(x.device)
+
+
+def test_evaluate_table_and_ranking(lenet, unchanged):
+    masks = torch.zeros(8, 28, 28, dtype=torch.bool)
+    masks[:, 6:22, 6:22] = True
+    with unchanged(lenet.module):
+        result = ds.evaluate(
+            lenet,
+            ds.datasets.mnist5k("test"),
+            {"gradient x input": lambda m, x, t: gradient(m, x, t) * x, "random": noise},
+            {
+                "pixel_flipping": {"per_step": 16},
+                "deletion": {},
+                "randomization": {"layers": ["fc3", "conv1"]},
+                "pointing_game": {"tolerance": 2},
+            },
+            masks=masks,
+            limit=8,
+        )
+    table = result.table.set_index(["method", "metric"])
+    assert len(table) == 8 and set(table["n"]) == {8}
+    assert table.loc[("gradient x input", "pixel_flipping"), "better"] == "higher"
+    assert table.loc[("random", "deletion"), "better"] == "lower"
+    # the ranking follows each metric's direction: gradient x input beats noise on both faithfulness metrics
+    assert result.ranking.loc["gradient x input", "pixel_flipping"] == 1
+    assert result.ranking.loc["gradient x input", "deletion"] == 1
+    assert list(result.ranking.columns) == [
+        "pixel_flipping",
+        "deletion",
+        "randomization",
+        "pointing_game",
+        "mean_rank",
+    ]
+    # the table's numbers are the metric functions' own, on per-pixel maps
+    maps = gradient(lenet, result_inputs(lenet), ds.metrics.fixed_target(lenet, result_inputs(lenet)))
+    direct = ds.metrics.pixel_flipping(lenet, result_inputs(lenet), maps * result_inputs(lenet), per_step=16)
+    assert table.loc[("gradient x input", "pixel_flipping"), "mean"] == pytest.approx(
+        direct.aopc.mean().item(), rel=1e-5
+    )
+    assert set(result.curves("pixel_flipping")) == {"gradient x input", "random"}
+    pictures = result.plots()
+    assert set(pictures) == {"pixel_flipping", "deletion", "randomization"}
+
+
+def result_inputs(lenet):
+    return lenet.preprocess(ds.datasets.mnist5k("test").images[:8])
+
+
+def test_evaluate_reduces_colour_maps_to_pixels_and_takes_labels(efficientnet, photos):
+    seen = []
+
+    def colour(model, x, target):
+        seen.append(x.shape[0])
+        return gradient(model, x, target) * x
+
+    result = ds.evaluate(
+        efficientnet, photos, {"gradient x input": colour}, {"deletion": {"per_step": 224 * 56}}, batch_size=2
+    )
+    assert result.maps["gradient x input"].shape == (5, 1, 224, 224)
+    assert seen == [2, 2, 1]  # maps computed batch_size at a time
+    assert result.curves("deletion")["gradient x input"].curve.shape == (5, 5)
+
+
+def test_evaluate_errors(lenet):
+    digits = ds.datasets.mnist5k("test")
+    with pytest.raises(MetricError, match="unknown metric 'aopc'"):
+        ds.evaluate(lenet, digits, {"ink": ink}, ["aopc"], limit=2)
+    with pytest.raises(MetricError, match="pointing_game needs the objects"):
+        ds.evaluate(lenet, digits, {"ink": ink}, ["pointing_game"], limit=2)
+    with pytest.raises(MetricError, match="data must be"):
+        ds.evaluate(lenet, "mnist", {"ink": ink}, ["deletion"])
+    with pytest.raises(MetricError, match="target='label' needs"):
+        ds.evaluate(lenet, torch.zeros(2, 1, 28, 28), {"ink": ink}, ["deletion"], target="label")
+    labelled = ds.evaluate(lenet, digits, {"ink": ink}, {"deletion": {}}, target="label", limit=3)
+    assert labelled.table["n"].tolist() == [3]

@@ -9,6 +9,7 @@
 
 from deepscope import errors, metrics
 from deepscope.attribution import attribute, methods, targets
+from deepscope.metrics import evaluate
 from deepscope.probe import (
     Graph,
     ReceptiveField,
@@ -45,6 +46,7 @@ __all__ = [
     "capture",
     "datasets",
     "errors",
+    "evaluate",
     "find_layers",
     "get_layer",
     "graph",

@@ -7,6 +7,7 @@ result object. :func:`evaluate` runs several methods through several metrics and
 """
 
 from deepscope.metrics._common import MetricError
+from deepscope.metrics.evaluate import METRICS, Evaluation, evaluate
 from deepscope.metrics.faithfulness import (
     Curve,
     deletion,
@@ -27,11 +28,14 @@ from deepscope.metrics.sanity import (
 from deepscope.metrics.similarity import pearson, spearman, ssim
 
 __all__ = [
+    "METRICS",
     "Curve",
+    "Evaluation",
     "MetricError",
     "Randomization",
     "boxes_to_masks",
     "deletion",
+    "evaluate",
     "fixed_target",
     "infidelity",
     "insertion",
