@@ -223,8 +223,8 @@ def insertion(
     >>> import torch, deepscope as ds
     >>> vm = ds.load_model("zoo:lenet_mnist")
     >>> x = vm.preprocess(ds.datasets.mnist5k("test").images[:2])
-    >>> ds.metrics.insertion(vm, x, x, start="black").curve.shape
-    torch.Size([2, 101])
+    >>> ds.metrics.insertion(vm, x, x, start="black").curve.shape  # 784 pixels, 8 per step
+    torch.Size([2, 99])
     """
     x, maps = prepare(x, attributions)
     fill = replacement_values(_vision(model), x, start, generator_for(x.device, seed + 1))

@@ -211,8 +211,9 @@ def fixed_target(model: VisionModel | nn.Module, x: torch.Tensor, target: Target
 
     >>> import torch, deepscope as ds
     >>> vm = ds.load_model("zoo:lenet_mnist")
-    >>> ds.metrics.fixed_target(vm, vm.preprocess(ds.datasets.mnist5k("test").images[:3])).indices
-    tensor([7, 3, 9])
+    >>> digits = ds.datasets.mnist5k("test").subset([0, 500, 999])
+    >>> ds.metrics.fixed_target(vm, vm.preprocess(digits.images)).indices, digits.labels
+    (tensor([0, 5, 9]), tensor([0, 5, 9]))
     """
     return _fixed_target(ModelRunner(model, x.shape[0] or 1, softmax=False), x, target)
 
