@@ -315,10 +315,14 @@ def test_differs_pointing_game_empty_masks_are_left_out():
 def test_differs_infidelity_samples_random_perturbations(lenet, digits):
     """Yeh et al.'s infidelity is an expectation over random perturbations I. Quantus's is a deterministic
     cumulative sweep over a patch grid (repeated n_perturb_samples times); with the default patch size 4 its
-    padding bug does not bite on 28x28 images, and both differ from ours on Gaussian noise."""
+    padding bug does not bite on 28x28 images (it does with 5-pixel patches), and both differ from ours on Gaussian noise."""
     x, y = digits
     maps = random_maps((8, 1, 28, 28), seed=8) - 0.5
     ours = ds.metrics.infidelity(lenet, x, maps, y, samples=16, normalize=False)
     metric = quantus.Infidelity(perturb_patch_sizes=[4], n_perturb_samples=1, normalise=False, abs=False)
     theirs = metric(lenet.module, *numpy(x, y, maps), channel_first=True, softmax=False)
     assert not np.allclose(ours.numpy(), theirs, rtol=0.1)
+    # a patch size that does not divide the image: Quantus indexes the unpadded array with padded indices
+    odd = quantus.Infidelity(perturb_patch_sizes=[5], n_perturb_samples=1, normalise=False, abs=False)
+    with pytest.raises(ValueError, match="cannot reshape"):
+        odd(lenet.module, *numpy(x, y, maps), channel_first=True, softmax=False)
