@@ -516,3 +516,25 @@ def test_evaluate_errors(lenet):
         ds.evaluate(lenet, torch.zeros(2, 1, 28, 28), {"ink": ink}, ["deletion"], target="label")
     labelled = ds.evaluate(lenet, digits, {"ink": ink}, {"deletion": {}}, target="label", limit=3)
     assert labelled.table["n"].tolist() == [3]
+
+
+class Viewing(nn.Module):
+    """An old-style model that flattens with .view, which channels-last feature maps do not allow."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).view(x.shape[0], -1))
+
+
+def test_models_that_cannot_take_channels_last_inputs_still_work():
+    model = Viewing()
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    maps = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    result = ds.metrics.pixel_flipping(model, x, maps, 0, per_step=16, replacement=0.0)
+    with torch.no_grad():
+        last = model(torch.zeros_like(x))[:, 0]
+    torch.testing.assert_close(result.curve[:, -1], last)
