@@ -10,6 +10,7 @@ from torch import nn
 
 import deepscope as ds
 from deepscope.metrics import MetricError
+from deepscope.render.curves import evaluation_plots
 
 # ---- a linear model whose true per-pixel contributions are known ----
 
@@ -481,7 +482,7 @@ def test_evaluate_table_and_ranking(lenet, unchanged):
         direct.aopc.mean().item(), rel=1e-5
     )
     assert set(result.curves("pixel_flipping")) == {"gradient x input", "random"}
-    pictures = result.plots()
+    pictures = evaluation_plots(result)
     assert set(pictures) == {"pixel_flipping", "deletion", "randomization"}
 
 
@@ -538,3 +539,20 @@ def test_models_that_cannot_take_channels_last_inputs_still_work():
     with torch.no_grad():
         last = model(torch.zeros_like(x))[:, 0]
     torch.testing.assert_close(result.curve[:, -1], last)
+
+
+def test_random_perturbations_do_not_depend_on_batch_size(lenet):
+    x = lenet.preprocess(ds.datasets.mnist5k("test").images[:3])
+    target = ds.metrics.fixed_target(lenet, x)
+    maps = gradient(lenet, x, target)
+    for perturbation in ("gaussian", "square"):
+        small = ds.metrics.infidelity(
+            lenet, x, maps, target, perturbation=perturbation, samples=5, batch_size=2
+        )
+        large = ds.metrics.infidelity(
+            lenet, x, maps, target, perturbation=perturbation, samples=5, batch_size=64
+        )
+        torch.testing.assert_close(small, large)
+    small = ds.metrics.max_sensitivity(lenet, x, maps, target, method=gradient, samples=3, batch_size=2)
+    large = ds.metrics.max_sensitivity(lenet, x, maps, target, method=gradient, samples=3, batch_size=64)
+    torch.testing.assert_close(small, large)

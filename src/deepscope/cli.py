@@ -111,6 +111,7 @@ def evaluate(
     """Evaluate heat-map methods with faithfulness and sanity metrics: print the table and the ranking,
     write the curves as PNG files."""
     from deepscope.metrics.evaluate import evaluate as run_evaluation
+    from deepscope.render.curves import evaluation_plots
     from deepscope.zoo.loaders import load_model
 
     vm = load_model(model)
@@ -138,7 +139,7 @@ def evaluate(
     typer.echo("\nRanking (1 = best):")
     typer.echo(result.ranking.to_string(float_format=lambda v: f"{v:.3g}"))
     result.table.to_csv(out / "table.csv", index=False)
-    for name, picture in result.plots().items():
+    for name, picture in evaluation_plots(result).items():
         picture.save(out / f"{name}.png")
     typer.echo(f"wrote {out / 'table.csv'} and the plots to {out}/", err=True)
 

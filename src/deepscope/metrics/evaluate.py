@@ -105,22 +105,6 @@ class Evaluation:
     def randomizations(self) -> dict[str, Randomization]:
         return {m: r for (m, name), r in self.results.items() if isinstance(r, Randomization)}
 
-    def plots(self) -> dict[str, Image.Image]:
-        """One picture per curve metric (mean curve and spread per method) and one for the randomisation test."""
-        from deepscope.render.curves import curve_plot, randomization_plot
-
-        pictures = {}
-        for metric in dict.fromkeys(name for _, name in self.results):
-            curves = self.curves(metric)
-            if curves:
-                pictures[metric] = curve_plot(
-                    curves, metric.replace("_", " "), higher_is_better=METRICS[metric].higher_is_better
-                )
-        randomizations = self.randomizations()
-        if randomizations:
-            pictures["randomization"] = randomization_plot(randomizations)
-        return pictures
-
 
 def _data(model: VisionModel, data: Any, limit: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Preprocessed inputs and, where the data has them, labels."""

@@ -12,6 +12,7 @@ perturbation), and after ``k`` steps the first ``counts[k]`` units in that order
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -345,25 +346,43 @@ def infidelity(
     """
     x, maps = prepare(x, attributions)
     batch = x.shape[0]
-    perturbations = _perturbations(model, x, perturbation, samples, scale, patch, replacement, seed)
-    count = perturbations.shape[0]
+    draw = _perturbation_source(model, x, perturbation, samples, scale, patch, replacement, seed)
     runner = ModelRunner(model, batch_size, softmax)
     target_fn, start = runner.start(x, target)
+    explained, output_change = [], []
+    # Perturbations are drawn a block at a time (about batch_size images), so memory does not grow with samples.
+    for block in draw.blocks(max(1, batch_size // batch)):
+        count = block.shape[0]
 
-    def build(items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = items % batch
-        return x[rows] - perturbations[items // batch, rows], rows
+        def build(items: torch.Tensor, block: torch.Tensor = block) -> tuple[torch.Tensor, torch.Tensor]:
+            rows = items % batch
+            return x[rows] - block[items // batch, rows], rows
 
-    scores = runner.scores(build, count * batch, target_fn, batch, x.device).view(count, batch)
-    output_change = start.to(x.device)[None] - scores  # [S, B]
-    explained = (perturbations * maps[None]).flatten(2).sum(2).float()  # [S, B]
+        scores = runner.scores(build, count * batch, target_fn, batch, x.device).view(count, batch)
+        output_change.append(start.to(x.device)[None] - scores)
+        explained.append((block * maps[None]).flatten(2).sum(2).float())
+    change = torch.cat(output_change)  # [S, B]
+    dot = torch.cat(explained)  # [S, B]
     if normalize:
-        beta = (explained * output_change).mean(0) / (explained * explained).mean(0)
-        explained = explained * beta[None]
-    return ((explained - output_change) ** 2).mean(0)
+        beta = (dot * change).mean(0) / (dot * dot).mean(0)
+        dot = dot * beta[None]
+    return ((dot - change) ** 2).mean(0)
 
 
-def _perturbations(
+class PerturbationSource:
+    """Perturbations ``I`` ``[S,B,C,H,W]``, handed out in blocks along S; random ones are drawn one sample
+    (``[B,C,H,W]``) at a time from a private generator, so blocks of any size give the same perturbations."""
+
+    def __init__(self, count: int, draw_one: Callable[[int], torch.Tensor]):
+        self.count = count
+        self.draw_one = draw_one
+
+    def blocks(self, size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, self.count, size):
+            yield torch.stack([self.draw_one(index) for index in range(start, min(start + size, self.count))])
+
+
+def _perturbation_source(
     model: VisionModel | nn.Module,
     x: torch.Tensor,
     perturbation: str | torch.Tensor,
@@ -372,7 +391,7 @@ def _perturbations(
     patch: int,
     replacement: ReplacementLike,
     seed: int,
-) -> torch.Tensor:
+) -> PerturbationSource:
     batch, _, height, width = x.shape
     if isinstance(perturbation, torch.Tensor):
         given = perturbation.to(x.device, x.dtype)
@@ -383,27 +402,29 @@ def _perturbations(
                 f"explicit perturbations must be [S,B,C,H,W] or [S,C,H,W] for inputs {list(x.shape)}, "
                 f"got {list(perturbation.shape)}"
             )
-        return given
+        return PerturbationSource(given.shape[0], lambda index: given[index])
     if not isinstance(samples, int) or samples < 1:
         raise MetricError(f"samples must be a positive int, got {samples!r}")
     generator = generator_for(x.device, seed)
     if perturbation == "gaussian":
-        shape = (samples, *x.shape)
-        return torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype) * scale
+        return PerturbationSource(
+            samples,
+            lambda _: torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * scale,
+        )
     if perturbation == "square":
         if not isinstance(patch, int) or not 1 <= patch <= min(height, width):
             raise MetricError(f"patch must be an int between 1 and {min(height, width)}, got {patch!r}")
-        fill = replacement_values(_vision(model), x, replacement, generator)
-        top = torch.randint(
-            0, height - patch + 1, (samples, batch, 1, 1), generator=generator, device=x.device
-        )
-        left = torch.randint(
-            0, width - patch + 1, (samples, batch, 1, 1), generator=generator, device=x.device
-        )
-        rows = torch.arange(height, device=x.device).view(1, 1, height, 1)
-        columns = torch.arange(width, device=x.device).view(1, 1, 1, width)
-        inside = (rows >= top) & (rows < top + patch) & (columns >= left) & (columns < left + patch)
-        return (x - fill)[None] * inside[:, :, None].to(x.dtype)
+        removed = x - replacement_values(_vision(model), x, replacement, generator)
+        rows = torch.arange(height, device=x.device).view(1, height, 1)
+        columns = torch.arange(width, device=x.device).view(1, 1, width)
+
+        def square(_: int) -> torch.Tensor:
+            top = torch.randint(0, height - patch + 1, (batch, 1, 1), generator=generator, device=x.device)
+            left = torch.randint(0, width - patch + 1, (batch, 1, 1), generator=generator, device=x.device)
+            inside = (rows >= top) & (rows < top + patch) & (columns >= left) & (columns < left + patch)
+            return removed * inside[:, None].to(x.dtype)
+
+        return PerturbationSource(samples, square)
     raise MetricError(f"perturbation must be 'gaussian', 'square' or a tensor, got {perturbation!r}")
 
 

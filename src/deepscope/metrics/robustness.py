@@ -21,6 +21,7 @@ from deepscope.metrics._common import (
     make_explainer,
     prepare,
 )
+from deepscope.metrics.faithfulness import PerturbationSource
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 
@@ -70,24 +71,33 @@ def max_sensitivity(
         if radius <= 0:
             raise MetricError(f"radius must be > 0, got {radius}")
         generator = generator_for(x.device, seed)
-        unit = torch.rand((samples, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
-        perturbations = (2 * unit - 1) * radius
+
+        def draw(_: int) -> torch.Tensor:
+            unit = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            return (2 * unit - 1) * radius
+
+        source = PerturbationSource(samples, draw)
     else:
-        perturbations = perturbations.to(x.device, x.dtype)
-        if perturbations.ndim != 5 or perturbations.shape[1:] != x.shape:
+        given = perturbations.to(x.device, x.dtype)
+        if given.ndim != 5 or given.shape[1:] != x.shape:
             raise MetricError(
                 f"perturbations must be [S,B,C,H,W] for inputs {list(x.shape)}, got {list(perturbations.shape)}"
             )
-    count = perturbations.shape[0]
+        source = PerturbationSource(given.shape[0], lambda index: given[index])
     target_fn, _ = ModelRunner(vm, batch_size, softmax=False).start(x, target)
-    inputs = (x[None] + perturbations).flatten(0, 1)  # sample-major: [S*B, C, H, W]
-    rows = torch.arange(batch, device=x.device).repeat(count)
-    maps = check_maps(inputs, explain_chunks(explain, vm, inputs, rows, target_fn, batch, batch_size))
-    if maps.shape[1] != original.shape[1]:
-        raise MetricError(
-            f"the method returns {maps.shape[1]}-channel maps, the attributions have {original.shape[1]}"
-        )
-    difference = (maps.view(count, batch, -1) - original.flatten(1)[None]).norm(dim=2)  # [S, B]
-    if relative:
-        difference = difference / original.flatten(1).norm(dim=1)[None]
+    norm = original.flatten(1).norm(dim=1)
+    differences = []
+    # Blocks of about batch_size perturbed inputs: memory does not grow with the number of samples.
+    for block in source.blocks(max(1, batch_size // batch)):
+        count = block.shape[0]
+        inputs = (x[None] + block).flatten(0, 1)  # sample-major: [count*B, C, H, W]
+        rows = torch.arange(batch, device=x.device).repeat(count)
+        maps = check_maps(inputs, explain_chunks(explain, vm, inputs, rows, target_fn, batch, batch_size))
+        if maps.shape[1] != original.shape[1]:
+            raise MetricError(
+                f"the method returns {maps.shape[1]}-channel maps, the attributions have {original.shape[1]}"
+            )
+        difference = (maps.view(count, batch, -1) - original.flatten(1)[None]).norm(dim=2)  # [count, B]
+        differences.append(difference / norm[None] if relative else difference)
+    difference = torch.cat(differences)
     return difference.amax(0)

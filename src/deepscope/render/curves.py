@@ -92,3 +92,21 @@ def randomization_plot(results: Mapping[str, Any], measure: str | None = None) -
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="best")
     return _picture(figure)
+
+
+def evaluation_plots(evaluation: Any) -> dict[str, Image.Image]:
+    """The pictures of a ``ds.evaluate`` result: one per curve metric (mean curve and spread per method) and one
+    for the randomisation test, keyed by metric name."""
+    from deepscope.metrics.evaluate import METRICS
+
+    pictures = {}
+    for metric in dict.fromkeys(name for _, name in evaluation.results):
+        curves = evaluation.curves(metric)
+        if curves:
+            pictures[metric] = curve_plot(
+                curves, metric.replace("_", " "), higher_is_better=METRICS[metric].higher_is_better
+            )
+    randomizations = evaluation.randomizations()
+    if randomizations:
+        pictures["randomization"] = randomization_plot(randomizations)
+    return pictures
