@@ -8,7 +8,7 @@
 """
 
 from deepscope import errors, metrics
-from deepscope.attribution import attribute, methods, targets
+from deepscope.attribution import attribute, explain, methods, targets
 from deepscope.metrics import evaluate
 from deepscope.probe import (
     Graph,
@@ -47,6 +47,7 @@ __all__ = [
     "datasets",
     "errors",
     "evaluate",
+    "explain",
     "find_layers",
     "get_layer",
     "graph",

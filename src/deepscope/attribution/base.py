@@ -14,14 +14,16 @@ A method is one small class in its family's module, registered by name::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from deepscope.attribution.targets import TargetLike
+from deepscope.attribution.targets import TargetError, TargetLike, resolve_target
 from deepscope.errors import DeepscopeError, ImageError, suggestion
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
@@ -91,6 +93,8 @@ class Attribution:
     """
 
     name: ClassVar[str] = ""
+    # Model inputs per forward for methods that expand the batch, when the caller does not say.
+    default_batch_size: ClassVar[int] = 16
 
     def __init__(
         self,
@@ -106,6 +110,7 @@ class Attribution:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.config = config
+        self.passes = PassCount()
 
     def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
         raise NotImplementedError
@@ -147,6 +152,7 @@ def attribute(
     of layer-space methods (default: found automatically). ``config`` holds the method's own settings.
     """
     info = method_info(method)
+    check_options(info.method, config)
     return info.method(model, layer=layer, batch_size=batch_size, **config).attribute(
         check_inputs(inputs), target
     )
@@ -158,3 +164,92 @@ def method_names(names: str | Sequence[str]) -> list[str]:
     for name in listed:
         method_info(name)
     return listed
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared machinery of the method families: options, pass counting, sub-batches, targets per row, upsampling.
+
+
+def check_options(method: type[Attribution], config: dict[str, Any]) -> None:
+    """Reject settings a method does not take, naming the ones it does (a typo must not be ignored).
+
+    Methods whose ``__init__`` takes ``**config`` accept anything; the others list their options.
+    """
+    parameters = inspect.signature(method.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    known = [name for name in parameters if name not in ("self", "model", "layer", "batch_size")]
+    for key in config:
+        if key not in known:
+            raise MethodError(
+                f"{method.name or method.__name__} has no option {key!r}.{suggestion(key, known)} "
+                f"Its options: {', '.join(known) or 'none'}"
+            )
+
+
+@dataclass
+class PassCount:
+    """Passes through the model, in units of the whole batch: 100 model inputs for a batch of 4 is 25
+    forward passes. ``forward`` counts forward passes, ``backward`` backward passes (to the input or to a
+    layer)."""
+
+    forward: float = 0.0
+    backward: float = 0.0
+
+    def add(self, inputs: int, batch: int, backward: int | bool) -> None:
+        """Count ``inputs`` model inputs (of a batch of ``batch``) forward, and ``backward`` times backward."""
+        self.forward += inputs / batch
+        self.backward += int(backward) * inputs / batch
+
+    def __add__(self, other: PassCount) -> PassCount:
+        return PassCount(self.forward + other.forward, self.backward + other.backward)
+
+    def __str__(self) -> str:
+        return f"{self.forward:g} forward + {self.backward:g} backward"
+
+
+def chunks(total: int, size: int, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+    """Consecutive index ranges ``[0, size), [size, 2 size), ...`` covering ``total`` items, as long tensors."""
+    for start in range(0, total, size):
+        yield torch.arange(start, min(start + size, total), device=device)
+
+
+def target_rows(target: TargetLike, rows: torch.Tensor, batch: int) -> TargetLike:
+    """The target for the sub-batch ``rows`` (indices into a batch of ``batch`` samples; repeats allowed).
+
+    Class lists are indexed, targets with ``.select(rows)`` select themselves; a callable without
+    ``select`` is applied to each sub-batch as is, so it must score each row on its own.
+    """
+    if target is None or isinstance(target, bool):
+        return target
+    if isinstance(target, int):
+        return target
+    if isinstance(target, torch.Tensor) or (isinstance(target, Sequence) and not callable(target)):
+        indices = torch.as_tensor(target, dtype=torch.long).flatten().cpu()
+        if indices.numel() == 1:
+            return int(indices[0])
+        if indices.numel() != batch:
+            raise TargetError(f"{indices.numel()} targets for a batch of {batch}")
+        return indices[rows.cpu()]
+    if hasattr(target, "select"):
+        return target.select(rows)
+    return target
+
+
+def target_scores(target: TargetLike, output: Any, rows: int) -> tuple[torch.Tensor, Callable]:
+    """``(scores [rows], resolved target)`` for one sub-batch's output, with a clear error for a target
+    callable that does not return one score per row."""
+    resolved = resolve_target(target, output)
+    scores = resolved(output)
+    if not isinstance(scores, torch.Tensor) or scores.shape != (rows,):
+        got = list(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise TargetError(f"the target must give one score per sample, shape [{rows}], got {got}")
+    return scores, resolved
+
+
+def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``[B,1,h,w]`` layer-resolution maps -> ``[B,1,H,W]`` by bilinear interpolation (half-pixel centres,
+    ``align_corners=False``), the upsampling of Selvaraju et al.'s Grad-CAM."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
