@@ -236,7 +236,12 @@ def test_randomization_of_a_block_and_bad_layers(efficientnet, photos, unchanged
         result = ds.metrics.randomization(
             efficientnet, x, maps, target, method=gradient, layers=["_fc", "_blocks.15"], keep_maps=True
         )
-    assert result.layers == ["_blocks.15", "_fc"][::-1] or result.layers == ["_fc", "_blocks.15"]
+    # a coarse but true cascade: the second step randomises block 15 and everything after it
+    assert result.layers == ["_fc", "_blocks.15"] and result.randomized[0] == ["_fc"]
+    assert {"_blocks.15._depthwise_conv", "_blocks.15._bn2", "_conv_head", "_bn1"} <= set(
+        result.randomized[1]
+    )
+    assert not any(name.startswith("_blocks.14") for name in result.randomized[1])
     assert len(result.maps) == 2
     with pytest.raises(ds.errors.LayerNotFoundError):
         ds.metrics.randomization(efficientnet, x, maps, target, method=gradient, layers=["_fcc"])
@@ -556,3 +561,28 @@ def test_random_perturbations_do_not_depend_on_batch_size(lenet):
     small = ds.metrics.max_sensitivity(lenet, x, maps, target, method=gradient, samples=3, batch_size=2)
     large = ds.metrics.max_sensitivity(lenet, x, maps, target, method=gradient, samples=3, batch_size=64)
     torch.testing.assert_close(small, large)
+
+
+class Gain(nn.Module):
+    """A module with a parameter but no reset_parameters(): no randomisation step can re-initialise it."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.full((1,), 2.0))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+def test_randomization_reports_parameters_it_cannot_reset():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), Gain(), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    result = ds.metrics.randomization(
+        model, x, gradient(model, x, ds.metrics.fixed_target(model, x)), method=gradient
+    )
+    assert result.layers == ["3", "0"] and result.randomized == [["3"], ["0"]]
+    assert result.untouched == ["1"]
+    assert (
+        ds.metrics.randomization(model, x, x, method=gradient, order="independent", layers="3").untouched
+        == []
+    )

@@ -103,6 +103,12 @@ def evaluate(
     layers: Annotated[
         str | None, typer.Option(help="Layers (names/globs, comma-separated) for the randomisation test")
     ] = None,
+    absolute: Annotated[
+        str | None,
+        typer.Option(
+            help="Methods ranked by magnitude (comma-separated, or 'all'), e.g. saliency,smoothgrad"
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Model inputs per forward pass")] = 64,
     out: Annotated[Path, typer.Option(help="Directory for the curve plots and table.csv")] = Path(
         "deepscope-evaluate"
@@ -131,6 +137,7 @@ def evaluate(
         settings if settings is not None else chosen,
         target="label" if target == "label" else None,
         limit=limit,
+        absolute=absolute == "all" or [name.strip() for name in (absolute or "").split(",") if name.strip()],
         batch_size=batch_size,
     )
     out.mkdir(parents=True, exist_ok=True)

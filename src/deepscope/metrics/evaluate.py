@@ -176,9 +176,11 @@ def _metrics(metrics: str | Sequence[str] | Mapping[str, Mapping] | None, object
     return chosen
 
 
-def _per_pixel(explain: Explainer) -> Explainer:
+def _per_pixel(explain: Explainer, absolute: bool) -> Explainer:
     def explain_per_pixel(model: VisionModel, inputs: torch.Tensor, target: Any) -> torch.Tensor:
         maps = explain(model, inputs, target)
+        if absolute:
+            maps = maps.abs()
         if maps.ndim == 4 and maps.shape[1] > 1:
             return pixel_maps(maps)
         return maps
@@ -196,6 +198,7 @@ def evaluate(
     masks: torch.Tensor | None = None,
     boxes: Any = None,
     limit: int | None = None,
+    absolute: bool | Sequence[str] = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Evaluation:
     """Evaluate heat-map methods with metrics on the same samples; return a tidy table and a ranking.
@@ -206,8 +209,11 @@ def evaluate(
     ``"method"`` to reuse one method under several names) or name -> callable ``(model, x, target) -> maps``.
     ``metrics``: names from ``deepscope.metrics.evaluate.METRICS`` (default: all, the pointing game only with
     ``masks``/``boxes``), or a dict name -> keyword settings of that metric function. ``target``: None (each
-    sample's top-1 class, the usual choice), 'label' (the dataset's labels) or any target. Every metric sends its
-    perturbed inputs through the model ``batch_size`` at a time under ``torch.inference_mode()``.
+    sample's top-1 class, the usual choice), 'label' (the dataset's labels) or any target. ``absolute``: True, or
+    the names of the methods whose maps are ranked by magnitude (absolute values, taken before the channel sum):
+    the sensitivity maps (saliency, SmoothGrad, guided backprop), whose sign gives a direction of change rather
+    than evidence for the class. Every metric sends its perturbed inputs through the model ``batch_size`` at a
+    time under ``torch.inference_mode()``.
 
     >>> import deepscope as ds, torch
     >>> vm = ds.load_model("zoo:lenet_mnist")
@@ -231,6 +237,13 @@ def evaluate(
             raise MetricError("target='label' needs an ImageDataset with labels")
         target = labels[: x.shape[0]]
     chosen_methods = _methods(methods)
+    if isinstance(absolute, bool):
+        absolute_methods = set(chosen_methods) if absolute else set()
+    else:
+        absolute_methods = {absolute} if isinstance(absolute, str) else set(absolute)
+        unknown = absolute_methods - set(chosen_methods)
+        if unknown:
+            raise MetricError(f"absolute names methods that are not evaluated: {', '.join(sorted(unknown))}")
     objects = masks is not None or boxes is not None
     chosen_metrics = _metrics(metrics, objects)
     fixed = fixed_target(vm, x, target)
@@ -241,7 +254,7 @@ def evaluate(
     maps: dict[str, torch.Tensor] = {}
     seconds: dict[str, float] = {}
     for method_name, (method, config) in chosen_methods.items():
-        explain = _per_pixel(make_explainer(method, batch_size, config))
+        explain = _per_pixel(make_explainer(method, batch_size, config), method_name in absolute_methods)
         start = time.perf_counter()
         maps[method_name] = explain_chunks(explain, vm, x, rows, fixed, x.shape[0], batch_size)
         seconds[f"{method_name}: maps"] = time.perf_counter() - start

@@ -29,7 +29,7 @@ from deepscope.metrics._common import (
     prepare,
 )
 from deepscope.metrics.similarity import SIMILARITIES
-from deepscope.probe.layers import find_layers, get_layer
+from deepscope.probe.layers import find_layers
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 Similarity = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,6 +46,8 @@ class Randomization:
     layers: list[str]
     similarity: dict[str, torch.Tensor]
     order: str
+    randomized: list[list[str]] = field(default_factory=list)  # the modules re-initialised at each step
+    untouched: list[str] = field(default_factory=list)  # modules with parameters but no reset_parameters()
     maps: list[torch.Tensor] | None = field(default=None, repr=False)
 
     @property
@@ -96,33 +98,77 @@ def _fixed_target(runner: ModelRunner, x: torch.Tensor, target: TargetLike) -> A
     return resolved
 
 
+def _resettable(module: nn.Module) -> bool:
+    return hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False))
+
+
 def randomizable_layers(module: nn.Module) -> list[str]:
     """Names of the modules that have parameters of their own and a ``reset_parameters`` method, in model
-    order (convolutions, linear and normalisation layers): the default randomisation steps."""
-    return [
-        name
-        for name, sub in module.named_modules()
-        if name and hasattr(sub, "reset_parameters") and any(True for _ in sub.parameters(recurse=False))
-    ]
+    order (convolutions, linear and normalisation layers): the default randomisation steps.
+
+    >>> import deepscope as ds
+    >>> ds.metrics.randomizable_layers(ds.load_model("zoo:lenet_mnist").module)
+    ['conv1', 'conv2', 'fc1', 'fc2', 'fc3']
+    """
+    return [name for name, sub in module.named_modules() if name and _resettable(sub)]
 
 
-def _randomize(module: nn.Module, seed: int) -> None:
-    """Re-initialise ``module`` and everything inside it with PyTorch's default initialisers, drawing from a
-    forked RNG seeded with ``seed`` (the global RNG is left as it was)."""
-    devices = [p.device for p in module.parameters() if p.device.type == "cuda"]
-    with torch.random.fork_rng(devices=sorted({d.index or 0 for d in devices}) if devices else []):
+def _randomize(modules: Sequence[nn.Module], seed: int) -> None:
+    """Re-initialise ``modules`` (in this order) with PyTorch's default initialisers (``reset_parameters``;
+    batch-norm running statistics reset too), drawing from a forked RNG seeded with ``seed`` (the global RNG is
+    left as it was)."""
+    devices = sorted(
+        {p.device.index or 0 for m in modules for p in m.parameters() if p.device.type == "cuda"}
+    )
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
-        with torch.no_grad():
-            for sub in module.modules():
-                if hasattr(sub, "reset_parameters") and any(True for _ in sub.parameters(recurse=False)):
-                    sub.reset_parameters()
-                elif any(True for _ in sub.parameters(recurse=False)):
-                    raise MetricError(
-                        f"cannot randomise {type(sub).__name__}: it has parameters but no reset_parameters()"
-                    )
-            for sub in module.modules():
-                if isinstance(sub, nn.modules.batchnorm._NormBase) and sub.track_running_stats:
-                    sub.reset_running_stats()
+        for module in modules:
+            module.reset_parameters()
+            if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+                module.reset_running_stats()
+
+
+def _steps(module: nn.Module, steps: list[str], order: str) -> tuple[list[str], list[list[str]], list[str]]:
+    """For each step (top-down for the cascade), the modules to re-initialise then; and the modules with
+    parameters that no step re-initialises because they have no ``reset_parameters``."""
+    modules = dict(module.named_modules())
+    position = {name: index for index, name in enumerate(modules)}
+    resettable = [name for name in modules if name and _resettable(modules[name])]
+    if order == "cascading":
+        # Step k randomises its layer and everything after it in model order that is not random yet: a true
+        # cascade from the output down, whichever layers are named as steps.
+        steps = sorted(steps, key=lambda name: position[name], reverse=True)
+        done: set[str] = set()
+        plan = []
+        for step in steps:
+            start = position[step]
+            new = [name for name in resettable if position[name] >= start and name not in done]
+            done.update(new)
+            plan.append(new)
+    else:
+        plan = [
+            [name for name in resettable if name == step or name.startswith(step + ".")] for step in steps
+        ]
+    if any(not names for names in plan):
+        empty = [step for step, names in zip(steps, plan, strict=True) if not names]
+        raise MetricError(
+            f"nothing to randomise in {', '.join(empty)}: no parameters with reset_parameters()"
+        )
+
+    def in_scope(name: str) -> bool:
+        if order == "cascading":
+            return position[name] >= position[steps[-1]]
+        return any(name == step or name.startswith(step + ".") for step in steps)
+
+    untouched = [
+        name
+        for name, sub in modules.items()
+        if name
+        and in_scope(name)
+        and any(True for _ in sub.parameters(recurse=False))
+        and not _resettable(sub)
+    ]
+    return steps, plan, untouched
 
 
 def randomization(
@@ -147,9 +193,12 @@ def randomization(
     Re-initialises layers of a deep copy of the model and compares the heat maps of ``method`` for the same
     inputs and classes with ``attributions`` (the original maps). ``order='cascading'`` randomises from the
     output down, one more layer per step (top-down, as Adebayo et al.); ``'independent'`` one layer at a time,
-    the rest left trained. ``layers``: names or globs of the modules to randomise, one step each (a block
-    name randomises the whole block); default every module with its own parameters and a
-    ``reset_parameters`` method. Each step draws from a forked RNG seeded with ``seed``.
+    the rest left trained. ``layers``: names or globs of the steps; default every module with its own
+    parameters and a ``reset_parameters`` method. A cascading step randomises its layer and every layer after
+    it in model order that is not random yet (so naming a few blocks gives a coarser but true cascade); an
+    independent step randomises the named module and everything inside it. Modules are re-initialised with
+    their own ``reset_parameters`` (PyTorch's default initialisation), from a forked RNG seeded with ``seed``;
+    modules with parameters but no such method are left trained and listed in ``.untouched``.
 
     ``similarity``: 'spearman' (rank correlation), 'ssim' (2-D structural similarity), 'pearson', callables
     ``(a, b) -> [B]``, or several; ``absolute`` compares absolute values (Adebayo et al.'s main figures),
@@ -179,19 +228,19 @@ def randomization(
     names = randomizable_layers(vm.module) if layers is None else find_layers(vm, layers)
     if not names:
         raise MetricError(f"{vm.name} has no layer with parameters to randomise")
-    if order == "cascading":
-        names = names[::-1]
+    names, plan, untouched = _steps(vm.module, names, order)
     fixed = _fixed_target(ModelRunner(vm, batch_size, softmax=False), x, target)
     copy_vm = vm.with_module(copy.deepcopy(vm.module))
     for parameter in copy_vm.module.parameters():
         parameter.grad = None
+    copies = dict(copy_vm.module.named_modules())
     trained = copy.deepcopy(copy_vm.module.state_dict()) if order == "independent" else None
     scores: dict[str, list[torch.Tensor]] = {name: [] for name in measures}
     kept = []
-    for name in names:
+    for modules in plan:
         if trained is not None:
             copy_vm.module.load_state_dict(trained)
-        _randomize(get_layer(copy_vm, name), seed)
+        _randomize([copies[name] for name in modules], seed)
         maps = check_maps(x, explain(copy_vm, x, fixed)).detach()
         if keep_maps:
             kept.append(maps)
@@ -201,6 +250,8 @@ def randomization(
         layers=names,
         similarity={measure: torch.stack(values, 1) for measure, values in scores.items()},
         order=order,
+        randomized=plan,
+        untouched=untouched,
         maps=kept if keep_maps else None,
     )
 
