@@ -31,8 +31,9 @@ def gradient(model, inputs, target):
 
 
 def quantus_gradient(model, inputs, targets, **kwargs):
+    device = next(model.parameters()).device
     classes = ds.targets.Classes(torch.as_tensor(targets, dtype=torch.long))
-    return gradient(model, torch.as_tensor(inputs), classes).numpy()
+    return gradient(model, torch.as_tensor(inputs).to(device), classes).cpu().numpy()
 
 
 def best_time(function: Callable[[], object], repeats: int) -> tuple[float, object]:
@@ -40,6 +41,8 @@ def best_time(function: Callable[[], object], repeats: int) -> tuple[float, obje
     for _ in range(repeats):
         start = time.perf_counter()
         result = function()
+        if isinstance(result, torch.Tensor):
+            result = result.cpu()  # waits for the device
         best = min(best, time.perf_counter() - start)
     return best, result
 
@@ -50,9 +53,15 @@ def bare_pass(vm, x) -> float:
     def once():
         inputs = x.clone().requires_grad_()
         vm(inputs).max(1).values.sum().backward()
+        synchronize(x.device)
 
     once()
     return best_time(once, 3)[0]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def cases(name: str, vm, x, y, maps):
@@ -60,9 +69,11 @@ def cases(name: str, vm, x, y, maps):
     import quantus
 
     target = ds.targets.Classes(y)
-    xs, ys, maps_np = x.numpy(), y.numpy(), maps.numpy()
+    # Our batch_size = the inputs Quantus sends through the model at once (its batch: all samples here)
+    bs = x.shape[0]
+    xs, ys, maps_np = x.cpu().numpy(), y.cpu().numpy(), maps.cpu().numpy()
     height = x.shape[-1]
-    common = {"channel_first": True, "device": "cpu"}
+    common = {"channel_first": True, "device": str(x.device)}
     step = height * height // (8 if name == "lenet" else 16)
     patch = 4 if name == "lenet" else 28
     regions = (height // patch) ** 2 // (1 if name == "lenet" else 2)
@@ -75,7 +86,7 @@ def cases(name: str, vm, x, y, maps):
     samples = 10 if name == "lenet" else 4
     rng = np.random.default_rng(0)
     noise = np.stack([rng.uniform(-0.2, 0.2, (x.shape[0], x[0].numel())) for _ in range(samples)])
-    noise_t = torch.as_tensor(noise, dtype=torch.float32).view(samples, *x.shape)
+    noise_t = torch.as_tensor(noise, dtype=torch.float32).view(samples, *x.shape).to(x.device)
     classes = 10 if name == "lenet" else 1000
     np.random.seed(42)  # replay Quantus's RandomLogit draw of the other classes (seed 42, one batch)
     draw = np.random.randint(0, classes - 1, len(ys))
@@ -83,6 +94,8 @@ def cases(name: str, vm, x, y, maps):
     masks = (
         torch.rand(x.shape[0], 1, height, height, generator=torch.Generator().manual_seed(0)) > 0.7
     ).float()
+    masks_np = masks.numpy()
+    masks = masks.to(x.device)
 
     def quantus_max_sensitivity():
         np.random.seed(0)  # replay the same noise through numpy's global generator
@@ -107,9 +120,9 @@ def cases(name: str, vm, x, y, maps):
     return [
         (
             "pixel_flipping",
-            lambda: ds.metrics.pixel_flipping(vm, x, maps, target, per_step=step, replacement=0.0).curve[
-                :, 1:
-            ],
+            lambda: ds.metrics.pixel_flipping(
+                vm, x, maps, target, per_step=step, replacement=0.0, batch_size=bs
+            ).curve[:, 1:],
             lambda: quantus.PixelFlipping(
                 features_in_step=step, perturb_baseline=0.0, normalise=False, abs=False
             )(vm.module, xs, ys, maps_np, softmax=False, **common),
@@ -117,7 +130,7 @@ def cases(name: str, vm, x, y, maps):
         (
             "region_perturbation",
             lambda: ds.metrics.region_perturbation(
-                vm, x, maps, target, region_size=patch, steps=regions, replacement=0.0
+                vm, x, maps, target, region_size=patch, steps=regions, replacement=0.0, batch_size=bs
             ).drop[:, 1:],
             lambda: quantus.RegionPerturbation(
                 patch_size=patch, regions_evaluation=regions, perturb_baseline=0.0, normalise=False, abs=False
@@ -128,7 +141,7 @@ def cases(name: str, vm, x, y, maps):
             lambda: torch.stack(
                 list(
                     ds.metrics.randomization(
-                        vm, x, maps, target, method=gradient, similarity="spearman", seed=43
+                        vm, x, maps, target, method=gradient, similarity="spearman", seed=43, batch_size=bs
                     )
                     .similarity["spearman"]
                     .T
@@ -143,7 +156,15 @@ def cases(name: str, vm, x, y, maps):
         (
             "random_logit",
             lambda: ds.metrics.random_logit(
-                vm, x, maps, target, method=gradient, off_target=off, similarity="spearman", normalize=False
+                vm,
+                x,
+                maps,
+                target,
+                method=gradient,
+                off_target=off,
+                similarity="spearman",
+                normalize=False,
+                batch_size=bs,
             ),
             quantus_random_logit,
         ),
@@ -151,15 +172,15 @@ def cases(name: str, vm, x, y, maps):
             "pointing_game",
             lambda: ds.metrics.pointing_game(vm, x, maps, target, masks=masks, tolerance=0),
             lambda: np.asarray(
-                quantus.PointingGame(normalise=False, abs=False)(
-                    None, xs, ys, maps_np, masks.numpy(), **common
-                ),
+                quantus.PointingGame(normalise=False, abs=False)(None, xs, ys, maps_np, masks_np, **common),
                 dtype=float,
             ),
         ),
         (
             "infidelity",
-            lambda: ds.metrics.infidelity(vm, x, maps, target, perturbation=sweep, normalize=False),
+            lambda: ds.metrics.infidelity(
+                vm, x, maps, target, perturbation=sweep, normalize=False, batch_size=bs
+            ),
             lambda: quantus.Infidelity(
                 perturb_patch_sizes=[infidelity_patch],
                 n_perturb_samples=1,
@@ -170,7 +191,9 @@ def cases(name: str, vm, x, y, maps):
         ),
         (
             "max_sensitivity",
-            lambda: ds.metrics.max_sensitivity(vm, x, maps, target, method=gradient, perturbations=noise_t),
+            lambda: ds.metrics.max_sensitivity(
+                vm, x, maps, target, method=gradient, perturbations=noise_t, batch_size=bs
+            ),
             quantus_max_sensitivity,
         ),
     ]
@@ -178,10 +201,10 @@ def cases(name: str, vm, x, y, maps):
 
 def run(name: str, vm, x, repeats: int) -> list[list[str]]:
     with torch.no_grad():
-        y = vm(x).argmax(1)
+        y = vm(x).argmax(1).cpu()
     # gradient x input, with a tiny jitter so that no two values tie (tied values may be ordered differently
     # by numpy's quicksort and our stable sort, and the benchmark checks the results agree)
-    jitter = torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) * 1e-7
+    jitter = torch.rand(x.shape, generator=torch.Generator().manual_seed(1)).to(x.device) * 1e-7
     maps = gradient(vm, x, ds.targets.Classes(y)) * x + jitter
     unit = bare_pass(vm, x)
     rows = []
@@ -211,7 +234,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only", choices=["lenet", "efficientnet"], default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"device {device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     torch.manual_seed(0)
     header = [
         "model (samples)",
@@ -226,10 +257,12 @@ def main() -> None:
     rows = []
     if args.only in (None, "lenet"):
         lenet = ds.load_model("zoo:lenet_mnist")
+        lenet.module.to(device)
         x = lenet.preprocess(ds.datasets.mnist5k("test").images[:64])
         rows += run("lenet", lenet, x, args.repeats)
     if args.only in (None, "efficientnet"):
         net = ds.load_model("zoo:efficientnet_lite0")
+        net.module.to(device)
         photos = list(ds.samples().values())
         from PIL import ImageOps
 

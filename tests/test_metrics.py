@@ -586,3 +586,81 @@ def test_randomization_reports_parameters_it_cannot_reset():
         ds.metrics.randomization(model, x, x, method=gradient, order="independent", layers="3").untouched
         == []
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_metrics_on_cuda_equal_cpu(lenet, unchanged):
+    import copy
+
+    gpu = lenet.with_module(copy.deepcopy(lenet.module).cuda())
+    x = lenet.preprocess(ds.datasets.mnist5k("test").images[:6])
+    target = ds.metrics.fixed_target(lenet, x)
+    maps = gradient(lenet, x, target)
+    noise = torch.randn(4, 6, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 0.1
+    masks = lenet.pixels(ds.datasets.mnist5k("test").images[:6])[:, 0] > 0.5
+    calls = {
+        "pixel_flipping": lambda vm, x, a: ds.metrics.pixel_flipping(vm, x, a, per_step=16).curve,
+        "region_perturbation": lambda vm, x, a: (
+            ds.metrics.region_perturbation(vm, x, a, replacement="mean").curve
+        ),
+        "deletion": lambda vm, x, a: ds.metrics.deletion(vm, x, a).curve,
+        "insertion": lambda vm, x, a: ds.metrics.insertion(vm, x, a).curve,
+        "infidelity": lambda vm, x, a: ds.metrics.infidelity(vm, x, a, perturbation=noise),
+        "max_sensitivity": lambda vm, x, a: ds.metrics.max_sensitivity(
+            vm, x, a, method=gradient, perturbations=noise
+        ),
+        "random_logit": lambda vm, x, a: ds.metrics.random_logit(
+            vm, x, a, method=gradient, off_target=[1] * 6
+        ),
+        "pointing_game": lambda vm, x, a: ds.metrics.pointing_game(vm, x, a, masks=masks),
+    }
+    with unchanged(gpu.module):
+        for name, call in calls.items():
+            on_cpu = call(lenet, x, maps)
+            on_gpu = call(gpu, x.cuda(), maps.cuda())
+            torch.testing.assert_close(on_gpu.cpu().double(), on_cpu.double(), rtol=1e-4, atol=1e-4, msg=name)
+        # random draws differ between the devices' generators; the checks run and keep their meaning
+        randomized = ds.metrics.randomization(gpu, x.cuda(), maps.cuda(), method=gradient)
+        assert randomized.mean()["spearman"][-1] < 0.5
+        result = ds.evaluate(
+            gpu, x.cuda(), ["saliency", "grad_cam"], ["deletion", "randomization"], absolute=True
+        )
+        assert result.maps["saliency"].is_cuda and result.table["n"].tolist() == [6, 6, 6, 6]
+
+
+def test_evaluate_command_prints_the_table_and_writes_plots(tmp_path):
+    from typer.testing import CliRunner
+
+    from deepscope import cli
+
+    out = tmp_path / "evaluation"
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "evaluate",
+            "zoo:lenet_mnist",
+            "mnist5k:test",
+            "--methods",
+            "saliency,grad_cam",
+            "--metrics",
+            "deletion,randomization",
+            "--layers",
+            "fc3,conv2",
+            "--absolute",
+            "saliency",
+            "--limit",
+            "6",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["method", "metric", "mean", "std", "n", "better"]
+    assert (
+        sum(line.startswith(("saliency", "grad_cam")) for line in lines) == 6
+    )  # 4 table rows + 2 ranking rows
+    assert "Ranking (1 = best):" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["deletion.png", "randomization.png", "table.csv"]
+    table = (out / "table.csv").read_text().splitlines()
+    assert table[0].startswith("method,metric,mean,std,sem,n,better") and len(table) == 5

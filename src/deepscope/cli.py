@@ -116,6 +116,7 @@ def evaluate(
 ) -> None:
     """Evaluate heat-map methods with faithfulness and sanity metrics: print the table and the ranking,
     write the curves as PNG files."""
+    from deepscope.metrics.evaluate import METRICS
     from deepscope.metrics.evaluate import evaluate as run_evaluation
     from deepscope.render.curves import evaluation_plots
     from deepscope.zoo.loaders import load_model
@@ -127,7 +128,7 @@ def evaluate(
     chosen = None if metrics is None else [name.strip() for name in metrics.split(",") if name.strip()]
     settings = None
     if layers is not None:
-        names = chosen or ["randomization"]
+        names = chosen or [name for name, spec in METRICS.items() if not spec.needs_objects]
         settings = {name: {} for name in names}
         settings["randomization"] = {"layers": [layer.strip() for layer in layers.split(",")]}
     result = run_evaluation(
