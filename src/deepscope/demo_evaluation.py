@@ -7,11 +7,12 @@ import math
 from typing import Any
 
 import torch
+from PIL import Image
 
 from deepscope.metrics.evaluate import METRICS, Evaluation, evaluate
 from deepscope.render.curves import curve_plot, randomization_plot
 from deepscope.render.html import Report
-from deepscope.render.images import scale_each, tile
+from deepscope.render.images import data_uri, scale_each, to_pil
 
 # Sensitivity maps say how strongly a pixel would change the score, with a sign for the direction: ranked by
 # magnitude. Attribution maps (input x gradient, integrated gradients, CAMs) keep their sign.
@@ -31,7 +32,7 @@ LENET_METRICS: dict[str, dict] = {
     "region_perturbation": {"region_size": 4},
     "deletion": {},
     "insertion": {},
-    "infidelity": {},
+    "infidelity": {"perturbation": "square", "patch": 4},
     "max_sensitivity": {"samples": 3},
     "randomization": {"keep_maps": True},
     "random_logit": {},
@@ -89,11 +90,7 @@ def evaluation_section(report: Report, context: Any) -> None:
         "Pixel flipping: the class logit as the most relevant pixels are set to black, 8 per step.",
     )
     section.image(randomization_plot(result.randomizations()), "Cascading randomisation, LeNet-5.")
-    section.image(
-        _randomization_maps(result, sample=1),
-        "One digit's |map| after each cascade step (columns: trained, then randomised down to the named layer).",
-        pixelated=True,
-    )
+    _randomization_maps(section, result, sample=1, size=84)
     section.text(_findings(result, "LeNet-5"))
 
     net = context.efficientnet
@@ -112,10 +109,7 @@ def evaluation_section(report: Report, context: Any) -> None:
         "Insertion: the class probability as the most relevant pixels return into a blurred copy.",
     )
     section.image(randomization_plot(result.randomizations()), "Cascading randomisation, EfficientNet-Lite0.")
-    section.image(
-        _randomization_maps(result, sample=0, scale=1),
-        "The cat's |map| after each cascade step (columns: trained, then randomised down to the named layer).",
-    )
+    _randomization_maps(section, result, sample=0, size=112)
     section.text(_findings(result, "EfficientNet-Lite0"))
 
 
@@ -147,38 +141,58 @@ def _table(section: Any, result: Evaluation) -> None:
     )
 
 
-def _randomization_maps(result: Evaluation, sample: int, scale: int = 3) -> Any:
-    rows = []
+def _randomization_maps(section: Any, result: Evaluation, sample: int, size: int) -> None:
+    """Adebayo et al.'s figure: one input's |map| per method (rows) for the trained model and after each cascade
+    step (columns), each scaled to its own range."""
     randomizations = result.randomizations()
+    layers = next(iter(randomizations.values())).layers
+    rows = []
     for method, randomization in randomizations.items():
-        maps = [result.maps[method][sample], *[m[sample] for m in randomization.maps or []]]
-        rows.append(scale_each(torch.stack([m.abs().sum(0, keepdim=True) for m in maps]).float().cpu()))
-    columns = rows[0].shape[0]
-    return tile(torch.cat(rows), columns=columns, pad=2, scale=scale)
+        maps = torch.stack([result.maps[method][sample], *[m[sample] for m in randomization.maps or []]])
+        scaled = scale_each(maps.abs().sum(1, keepdim=True).float().cpu())
+        cells = []
+        for picture in scaled:
+            image = to_pil(picture).resize(
+                (size, size), Image.NEAREST if picture.shape[-1] < size else Image.BILINEAR
+            )
+            cells.append(f'<img src="{data_uri(image)}" width="{size}" height="{size}" alt="">')
+        rows.append([method, *cells])
+    section.table(["method", "trained", *[f"down to {layer}" for layer in layers]], rows, raw=True)
+    section.text(
+        "One input's |map| (each scaled to its own range) for the trained model and after each step of the cascade, "
+        "which randomises every layer from the output down to the one named."
+    )
+
+
+FAILS_AT = 0.8  # Spearman of |maps| to the trained maps once the output layer is random
 
 
 def _findings(result: Evaluation, model: str) -> str:
     means = result.table.pivot(index="method", columns="metric", values="mean")
     sentences = [f"{model}: best mean rank {result.ranking.index[0]}."]
-    if "randomization" in means:
-        last = {
-            method: float(r.similarity["spearman"][:, -1].nanmean())
-            for method, r in result.randomizations().items()
-        }
-        failing = [m for m, value in last.items() if value > 0.5 and m != "random"]
-        passing = [m for m, value in last.items() if value <= 0.5]
+    randomizations = {m: r for m, r in result.randomizations().items() if m != "random"}
+    if randomizations:
+        first_step = next(iter(randomizations.values())).layers[0]
+        first = {m: float(r.similarity["spearman"][:, 0].nanmean()) for m, r in randomizations.items()}
+        last = {m: float(r.similarity["spearman"][:, -1].nanmean()) for m, r in randomizations.items()}
+        order = sorted(first, key=first.get, reverse=True)
         sentences.append(
-            "After the whole cascade, Spearman of |maps| to the trained maps: "
-            + ", ".join(f"{m} {v:.2f}" for m, v in sorted(last.items(), key=lambda item: item[1]))
+            f"Spearman of |maps| to the trained model's once {first_step} is random / after the whole cascade: "
+            + ", ".join(f"{m} {first[m]:.2f} / {last[m]:.2f}" for m in order)
             + "."
         )
+        failing = [m for m in order if first[m] >= FAILS_AT]
         if failing:
             sentences.append(
-                f"{', '.join(failing)} still look{'s' if len(failing) == 1 else ''} like the trained model's maps: "
-                "they fail the parameter-randomisation check."
+                f"{' and '.join(failing)} barely change{'s' if len(failing) == 1 else ''} when the output layer "
+                f"loses its weights (Spearman >= {FAILS_AT}): {'it fails' if len(failing) == 1 else 'they fail'} "
+                "the parameter-randomisation check, as Adebayo et al. found for guided backprop."
             )
-        if passing:
-            sentences.append(f"Decorrelated (pass): {', '.join(m for m in passing if m != 'random')}.")
+        else:
+            sentences.append(
+                f"No method keeps a Spearman of {FAILS_AT} or more once the output layer is random."
+            )
+        sentences.append("The random baseline stays at 1: a map that ignores the model passes nothing.")
     if "random_logit" in means:
         column = means["random_logit"].drop("random", errors="ignore")
         sentences.append(
