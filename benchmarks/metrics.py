@@ -72,6 +72,8 @@ def cases(name: str, vm, x, y, maps):
     # Our batch_size = the inputs Quantus sends through the model at once (its batch: all samples here)
     bs = x.shape[0]
     xs, ys, maps_np = x.cpu().numpy(), y.cpu().numpy(), maps.cpu().numpy()
+    pixel_maps = maps.sum(1, keepdim=True)
+    pixel_maps_np = pixel_maps.cpu().numpy()
     height = x.shape[-1]
     common = {"channel_first": True, "device": str(x.device)}
     step = height * height // (8 if name == "lenet" else 16)
@@ -79,7 +81,7 @@ def cases(name: str, vm, x, y, maps):
     regions = (height // patch) ** 2 // (1 if name == "lenet" else 2)
     infidelity_patch = 4 if name == "lenet" else 56
     cells = torch.arange(height) // infidelity_patch
-    cell_of_pixel = cells[:, None] * (height // infidelity_patch) + cells[None, :]
+    cell_of_pixel = (cells[:, None] * (height // infidelity_patch) + cells[None, :]).to(x.device)
     sweep = torch.stack(
         [(cell_of_pixel <= k).float()[None, None] * x for k in range(int(cell_of_pixel.max()) + 1)]
     )
@@ -170,9 +172,12 @@ def cases(name: str, vm, x, y, maps):
         ),
         (
             "pointing_game",
-            lambda: ds.metrics.pointing_game(vm, x, maps, target, masks=masks, tolerance=0),
+            # per-pixel maps: for colour maps Quantus compares [B,C*H*W] maxima with [B,H*W] masks and fails
+            lambda: ds.metrics.pointing_game(vm, x, pixel_maps, target, masks=masks, tolerance=0),
             lambda: np.asarray(
-                quantus.PointingGame(normalise=False, abs=False)(None, xs, ys, maps_np, masks_np, **common),
+                quantus.PointingGame(normalise=False, abs=False)(
+                    None, xs, ys, pixel_maps_np, masks_np, **common
+                ),
                 dtype=float,
             ),
         ),
@@ -199,7 +204,7 @@ def cases(name: str, vm, x, y, maps):
     ]
 
 
-def run(name: str, vm, x, repeats: int) -> list[list[str]]:
+def run(name: str, vm, x, repeats: int, only: set[str] | None = None) -> list[list[str]]:
     with torch.no_grad():
         y = vm(x).argmax(1).cpu()
     # gradient x input, with a tiny jitter so that no two values tie (tied values may be ordered differently
@@ -209,6 +214,8 @@ def run(name: str, vm, x, repeats: int) -> list[list[str]]:
     unit = bare_pass(vm, x)
     rows = []
     for metric, ours, theirs in cases(name, vm, x, y, maps):
+        if only and metric.split()[0] not in only:
+            continue
         ours_time, ours_result = best_time(ours, repeats)
         theirs_time, theirs_result = best_time(theirs, repeats)
         ours_np = np.asarray(torch.as_tensor(ours_result, dtype=torch.float64).cpu())
@@ -235,6 +242,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only", choices=["lenet", "efficientnet"], default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--metrics", default=None, help="comma-separated subset of the metrics")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
@@ -242,6 +250,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    only = set(args.metrics.split(",")) if args.metrics else None
     print(f"device {device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     torch.manual_seed(0)
     header = [
@@ -259,7 +268,7 @@ def main() -> None:
         lenet = ds.load_model("zoo:lenet_mnist")
         lenet.module.to(device)
         x = lenet.preprocess(ds.datasets.mnist5k("test").images[:64])
-        rows += run("lenet", lenet, x, args.repeats)
+        rows += run("lenet", lenet, x, args.repeats, only)
     if args.only in (None, "efficientnet"):
         net = ds.load_model("zoo:efficientnet_lite0")
         net.module.to(device)
@@ -267,7 +276,7 @@ def main() -> None:
         from PIL import ImageOps
 
         x = net.preprocess(photos + [ImageOps.mirror(p) for p in photos[:3]])
-        rows += run("efficientnet_lite0", net, x, args.repeats)
+        rows += run("efficientnet_lite0", net, x, args.repeats, only)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print()
     for row in [header, ["-" * w for w in widths], *rows]:
