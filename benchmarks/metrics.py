@@ -4,9 +4,13 @@
 For each metric: our time, Quantus's time, their ratio (Quantus / ours: > 1 means we are faster), and our time
 over one bare forward + backward of the model on the batch, so that machine noise cancels as far as possible.
 Both sides use the same explanation function (a plain autograd gradient) where a metric recomputes maps, the
-same perturbations where a metric is random, and the same batch size; each result is checked equal.
+same perturbations where a metric is random, and each library's default batch size (see `cases`); each result
+is checked against the other ("agreement": the largest |ours - theirs| / (|theirs| + 1e-3)).
 
     flock /tmp/deepscope-bench.lock python benchmarks/metrics.py [--repeats 2] [--only lenet|efficientnet]
+        [--device cuda] [--threads N] [--metrics a,b] [--batch-size 64]
+
+benchmarks/metrics_device.sh runs it on a lent GPU machine (its GPU and its 16 CPU cores).
 """
 
 from __future__ import annotations
@@ -64,13 +68,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+BATCH_SIZE = 64
+
+
 def cases(name: str, vm, x, y, maps):
     """(metric, ours, quantus, compare) for one model; every setting is the same on both sides."""
     import quantus
 
     target = ds.targets.Classes(y)
-    # Our batch_size = the inputs Quantus sends through the model at once (its batch: all samples here)
-    bs = x.shape[0]
+    # Both libraries at their default batch_size (64). Quantus's counts samples and perturbs them step after
+    # step, so it sends min(64, samples) inputs per forward; ours counts perturbed inputs, which it builds for
+    # all steps at once, so it sends 64. --batch-size sets ours.
+    bs = BATCH_SIZE
     xs, ys, maps_np = x.cpu().numpy(), y.cpu().numpy(), maps.cpu().numpy()
     pixel_maps = maps.sum(1, keepdim=True)
     pixel_maps_np = pixel_maps.cpu().numpy()
@@ -243,6 +252,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["lenet", "efficientnet"], default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--metrics", default=None, help="comma-separated subset of the metrics")
+    parser.add_argument("--batch-size", type=int, default=64, help="ours (Quantus stays at its default)")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
@@ -251,6 +261,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     only = set(args.metrics.split(",")) if args.metrics else None
+    global BATCH_SIZE
+    BATCH_SIZE = args.batch_size
     print(f"device {device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     torch.manual_seed(0)
     header = [
