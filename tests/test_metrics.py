@@ -664,3 +664,33 @@ def test_evaluate_command_prints_the_table_and_writes_plots(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["deletion.png", "randomization.png", "table.csv"]
     table = (out / "table.csv").read_text().splitlines()
     assert table[0].startswith("method,metric,mean,std,sem,n,better") and len(table) == 5
+
+
+def test_guided_backprop_fails_the_randomisation_check_and_gradients_pass(lenet):
+    """Adebayo et al. 2018: guided backprop's maps hardly change when the top layers lose their weights; the
+    gradient's do. Registry methods, LeNet-5, 16 digits."""
+    x = lenet.preprocess(ds.datasets.mnist5k("test").subset(range(0, 1000, 63)).images)
+    target = ds.metrics.fixed_target(lenet, x)
+    first_step = {}
+    for method in ("guided_backprop", "saliency", "grad_cam"):
+        maps = ds.attribute(lenet, x, method, target=target)
+        result = ds.metrics.randomization(lenet, x, maps, target, method=method, similarity="spearman")
+        first_step[method] = result.mean()["spearman"][0].item()
+    assert first_step["guided_backprop"] > 0.8
+    assert first_step["saliency"] < 0.7 and first_step["grad_cam"] < 0.7
+
+
+def test_guided_backprop_ignores_the_top_of_efficientnet(efficientnet, photos):
+    x = efficientnet.preprocess([photos["chelsea"], photos["coffee"]])
+    target = ds.metrics.fixed_target(efficientnet, x)
+    similarity = {}
+    for method in ("guided_backprop", "saliency"):
+        maps = ds.attribute(efficientnet, x, method, target=target)
+        result = ds.metrics.randomization(
+            efficientnet, x, maps, target, method=method, layers=["_fc", "_blocks.14"], similarity="spearman"
+        )
+        similarity[method] = result.mean()["spearman"]
+    assert bool(
+        (similarity["guided_backprop"] > 0.9).all()
+    )  # the classifier and two blocks random: no change
+    assert bool((similarity["saliency"] < 0.6).all())
