@@ -46,10 +46,10 @@ PHOTO_METHODS: dict[str, Any] = {
     "grad_cam": {},
 }
 # The cascade on EfficientNet-Lite0 stops at a few checkpoints (each step randomises everything above it).
-PHOTO_CHECKPOINTS = ["_fc", "_conv_head", "_blocks.14", "_blocks.10", "_blocks.5", "_conv_stem"]
+PHOTO_CHECKPOINTS = ["_fc", "_blocks.14", "_blocks.10", "_blocks.5", "_conv_stem"]
 PHOTO_METRICS: dict[str, dict] = {
-    "deletion": {"per_step": 224 * 224 // 12},
-    "insertion": {"per_step": 224 * 224 // 12},
+    "deletion": {"per_step": 224 * 224 // 10},
+    "insertion": {"per_step": 224 * 224 // 10},
     "randomization": {"layers": PHOTO_CHECKPOINTS, "keep_maps": True},
     "random_logit": {},
 }
