@@ -7,8 +7,9 @@
 'espresso'
 """
 
-from deepscope import errors, render
+from deepscope import errors, metrics, render
 from deepscope.attribution import attribute, explain, methods, targets
+from deepscope.metrics import evaluate
 from deepscope.probe import (
     Graph,
     ReceptiveField,
@@ -45,6 +46,7 @@ __all__ = [
     "capture",
     "datasets",
     "errors",
+    "evaluate",
     "explain",
     "find_layers",
     "get_layer",
@@ -54,6 +56,7 @@ __all__ = [
     "load_images",
     "load_model",
     "methods",
+    "metrics",
     "receptive_field",
     "render",
     "samples",

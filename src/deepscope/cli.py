@@ -145,6 +145,98 @@ def methods() -> None:
         typer.echo(f"{'':30s} {info.reference}")
 
 
+def evaluate(
+    model: ModelArgument,
+    data: Annotated[
+        list[str],
+        typer.Argument(
+            help="mnist5k[:test|train|all], samples (the bundled photos), or image files / folders"
+        ),
+    ],
+    methods: Annotated[str, typer.Option(help="Heat-map methods, comma-separated (see ds.methods())")],
+    metrics: Annotated[
+        str | None, typer.Option(help="Metrics, comma-separated (default: all but the pointing game)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N samples")] = None,
+    target: Annotated[
+        str, typer.Option(help="'top1' (predicted class) or 'label' (dataset labels)")
+    ] = "top1",
+    layers: Annotated[
+        str | None, typer.Option(help="Layers (names/globs, comma-separated) for the randomisation test")
+    ] = None,
+    absolute: Annotated[
+        str | None,
+        typer.Option(
+            help="Methods ranked by magnitude (comma-separated, or 'all'), e.g. saliency,smoothgrad"
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Model inputs per forward pass")] = 64,
+    out: Annotated[Path, typer.Option(help="Directory for the curve plots and table.csv")] = Path(
+        "deepscope-evaluate"
+    ),
+) -> None:
+    """Evaluate heat-map methods with faithfulness and sanity metrics: print the table and the ranking,
+    write the curves as PNG files."""
+    from deepscope.metrics.evaluate import METRICS
+    from deepscope.metrics.evaluate import evaluate as run_evaluation
+    from deepscope.render.curves import evaluation_plots
+    from deepscope.zoo.loaders import load_model
+
+    vm = load_model(model)
+    dataset = _evaluation_data(data, vm.image_mode)
+    if target not in ("top1", "label"):
+        raise typer.BadParameter("target must be 'top1' or 'label'", param_hint="--target")
+    chosen = None if metrics is None else [name.strip() for name in metrics.split(",") if name.strip()]
+    settings = None
+    if layers is not None:
+        names = chosen or [name for name, spec in METRICS.items() if not spec.needs_objects]
+        settings = {name: {} for name in names}
+        settings["randomization"] = {"layers": [layer.strip() for layer in layers.split(",")]}
+    result = run_evaluation(
+        vm,
+        dataset,
+        methods,
+        settings if settings is not None else chosen,
+        target="label" if target == "label" else None,
+        limit=limit,
+        absolute=absolute == "all" or [name.strip() for name in (absolute or "").split(",") if name.strip()],
+        batch_size=batch_size,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    table = result.table[["method", "metric", "mean", "std", "n", "better"]]
+    typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    typer.echo("\nRanking (1 = best):")
+    typer.echo(result.ranking.to_string(float_format=lambda v: f"{v:.3g}"))
+    result.table.to_csv(out / "table.csv", index=False)
+    for name, picture in evaluation_plots(result).items():
+        picture.save(out / f"{name}.png")
+    typer.echo(f"wrote {out / 'table.csv'} and the plots to {out}/", err=True)
+
+
+def _evaluation_data(items: list[str], image_mode: str):
+    """The data argument of `evaluate`: a bundled dataset name or image files and folders."""
+    from deepscope.errors import ImageError
+    from deepscope.zoo.datasets import mnist5k
+    from deepscope.zoo.images import load_images, samples
+
+    if len(items) == 1 and items[0].split(":")[0] == "mnist5k":
+        split = items[0].partition(":")[2] or "test"
+        return mnist5k(split)
+    if items == ["samples"]:
+        return samples()
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
+            if not found:
+                raise ImageError(f"no .png/.jpg/.bmp images in {path}")
+            paths.extend(found)
+        else:
+            paths.append(path)
+    return load_images(paths, mode=image_mode)
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Directory for the page")] = Path("deepscope-demo"),

@@ -132,6 +132,10 @@ Section = Callable[[Report, DemoContext], None]
 SECTIONS: list[Section] = [predictions_section, architecture_section, filters_section]
 SECTIONS.append(heat_maps)
 
+from deepscope.demo_evaluation import evaluation_section  # noqa: E402  (heat-map metrics, issue 6)
+
+SECTIONS.append(evaluation_section)
+
 
 def build_demo(out: str | Path = "deepscope-demo") -> Path:
     """Write the demo page to ``out/index.html`` and return its path."""

@@ -1,0 +1,98 @@
+"""Localisation: does the heat map point at the object? The pointing game (Zhang et al. 2018)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from deepscope.attribution.targets import TargetLike
+from deepscope.metrics._common import MetricError, pixel_maps, prepare
+from deepscope.zoo.vision_model import VisionModel
+
+
+def boxes_to_masks(
+    boxes: torch.Tensor | Sequence[torch.Tensor | Sequence[Sequence[float]]], height: int, width: int
+) -> torch.Tensor:
+    """``[B,H,W]`` bool masks from boxes ``(x0, y0, x1, y1)`` in input pixels (x1, y1 exclusive): a ``[B,4]``
+    tensor (one box per sample) or a list with ``[n_i, 4]`` boxes per sample (several objects of the class).
+
+    >>> boxes_to_masks(torch.tensor([[1, 0, 3, 2]]), 3, 4).int()
+    tensor([[[0, 1, 1, 0],
+             [0, 1, 1, 0],
+             [0, 0, 0, 0]]], dtype=torch.int32)
+    """
+    per_sample = [boxes[i : i + 1] for i in range(len(boxes))] if isinstance(boxes, torch.Tensor) else boxes
+    rows = torch.arange(height)[:, None]
+    columns = torch.arange(width)[None, :]
+    masks = torch.zeros(len(per_sample), height, width, dtype=torch.bool)
+    for index, sample_boxes in enumerate(per_sample):
+        sample_boxes = torch.as_tensor(sample_boxes, dtype=torch.float64).reshape(-1, 4)
+        for x0, y0, x1, y1 in sample_boxes.tolist():
+            if x1 < x0 or y1 < y0:
+                raise MetricError(f"box {(x0, y0, x1, y1)} of sample {index} is not (x0, y0, x1, y1)")
+            masks[index] |= (columns >= x0) & (columns < x1) & (rows >= y0) & (rows < y1)
+    return masks
+
+
+def pointing_game(
+    model: VisionModel | nn.Module | None,
+    x: torch.Tensor,
+    attributions: torch.Tensor,
+    target: TargetLike = None,
+    *,
+    masks: torch.Tensor | None = None,
+    boxes: torch.Tensor | Sequence | None = None,
+    tolerance: float = 15.0,
+) -> torch.Tensor:
+    """Pointing game (Zhang et al. 2018, "Top-down Neural Attention by Excitation Backprop"): ``[B]`` 1.0 where the
+    map's maximum lies within ``tolerance`` pixels (Euclidean) of the object, 0.0 where it does not, NaN for
+    samples whose mask is empty (Zhang et al. leave those out; average with ``nanmean``).
+
+    The object is given by ``masks`` (``[B,H,W]`` or ``[B,1,H,W]``, bool or 0/1, in input pixels) or ``boxes``
+    (see :func:`boxes_to_masks`). Zhang et al. use a 15-pixel tolerance on 224-pixel images; ``tolerance=0``
+    asks for the maximum on the object itself. The maximum is taken over per-pixel relevance (channel maps
+    are summed over channels); where several pixels share it, any of them on the object counts as a hit.
+    ``model`` and ``target`` are not used (the map already explains a class); they keep the signature of the
+    other metrics.
+
+    >>> import torch
+    >>> maps = torch.zeros(2, 1, 8, 8); maps[0, 0, 1, 1] = 1; maps[1, 0, 6, 6] = 1
+    >>> mask = torch.zeros(2, 8, 8, dtype=torch.bool); mask[:, :3, :3] = True
+    >>> pointing_game(None, torch.zeros(2, 1, 8, 8), maps, masks=mask, tolerance=0)
+    tensor([1., 0.])
+    """
+    x, maps = prepare(x, attributions)
+    batch, _, height, width = x.shape
+    if (masks is None) == (boxes is None):
+        raise MetricError("the pointing game needs the objects: give masks or boxes (one of them)")
+    if boxes is not None:
+        if len(boxes) != batch:
+            raise MetricError(f"{len(boxes)} box sets for a batch of {batch}")
+        masks = boxes_to_masks(boxes, height, width)
+    assert masks is not None
+    masks = torch.as_tensor(masks).to(x.device)
+    if masks.ndim == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if masks.shape != (batch, height, width):
+        raise MetricError(f"masks must be [B,H,W] = {[batch, height, width]}, got {list(masks.shape)}")
+    objects = masks.bool()
+    if tolerance < 0:
+        raise MetricError(f"tolerance must be >= 0, got {tolerance}")
+    if tolerance > 0:
+        objects = _dilate(objects, tolerance)
+    relevance = pixel_maps(maps)[:, 0]
+    peak = relevance == relevance.flatten(1).amax(1).view(-1, 1, 1)
+    hits = (peak & objects).flatten(1).any(1).float()
+    hits[~masks.bool().flatten(1).any(1)] = float("nan")
+    return hits
+
+
+def _dilate(masks: torch.Tensor, radius: float) -> torch.Tensor:
+    """Grow ``[B,H,W]`` masks by every pixel within Euclidean ``radius``."""
+    reach = int(radius)
+    offsets = torch.arange(-reach, reach + 1, device=masks.device, dtype=torch.float32)
+    disk = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2).float()
+    grown = nn.functional.conv2d(masks[:, None].float(), disk[None, None], padding=reach)
+    return grown[:, 0] > 0.5
