@@ -7,7 +7,7 @@
 'espresso'
 """
 
-from deepscope import errors
+from deepscope import errors, units
 from deepscope.attribution import attribute, methods, targets
 from deepscope.probe import (
     Graph,
@@ -56,4 +56,5 @@ __all__ = [
     "receptive_field",
     "samples",
     "targets",
+    "units",
 ]
