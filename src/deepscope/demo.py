@@ -125,6 +125,10 @@ def first_convolution(module: nn.Module) -> tuple[str, nn.Conv2d]:
 Section = Callable[[Report, DemoContext], None]
 SECTIONS: list[Section] = [predictions_section, architecture_section, filters_section]
 
+from deepscope.unit_pictures import units_section  # noqa: E402  (the units section lives in its own module)
+
+SECTIONS.append(units_section)
+
 
 def build_demo(out: str | Path = "deepscope-demo") -> Path:
     """Write the demo page to ``out/index.html`` and return its path."""

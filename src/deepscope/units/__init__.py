@@ -17,6 +17,7 @@ from deepscope.units.objectives import (
     logit,
     neuron,
     objective,
+    per_image,
     total_variation,
 )
 from deepscope.units.patches import TopPatches, top_patches
@@ -43,6 +44,7 @@ __all__ = [
     "multifaceted_init",
     "neuron",
     "objective",
+    "per_image",
     "project",
     "top_patches",
     "total_variation",

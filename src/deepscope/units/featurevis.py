@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from deepscope.units._forward import layer_runner
-from deepscope.units.objectives import Context, Objective
+from deepscope.units.objectives import Context, Objective, per_image
 from deepscope.units.objectives import objective as as_objective
 from deepscope.units.parameterizations import FourierImage, PixelImage
 from deepscope.units.regularizers import Yosinski
@@ -45,7 +45,7 @@ class Visualization:
 
 def visualize(
     model: VisionModel | nn.Module,
-    objective: str | Objective,
+    objective: str | Objective | Sequence[str | Objective],
     *,
     batch: int = 1,
     size: tuple[int, int] | int | None = None,
@@ -59,7 +59,8 @@ def visualize(
     keep_size: bool | None = None,
     seed: int = 0,
 ) -> Visualization:
-    """Optimise ``batch`` images to maximise ``objective`` (a string like ``"conv2:3"`` or an :class:`Objective`).
+    """Optimise ``batch`` images to maximise ``objective`` (a string like ``"conv2:3"`` or an :class:`Objective`;
+    a list of them optimises one image per objective in one batched run).
 
     ``param``: ``"fourier"`` (Olah et al. 2017: 1/f-scaled spectrum, ``decorrelate`` colours, sigmoid) or
     ``"pixel"`` (pixels clamped to [0, 1]). ``transforms``: ``"standard"`` (pad, jitter, scale, rotate, jitter;
@@ -78,7 +79,13 @@ def visualize(
     (torch.Size([1, 1, 28, 28]), True)
     """
     vm = as_vision_model(model)
-    goal = as_objective(objective)
+    if isinstance(objective, (list, tuple)):
+        goal = per_image(objective)
+        if init is None and batch not in (1, len(objective)):
+            raise ValueError(f"{len(objective)} objectives, one per image, but batch={batch}")
+        batch = len(objective)
+    else:
+        goal = as_objective(objective)
     size = _size(vm, size, init)
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")

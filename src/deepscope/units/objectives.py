@@ -22,7 +22,7 @@ conv2:3 - 0.01*tv(beta=2)
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -248,6 +248,31 @@ def diversity(layer: str) -> Objective:
         return -(similarity.sum(1) - similarity.diagonal()) / batch
 
     return Objective(value, f"diversity({layer})", frozenset({layer}), checks=(_layer_check(layer),))
+
+
+def per_image(objectives: Sequence[str | Objective]) -> Objective:
+    """Image ``i`` of the batch is scored by ``objectives[i]``: several units visualised in one batched run.
+    ``visualize`` builds this when given a list of objectives.
+
+    >>> per_image(["conv2:0", "conv2:1"])
+    [conv2:0, conv2:1]
+    """
+    parts = [objective(o) for o in objectives]
+    if not parts:
+        raise UnitError("per_image needs at least one objective")
+
+    def value(c: Context) -> torch.Tensor:
+        if c.image.shape[0] != len(parts):
+            raise UnitError(f"{len(parts)} objectives, one per image, but a batch of {c.image.shape[0]}")
+        return torch.stack([part(c)[i] for i, part in enumerate(parts)])
+
+    return Objective(
+        value,
+        "[" + ", ".join(p.name for p in parts) + "]",
+        frozenset().union(*(p.layers for p in parts)),
+        any(p.needs_output for p in parts),
+        tuple(check for p in parts for check in p.checks),
+    )
 
 
 def total_variation(beta: float = 2.0) -> Objective:
