@@ -123,3 +123,29 @@ def test_bad_input_is_refused_clearly():
         TopK(units=3, k=0)
     with pytest.raises(ValueError, match="missing"):
         TopK.from_state_dict({"values": torch.zeros(1, 1)})
+
+
+def test_float32_keys_order_exactly_like_the_two_sorts():
+    """float32 reductions select by one int64 key per entry, float64 ones by two stable sorts: same answer."""
+    generator = torch.Generator().manual_seed(3)
+    special = torch.tensor([0.0, -0.0, torch.inf, -torch.inf, float("nan"), -1.5, 1.5, 2.0**-140])
+    values = special[torch.randint(len(special), (300, 5), generator=generator)]
+    samples = torch.randperm(300, generator=generator) * 7
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        topk = TopK(units=5, k=12, dtype=dtype)
+        for start in range(0, 300, 64):
+            topk.update(values[start : start + 64].to(dtype), samples[start : start + 64])
+        results.append(topk.result())
+    assert torch.equal(results[0][1], results[1][1])
+    assert torch.equal(results[0][0].double().nan_to_num(7.0), results[1][0].nan_to_num(7.0))
+    ranked = values.double().nan_to_num(
+        nan=1e300, posinf=1e200, neginf=-1e200
+    )  # NaN above inf, as torch.sort
+    expected = brute_force(ranked, samples, torch.zeros(300, 5), 12)[1]
+    assert results[0][1].tolist() == expected
+
+
+def test_sample_indices_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="must lie in 0"):
+        TopK(units=1, k=1).update(torch.zeros(1, 1), torch.tensor([-1]))

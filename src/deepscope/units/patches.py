@@ -20,7 +20,7 @@ from torch import nn
 
 from deepscope.errors import ImageError
 from deepscope.probe.layers import find_layers
-from deepscope.probe.receptive_field import ReceptiveField, receptive_field
+from deepscope.probe.receptive_field import ReceptiveField, receptive_fields
 from deepscope.units._forward import UnitError, check_unit, layer_runner
 from deepscope.units.deconv import RULES, project_units
 from deepscope.units.topk import TopK
@@ -136,6 +136,7 @@ def top_patches(
                     activation = activation.index_select(1, selected[name])
                 reductions[name].update_maps(activation, samples)
 
+    fields = receptive_fields(vm, names, example)  # one trace of the model for every layer
     found = {
         name: _finish(
             vm,
@@ -144,6 +145,7 @@ def top_patches(
             shapes[name],
             selected[name],
             reductions[name],
+            fields[name],
             example,
             crops,
             projection,
@@ -162,6 +164,7 @@ def _finish(
     shape: tuple[int, ...],
     selected: torch.Tensor | None,
     reduction: TopK,
+    field: ReceptiveField | None,
     example: torch.Tensor,
     crops: bool,
     projection: str | None,
@@ -176,7 +179,6 @@ def _finish(
         positions = torch.stack([flat // shape[2], flat % shape[2]], dim=-1)
     else:
         positions = torch.full((*flat.shape, 2), -1, dtype=torch.int64, device=flat.device)
-    field = receptive_field(vm, layer, example) if (crops or projection or spatial) else None
     windows = _windows(field, positions, (height, width), spatial)
     boxes = torch.stack(
         [
@@ -331,6 +333,8 @@ class _Source:
     def inputs(self, indices: list[int]) -> torch.Tensor:
         """Model inputs ``[n,C,H,W]`` on the model's device."""
         if isinstance(self.data, torch.Tensor):
+            if indices == list(range(indices[0], indices[-1] + 1)):
+                return self.data[indices[0] : indices[-1] + 1].to(self.vm.device)  # a view, no copy
             return self.data[indices].to(self.vm.device)
         items = self._items(indices)
         if isinstance(items[0], Image.Image):

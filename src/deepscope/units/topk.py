@@ -13,7 +13,8 @@ Order (deterministic, so that every sharding gives the same answer as one pass):
 3. within one sample, a unit keeps one hit: its maximum over positions, at the first (lowest flat index)
    position where that maximum is reached (the convention of ``torch.max`` / ``argmax``).
 
-Sample indices must be unique across everything merged into one reduction (each sample seen once).
+Sample indices must be unique across everything merged into one reduction (each sample seen once), and lie
+in ``0 .. 2^32 - 2``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,22 @@ import torch
 # Sample index of an empty slot: sorts after every real sample on equal (-inf) values.
 EMPTY = torch.iinfo(torch.int64).max
 NO_POSITION = -1
+# Value dtypes that float32 holds exactly: their order is read from one int64 key per entry.
+_KEYED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_LOW_BITS = (1 << 32) - 1
+
+
+def _order_keys(values: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    """int64 keys whose descending order is (value descending, sample index ascending): the value's float32 bits
+    made order-preserving in the high half, ``2^32 - 1 - sample`` in the low half. One ``topk`` on unique keys
+    then selects exactly what the two stable sorts would. NaN becomes the largest value and -0.0 equals 0.0,
+    as in ``torch.sort``; empty slots rank last."""
+    values = values.float() + 0.0  # -0.0 + 0.0 is +0.0
+    values = torch.where(values.isnan(), torch.nan, values)  # one NaN, with the sign bit clear
+    bits = values.view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    low = torch.where(samples == EMPTY, 0, _LOW_BITS - samples)
+    return (ordered << 32) | low
 
 
 class TopK:
@@ -89,6 +106,13 @@ class TopK:
                 f"sample_indices must be {count} integers (one per row of values), "
                 f"got {sample_indices.dtype} of shape {list(sample_indices.shape)}"
             )
+        # (checked on the CPU only: on an accelerator the check would cost a synchronisation per batch)
+        if (
+            count
+            and sample_indices.device.type == "cpu"
+            and (int(sample_indices.min()) < 0 or int(sample_indices.max()) >= _LOW_BITS)
+        ):
+            raise ValueError(f"sample indices must lie in 0 .. {_LOW_BITS - 1}")
         if positions is None:
             positions = torch.full((count, self.units), NO_POSITION, dtype=torch.int64, device=self.device)
         elif positions.shape != values.shape:
@@ -185,13 +209,16 @@ class TopK:
         values = torch.cat([self.values, values], dim=1)
         samples = torch.cat([self.sample_indices, samples], dim=1)
         positions = torch.cat([self.positions, positions], dim=1)
-        # Two stable sorts give the order (value descending, then sample index ascending).
-        by_sample = samples.argsort(dim=1, stable=True)
-        values, samples, positions = (t.gather(1, by_sample) for t in (values, samples, positions))
-        by_value = values.argsort(dim=1, descending=True, stable=True)[:, : self.k]
-        self.values = values.gather(1, by_value)
-        self.sample_indices = samples.gather(1, by_value)
-        self.positions = positions.gather(1, by_value)
+        if self.dtype in _KEYED_DTYPES:
+            chosen = _order_keys(values, samples).topk(min(self.k, values.shape[1]), dim=1).indices
+        else:
+            # Two stable sorts give the order (value descending, then sample index ascending).
+            by_sample = samples.argsort(dim=1, stable=True)
+            values, samples, positions = (t.gather(1, by_sample) for t in (values, samples, positions))
+            chosen = values.argsort(dim=1, descending=True, stable=True)[:, : self.k]
+        self.values = values.gather(1, chosen)
+        self.sample_indices = samples.gather(1, chosen)
+        self.positions = positions.gather(1, chosen)
 
     def __repr__(self) -> str:
         return f"TopK(units={self.units}, k={self.k}, seen={self.seen}, device={self.device})"
