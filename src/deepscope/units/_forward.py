@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from deepscope.errors import DeepscopeError
-from deepscope.probe.capture import Recording, capture
+from deepscope.probe.capture import Recording, capture, first_tensor
 from deepscope.probe.layers import get_layer
 from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel
@@ -79,6 +79,55 @@ def layer_runner(
                     )
                 return LayerRun(activations, output)
 
+            yield run
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+@contextmanager
+def streaming_runner(
+    vm: VisionModel, layers: Sequence[str], on_output: Callable[[str, torch.Tensor], None]
+) -> Iterator[Callable[[torch.Tensor], None]]:
+    """Like :func:`layer_runner`, but each layer's output goes to ``on_output(name, tensor)`` the moment it is
+    produced and is not kept, so a reduction needs no more memory than the forward pass itself; the pass stops
+    once every layer has run. Eval mode inside, every hook removed on exit."""
+    names = list(dict.fromkeys(layers))
+    for name in names:
+        get_layer(vm, name)
+    waiting: set[str] = set()
+    calls: dict[str, int] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, inputs, output) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] > 1:
+                raise DeepscopeError(
+                    f"layer {name!r} runs more than once in one forward pass (a module reused); choose a layer "
+                    "that runs once, such as the module around it"
+                )
+            tensor = first_tensor(output)
+            if tensor is not None:
+                on_output(name, tensor)
+            waiting.discard(name)
+            if not waiting:
+                raise _StopForward
+
+        return hook
+
+    def run(x: torch.Tensor) -> None:
+        waiting.update(names)
+        calls.clear()
+        with suppress(_StopForward):
+            vm.module(x)
+        if waiting:
+            raise DeepscopeError(f"layer(s) {', '.join(sorted(waiting))} did not run in the forward pass")
+
+    with evaluation_mode(vm.module):
+        try:
+            for name in names:
+                handles.append(vm.module.get_submodule(name).register_forward_hook(make_hook(name)))
             yield run
         finally:
             for handle in handles:

@@ -21,7 +21,7 @@ from torch import nn
 from deepscope.errors import ImageError
 from deepscope.probe.layers import find_layers
 from deepscope.probe.receptive_field import ReceptiveField, receptive_fields
-from deepscope.units._forward import UnitError, check_unit, layer_runner
+from deepscope.units._forward import UnitError, check_unit, streaming_runner
 from deepscope.units.deconv import RULES, project_units
 from deepscope.units.topk import TopK
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
@@ -112,29 +112,31 @@ def top_patches(
     reductions: dict[str, TopK] = {}
     selected: dict[str, torch.Tensor | None] = {}
     shapes: dict[str, tuple[int, ...]] = {}
+    batch: dict[str, torch.Tensor] = {}
+
+    def reduce(name: str, activation: torch.Tensor) -> None:
+        if name not in reductions:
+            if activation.ndim not in (2, 4):
+                raise UnitError(
+                    f"top_patches reads [B,units] or [B,C,H,W] layers; {name!r} gives {list(activation.shape)}"
+                )
+            shapes[name] = tuple(activation.shape[1:])
+            selected[name] = _check_units(name, shapes[name], chosen[name], activation.device)
+            count = shapes[name][0] if selected[name] is None else len(selected[name])
+            reductions[name] = TopK(count, k, device=activation.device, dtype=activation.dtype)
+        if selected[name] is not None:
+            activation = activation.index_select(1, selected[name])
+        reductions[name].update_maps(activation, batch["samples"])
+
     example: torch.Tensor | None = None
-    with torch.inference_mode(), layer_runner(vm, names) as run:
+    with torch.inference_mode(), streaming_runner(vm, names, reduce) as run:
         for start in range(0, len(source), batch_size):
             indices = list(range(start, min(start + batch_size, len(source))))
             inputs = source.inputs(indices)
-            result = run(inputs)
             if example is None:
                 example = inputs[:1].clone()
-                for name in names:
-                    shapes[name] = tuple(result.activations[name].shape[1:])
-                    selected[name] = _check_units(name, shapes[name], chosen[name], vm.device)
-                    count = shapes[name][0] if selected[name] is None else len(selected[name])
-                    reductions[name] = TopK(count, k, device=vm.device, dtype=result.activations[name].dtype)
-            samples = torch.tensor(indices, device=vm.device)
-            for name in names:
-                activation = result.activations[name]
-                if activation.ndim not in (2, 4):
-                    raise UnitError(
-                        f"top_patches reads [B,units] or [B,C,H,W] layers; {name!r} gives {list(activation.shape)}"
-                    )
-                if selected[name] is not None:
-                    activation = activation.index_select(1, selected[name])
-                reductions[name].update_maps(activation, samples)
+            batch["samples"] = torch.arange(start, start + len(indices), device=inputs.device)
+            run(inputs)
 
     fields = receptive_fields(vm, names, example)  # one trace of the model for every layer
     found = {

@@ -138,8 +138,17 @@ class TopK:
         if activations.ndim == 2:
             self.update(activations, sample_indices)
             return
-        values, positions = activations.detach().flatten(2).max(dim=2)
-        self.update(values, sample_indices, positions)
+        flat = activations.detach().flatten(2).to(self.device)
+        count = flat.shape[0]
+        # Only the maxima are needed to rank; where each maximum lies is looked up afterwards for the few
+        # entries this batch placed in the top k (their batch row travels, encoded as -2 - row, in positions).
+        rows = torch.arange(count, device=self.device)[:, None].expand(count, self.units)
+        self.update(flat.amax(dim=2), sample_indices, -2 - rows)
+        pending = self.positions <= -2
+        row = (-2 - self.positions).clamp(0, max(count - 1, 0))
+        unit = torch.arange(self.units, device=self.device)[:, None].expand_as(row)
+        found = flat[row, unit].argmax(dim=2) if count else self.positions
+        self.positions = torch.where(pending, found, self.positions)
 
     def merge(self, other: TopK) -> TopK:
         """Fold in ``other`` (a reduction over other samples) in place and return ``self``."""
