@@ -10,7 +10,8 @@
 
 Run: ``flock /tmp/deepscope-bench.lock python benchmarks/units.py [--device cuda] [--threads N]``.
 
-lucent 0.1.8 runs unchanged with torch 2.14 and kornia 0.4.1 here; no compatibility shim is used. It picks its
+lucent 0.1.8 runs unchanged with torch 2.14 and kornia 0.4.1 (on a machine without IPython, see
+``import_lucent``). It picks its
 device at import (cuda when available), so the model is moved there before it runs. Its ``hook_model`` leaves a
 hook on every module after each call, so each lucent run gets a fresh copy of the model (made outside the timing).
 """
@@ -20,7 +21,9 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
+import types
 
 import torch
 
@@ -41,10 +44,28 @@ def timed(function, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def import_lucent():
+    """lucent's ``param`` and ``render``. Where IPython is not installed (a bare GPU machine), a stub
+    ``IPython.display`` module is registered first: lucent imports it at import time for notebook display
+    only, which ``render_vis(show_image=False)`` never calls. This shim lives in the benchmark alone."""
+    try:
+        import IPython.display  # noqa: F401
+    except ImportError:
+        stub = types.ModuleType("IPython")
+        stub.display = types.ModuleType("IPython.display")
+        sys.modules["IPython"], sys.modules["IPython.display"] = stub, stub.display
+        print(
+            "note: IPython is missing here; lucent imported with a stub IPython.display (see import_lucent)"
+        )
+    from lucent.optvis import param, render
+
+    return param, render
+
+
 def feature_visualisation(
     vm: ds.VisionModel, size: int, steps: int, repeats: int, device: torch.device
 ) -> None:
-    from lucent.optvis import param, render
+    param, render = import_lucent()
 
     chain = [
         T.pad(12),
