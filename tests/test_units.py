@@ -478,3 +478,26 @@ def test_failing_calls_leave_the_model_as_found(lenet, digit_inputs, unchanged):
             ds.units.top_patches(lenet, digit_inputs[:50], "conv1", k=2)
     finally:
         lenet.module.eval()
+
+
+def test_units_command_writes_the_pictures(tmp_path, digits):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from deepscope import cli
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for index in range(40):
+        digits.images[index].save(folder / f"{index:03d}.png")
+    out = tmp_path / "out"
+    arguments = ["units", "zoo:lenet_mnist", "--layer", "conv2", "--data", str(folder), "--out", str(out)]
+    result = CliRunner().invoke(
+        cli.app, [*arguments, "--unit", "3", "--unit", "7", "--k", "4", "--steps", "8"]
+    )
+    assert result.exit_code == 0, result.output
+    names = sorted(path.name for path in out.iterdir())
+    assert names == ["activations.png", "features.png", "filters.png", "inversion.png", "top-patches.png"]
+    assert Image.open(out / "top-patches.png").size[1] == 2 * (14 * 3 + 1) + 1  # 2 units, 14-pixel crops x3
+    wrong = CliRunner().invoke(cli.app, ["units", "zoo:lenet_mnist", "--layer", "conv7"])
+    assert wrong.exit_code != 0 and "conv2" in str(wrong.exception)

@@ -90,7 +90,14 @@ def patch_grid(
 ) -> Image.Image:
     """Top patches of a :class:`~deepscope.units.TopPatches`: one row per unit with its ``k`` crops (pixels, as
     they are) and, where the result holds projections, the ``k`` projections beside them (each scaled to its own
-    range, signed: grey = 0), as in Zeiler & Fergus 2014's figures. Rows are labelled with the unit index."""
+    range, signed: grey = 0), as in Zeiler & Fergus 2014's figures. Rows are labelled with the unit index.
+
+    >>> import deepscope as ds
+    >>> vm = ds.load_model("zoo:lenet_mnist")
+    >>> hits = ds.units.top_patches(vm, ds.datasets.mnist5k("test"), "conv1", units=[0, 1], k=3)
+    >>> patch_grid(hits, tile_size=20).size  # 2 rows of 3 crops, 5x5 pixels enlarged 4 times
+    (64, 43)
+    """
     if patches.crops is None:
         raise ValueError("these top patches have no crops; call top_patches(..., crops=True)")
     rows = list(range(len(patches.units))) if units is None else [_row(patches, u) for u in units]

@@ -167,7 +167,10 @@ def channel(layer: str, unit: int) -> Objective:
 
 
 def neuron(layer: str, unit: int, y: int, x: int) -> Objective:
-    """The single activation of channel ``unit`` at position ``(y, x)`` of a conv layer's map."""
+    """The single activation of channel ``unit`` at position ``(y, x)`` of a conv layer's map.
+
+    >>> neuron("conv2", 3, 5, 5)
+    conv2:3@5,5"""
 
     def value(c: Context) -> torch.Tensor:
         return c.activations[layer][:, unit, y, x]
@@ -179,7 +182,10 @@ def neuron(layer: str, unit: int, y: int, x: int) -> Objective:
 
 def logit(cls: int) -> Objective:
     """The model's unnormalised score for class ``cls`` (Simonyan et al. 2014: the score, not the softmax,
-    so that the image is not rewarded for lowering the other classes)."""
+    so that the image is not rewarded for lowering the other classes).
+
+    >>> logit(7) - logit(1)
+    logit:7 - logit:1"""
 
     def value(c: Context) -> torch.Tensor:
         return c.output[:, cls]
@@ -198,7 +204,10 @@ def logit(cls: int) -> Objective:
 
 
 def deepdream(layer: str) -> Objective:
-    """Mean squared activation of the whole layer (DeepDream; Mordvintsev, Olah & Tyka 2015)."""
+    """Mean squared activation of the whole layer (DeepDream; Mordvintsev, Olah & Tyka 2015).
+
+    >>> deepdream("conv2")
+    conv2"""
 
     def value(c: Context) -> torch.Tensor:
         return c.activations[layer].pow(2).flatten(1).mean(1)
@@ -208,7 +217,10 @@ def deepdream(layer: str) -> Objective:
 
 def direction(layer: str, vector: torch.Tensor, name: str | None = None) -> Objective:
     """Activation along ``vector`` (one weight per channel): the dot product with the activation at each
-    position, averaged over positions (Olah et al. 2017's "direction" in activation space)."""
+    position, averaged over positions (Olah et al. 2017's "direction" in activation space).
+
+    >>> direction("conv2", torch.ones(16), name="conv2 sum")
+    conv2 sum"""
     vector = torch.as_tensor(vector).detach().flatten()
 
     def value(c: Context) -> torch.Tensor:
@@ -234,7 +246,10 @@ def direction(layer: str, vector: torch.Tensor, name: str | None = None) -> Obje
 def diversity(layer: str) -> Objective:
     """Reward for a batch whose images differ in style at ``layer``: minus the cosine similarity of each
     image's Gram matrix of channels with the other images' (Olah et al. 2017, after Nguyen et al. 2016's
-    multifaceted visualisation). Per image ``i``: ``-sum_{j != i} cos(G_i, G_j) / B``; needs a batch > 1."""
+    multifaceted visualisation). Per image ``i``: ``-sum_{j != i} cos(G_i, G_j) / B``; needs a batch > 1.
+
+    >>> objective("fc3:4") + 0.5 * diversity("fc1")
+    fc3:4 + 0.5*diversity(fc1)"""
 
     def value(c: Context) -> torch.Tensor:
         activation = c.activations[layer]
@@ -277,7 +292,10 @@ def per_image(objectives: Sequence[str | Objective]) -> Objective:
 
 def total_variation(beta: float = 2.0) -> Objective:
     """Total variation of the pixel image, ``sum ((dx)^2 + (dy)^2)^(beta/2)`` averaged over pixels (the
-    TV^beta prior of Mahendran & Vedaldi 2015). A penalty: subtract it, ``objective - w * total_variation()``."""
+    TV^beta prior of Mahendran & Vedaldi 2015). A penalty: subtract it, ``objective - w * total_variation()``.
+
+    >>> objective("conv2:3") - 0.1 * total_variation(beta=1)
+    conv2:3 - 0.1*tv(beta=1)"""
 
     def value(c: Context) -> torch.Tensor:
         return tv_beta(c.image, beta).flatten(1).mean(1)
@@ -287,7 +305,10 @@ def total_variation(beta: float = 2.0) -> Objective:
 
 def alpha_norm(alpha: float = 6.0) -> Objective:
     """``|x - 0.5|^alpha`` of the pixel image averaged over pixels (the alpha-norm prior of Mahendran & Vedaldi
-    2015, on pixels centred at mid-grey). A penalty: subtract it."""
+    2015, on pixels centred at mid-grey). A penalty: subtract it.
+
+    >>> objective("conv2:3") - 1e-3 * alpha_norm(6)
+    conv2:3 - 0.001*alpha_norm(6)"""
 
     def value(c: Context) -> torch.Tensor:
         return (c.image - 0.5).abs().pow(alpha).flatten(1).mean(1)
