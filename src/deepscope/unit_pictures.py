@@ -164,13 +164,13 @@ def units_section(report, context) -> None:
 
     strip = invert_layers(lenet, x, ["conv1", "conv2", "fc1", "fc3"], schedule=[(200, 1.0), (100, 0.1)])
     section.text(
-        "Inversion (Mahendran & Vedaldi 2015, their priors and weights): the digit reconstructed from each layer, "
-        "with the relative feature error reached."
+        "Inversion (Mahendran & Vedaldi 2015, their priors and weights): the digit reconstructed from each layer; "
+        "captions give the relative feature error reached, then the relative image error."
     )
     section.image(
         image_strip(
             torch.cat([lenet.pixels(digits.images[0]), *[r.image for r in strip]]),
-            ["input", *[f"{r.layer}: {float(r.error[0]):.2f}" for r in strip]],
+            ["input", *[f"{r.layer} {float(r.error[0]):.2f}/{float(r.image_error[0]):.2f}" for r in strip]],
             tile_size=84,
         ),
         "LeNet inversion strip",

@@ -54,13 +54,20 @@ REFERENCE_AREA = 227 * 227
 
 @dataclass
 class Inversion:
-    """``image``: the pre-image ``[B,C,H,W]`` in pixel space [0, 1]; ``error``: ``[B]``
-    ``|phi(image) - phi_0| / |phi_0|`` at ``layer``, measured on the returned image; ``energy``: the objective
-    at each step."""
+    """The result of :func:`invert`, per image of the batch.
+
+    - ``image``: the pre-image ``[B,C,H,W]`` in pixel space [0, 1];
+    - ``error``: ``[B]`` relative feature error ``|phi(image) - phi_0| / |phi_0|`` at ``layer`` (the paper's
+      measure of how well the representation is matched), on the returned image;
+    - ``image_error``: ``[B]`` relative image error ``|image - x_0| / |x_0 - mean|`` (pixel space; how much of
+      the image the representation lets one recover: it grows as layers become invariant);
+    - ``energy``: ``[B, steps]`` the objective at each step; ``tv_weight``: the lambda_tv used.
+    """
 
     layer: str
     image: torch.Tensor
     error: torch.Tensor
+    image_error: torch.Tensor
     energy: torch.Tensor
     tv_weight: float
 
@@ -164,8 +171,12 @@ def invert(
             pixels = (image / 255 + mean).clamp(0, 1)
             features = run((pixels - mean) / std).activations[layer]
             error = (features - target).flatten(1).norm(dim=1) / target_norm.sqrt()
+            original = reference / 255  # pixels - mean
+            image_error = (pixels - mean - original).flatten(1).norm(dim=1) / original.flatten(1).norm(
+                dim=1
+            ).clamp_min(1e-12)
     history = torch.stack(energies, 1) if energies else torch.zeros(batch, 0, device=x.device)
-    return Inversion(layer, pixels.detach(), error.detach(), history, float(tv_weight))
+    return Inversion(layer, pixels.detach(), error.detach(), image_error.detach(), history, float(tv_weight))
 
 
 def invert_layers(
