@@ -7,7 +7,7 @@
 'espresso'
 """
 
-from deepscope import errors, metrics, render
+from deepscope import errors, metrics, render, units
 from deepscope.attribution import attribute, explain, methods, targets
 from deepscope.metrics import evaluate
 from deepscope.probe import (
@@ -61,4 +61,5 @@ __all__ = [
     "render",
     "samples",
     "targets",
+    "units",
 ]

@@ -237,6 +237,32 @@ def _evaluation_data(items: list[str], image_mode: str):
     return load_images(paths, mode=image_mode)
 
 
+def units(
+    model: ModelArgument,
+    layer: Annotated[str, typer.Option(help="Layer name (see `deepscope graph MODEL`)")],
+    data: Annotated[
+        str | None, typer.Option(help="mnist5k[:train|test], samples, or a folder of images")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Directory for the pictures")] = Path("deepscope-units"),
+    unit: Annotated[
+        list[int] | None, typer.Option("--unit", help="Units to show (repeat; default: the first 8)")
+    ] = None,
+    k: Annotated[int, typer.Option(help="Top patches per unit")] = 9,
+    steps: Annotated[int, typer.Option(help="Feature-visualisation steps")] = 128,
+) -> None:
+    """What a layer's units encode: filters, activations, top-k patches with deconvnet projections, feature
+    visualisations and an inversion, written as PNG files."""
+    from deepscope.probe.layers import get_layer
+    from deepscope.unit_pictures import data_from_spec, write_unit_pictures
+    from deepscope.zoo.loaders import load_model
+
+    vm = load_model(model)
+    get_layer(vm, layer)
+    dataset = data_from_spec(data, vm) if data is not None else None
+    for path in write_unit_pictures(vm, layer, out, dataset, unit or None, k=k, steps=steps):
+        typer.echo(f"wrote {path}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Directory for the page")] = Path("deepscope-demo"),

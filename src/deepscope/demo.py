@@ -136,6 +136,10 @@ from deepscope.demo_evaluation import evaluation_section  # noqa: E402  (heat-ma
 
 SECTIONS.append(evaluation_section)
 
+from deepscope.unit_pictures import units_section  # noqa: E402  (the units section lives in its own module)
+
+SECTIONS.append(units_section)
+
 
 def build_demo(out: str | Path = "deepscope-demo") -> Path:
     """Write the demo page to ``out/index.html`` and return its path."""

@@ -152,10 +152,24 @@ def receptive_field(
     >>> rf.size, rf.stride, rf.offset
     ((14, 14), (2, 2), (-2, -2))
     """
+    return receptive_fields(model, [layer], example)[layer]
+
+
+def receptive_fields(
+    model: VisionModel | nn.Module, layers: list[str], example: torch.Tensor | None = None
+) -> dict[str, ReceptiveField]:
+    """:func:`receptive_field` of several layers from one trace of the model."""
     vm = as_vision_model(model)
-    get_layer(vm, layer)  # a clear error for a wrong name before any tracing
+    for layer in layers:
+        get_layer(vm, layer)  # a clear error for a wrong name before any tracing
     dataflow = graph(vm, example)
     fields = _propagate(dataflow)
+    input_shape = dataflow.node("input").output_shape
+    input_size = (int(input_shape[-2]), int(input_shape[-1]))
+    return {layer: _field_of(dataflow, fields, layer, input_size) for layer in layers}
+
+
+def _field_of(dataflow: Graph, fields: dict, layer: str, input_size: tuple[int, int]) -> ReceptiveField:
     outputs = _layer_outputs(dataflow, layer)
     if not outputs:
         raise ReceptiveFieldError(f"layer {layer!r} does not take part in the forward pass from the input")
@@ -166,8 +180,6 @@ def receptive_field(
             "ask for a layer that runs once"
         )
     field = found.pop()
-    input_shape = dataflow.node("input").output_shape
-    input_size = (int(input_shape[-2]), int(input_shape[-1]))
     if field is None:
         raise ReceptiveFieldError(f"layer {layer!r} does not depend on the input")
     if field == _GLOBAL:

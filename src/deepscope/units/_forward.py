@@ -1,0 +1,203 @@
+"""Running a model up to the layers a computation needs, and checking unit indices against a layer's shape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from deepscope.errors import DeepscopeError
+from deepscope.probe.capture import Recording, capture, first_tensor
+from deepscope.probe.layers import get_layer
+from deepscope.probe.state import evaluation_mode
+from deepscope.zoo.vision_model import VisionModel
+
+
+class UnitError(DeepscopeError, ValueError):
+    """A unit (channel, neuron, position) that the layer does not have, or an objective that cannot be read."""
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every layer a computation needs has run: the rest of the model is skipped."""
+
+
+@dataclass
+class LayerRun:
+    """What one forward pass to some layers produced: their outputs and, when it was computed, the model output."""
+
+    activations: dict[str, torch.Tensor]
+    output: torch.Tensor | None
+
+
+@contextmanager
+def layer_runner(
+    vm: VisionModel,
+    layers: Sequence[str],
+    *,
+    need_output: bool = False,
+    detach: bool = True,
+) -> Iterator:
+    """Inside the block, ``run(x) -> LayerRun`` forwards ``x`` only as far as needed: to the last of ``layers``
+    (or the whole model when ``need_output``). The model runs in eval mode and every hook is removed on exit.
+    """
+    names = list(dict.fromkeys(layers))
+    for name in names:
+        get_layer(vm, name)  # clear error with suggestions for a wrong name
+    handles = []
+    with evaluation_mode(vm.module), capture(vm, names, detach=detach) if names else _nothing() as recording:
+        try:
+            if names and not need_output:
+                waiting = set(names)
+
+                def make_stop(name: str):
+                    def stop(module: nn.Module, inputs, output) -> None:
+                        waiting.discard(name)
+                        if not waiting:
+                            raise _StopForward
+
+                    return stop
+
+                for name in names:
+                    handles.append(vm.module.get_submodule(name).register_forward_hook(make_stop(name)))
+
+            def run(x: torch.Tensor) -> LayerRun:
+                if recording is not None:
+                    recording.clear()
+                    if handles:
+                        waiting.update(names)
+                output = None
+                with suppress(_StopForward):
+                    output = vm.module(x)
+                activations = {name: _single(recording, name) for name in names} if recording else {}
+                if need_output and not isinstance(output, torch.Tensor):
+                    raise DeepscopeError(
+                        f"{vm.name} returns a {type(output).__name__}, not a tensor of scores; "
+                        "use a layer objective instead of logit:..."
+                    )
+                return LayerRun(activations, output)
+
+            yield run
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+@contextmanager
+def streaming_runner(
+    vm: VisionModel, layers: Sequence[str], on_output: Callable[[str, torch.Tensor], None]
+) -> Iterator[Callable[[torch.Tensor], None]]:
+    """Like :func:`layer_runner`, but each layer's output goes to ``on_output(name, tensor)`` the moment it is
+    produced and is not kept, so a reduction needs no more memory than the forward pass itself; the pass stops
+    once every layer has run. Eval mode inside, every hook removed on exit."""
+    names = list(dict.fromkeys(layers))
+    for name in names:
+        get_layer(vm, name)
+    waiting: set[str] = set()
+    calls: dict[str, int] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, inputs, output) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] > 1:
+                raise DeepscopeError(
+                    f"layer {name!r} runs more than once in one forward pass (a module reused); choose a layer "
+                    "that runs once, such as the module around it"
+                )
+            tensor = first_tensor(output)
+            if tensor is not None:
+                on_output(name, tensor)
+            waiting.discard(name)
+            if not waiting:
+                raise _StopForward
+
+        return hook
+
+    def run(x: torch.Tensor) -> None:
+        waiting.update(names)
+        calls.clear()
+        with suppress(_StopForward):
+            vm.module(x)
+        if waiting:
+            raise DeepscopeError(f"layer(s) {', '.join(sorted(waiting))} did not run in the forward pass")
+
+    with evaluation_mode(vm.module):
+        try:
+            for name in names:
+                handles.append(vm.module.get_submodule(name).register_forward_hook(make_hook(name)))
+            yield run
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
+
+
+def _single(recording: Recording, name: str) -> torch.Tensor:
+    calls = recording.activations.all(name)
+    if not calls:
+        raise DeepscopeError(f"layer {name!r} did not run in the forward pass (the model skips it)")
+    if len(calls) > 1:
+        raise DeepscopeError(
+            f"layer {name!r} runs {len(calls)} times in one forward pass (a module reused, e.g. one activation "
+            "module applied twice); choose a layer that runs once, such as the module around it"
+        )
+    return calls[0]
+
+
+def example_input(vm: VisionModel, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """One all-zeros model input of the model's size (or ``size``) on its device."""
+    size = size or vm.input_size
+    if size is None:
+        raise ValueError(f"{vm.name} sets no input size; pass size=(H, W)")
+    return torch.zeros(1, vm.preprocessing.channels, *size, device=vm.device)
+
+
+def layer_shapes(
+    vm: VisionModel, layers: Sequence[str], x: torch.Tensor, need_output: bool = False
+) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...] | None]:
+    """Output shape (batch dimension dropped) of each layer, and of the model output when asked for."""
+    with torch.no_grad(), layer_runner(vm, layers, need_output=need_output) as run:
+        result = run(x[:1])
+    shapes = {name: tuple(t.shape[1:]) for name, t in result.activations.items()}
+    output = tuple(result.output.shape[1:]) if result.output is not None else None
+    return shapes, output
+
+
+def check_unit(
+    layer: str, shape: tuple[int, ...], unit: int, position: tuple[int, int] | None = None
+) -> None:
+    """A clear error when ``unit`` (and ``position``) are out of range for a layer whose output is ``shape``."""
+    if isinstance(unit, bool) or not isinstance(unit, int):
+        raise UnitError(f"a unit is an integer index, got {unit!r}")
+    count = shape[0] if shape else 1
+    kind = "channels" if len(shape) >= 2 else "units"
+    if not 0 <= unit < count:
+        raise UnitError(
+            f"unit {unit} is out of range for layer {layer!r}, which has {count} {kind} (0..{count - 1})"
+        )
+    if position is not None:
+        if len(shape) != 3:
+            raise UnitError(
+                f"layer {layer!r} has no spatial map (output shape {list(shape)}); a position "
+                "(@y,x) only applies to [C,H,W] layers"
+            )
+        y, x = position
+        height, width = shape[1:]
+        if not (0 <= y < height and 0 <= x < width):
+            raise UnitError(
+                f"position ({y}, {x}) is outside layer {layer!r}'s {height}x{width} map "
+                f"(y in 0..{height - 1}, x in 0..{width - 1})"
+            )
+
+
+def inputs_grad(loss: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """d loss / d inputs without touching any parameter's ``.grad`` (autograd.grad computes only what is asked)."""
+    (gradient,) = torch.autograd.grad(loss, inputs)
+    return gradient

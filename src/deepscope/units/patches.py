@@ -1,0 +1,357 @@
+"""Top-k dataset patches per unit, streamed over a dataset of any size in one pass for several layers at once.
+
+For each unit, the ``k`` samples on which it is strongest (a conv channel: its maximum over positions; a linear
+unit: its value), the position of that maximum, and the input pixels it sees there: its receptive field
+(Zeiler & Fergus 2014's top-9 patches; Girshick et al. 2014). The reduction is :class:`~deepscope.units.TopK`:
+memory is ``O(units * k)`` whatever the dataset's size, and ties go to the lower sample index.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from deepscope.errors import ImageError
+from deepscope.probe.layers import find_layers
+from deepscope.probe.receptive_field import ReceptiveField, receptive_fields
+from deepscope.units._forward import UnitError, check_unit, streaming_runner
+from deepscope.units.deconv import RULES, project_units
+from deepscope.units.topk import TopK
+from deepscope.zoo.vision_model import VisionModel, as_vision_model
+
+
+@dataclass
+class TopPatches:
+    """The strongest samples of some units of one layer, best first (``k' = min(k, len(data))``).
+
+    - ``units`` ``[U]``: the unit (channel) indices, in the order of the other fields' first dimension;
+    - ``values`` ``[U,k']``: each unit's activation (maximum over positions for a conv layer);
+    - ``sample_indices`` ``[U,k']``: index into the dataset;
+    - ``positions`` ``[U,k',2]``: ``(y, x)`` in the layer's map where the maximum is (``-1`` for a linear layer);
+    - ``boxes`` ``[U,k',4]``: ``(top, left, bottom, right)`` input pixels of the receptive field there, clipped to
+      the image (bottom/right exclusive); the whole image for a linear layer;
+    - ``crops`` ``[U,k',C,h,w]``: those pixels in pixel space ([0,1] for images), the receptive-field window with
+      the part outside the image filled with ``fill`` (the whole image along an axis where the field is larger);
+    - ``projections``: the same windows of the deconvnet / guided projection of each hit, when asked for.
+    """
+
+    layer: str
+    units: torch.Tensor
+    values: torch.Tensor
+    sample_indices: torch.Tensor
+    positions: torch.Tensor
+    boxes: torch.Tensor
+    crops: torch.Tensor | None
+    projections: torch.Tensor | None
+    receptive_field: ReceptiveField | None
+    seen: int
+
+    def unit(self, unit: int) -> dict[str, Any]:
+        """Everything about one unit (by its index in the layer) as a dict of tensors."""
+        rows = (self.units == unit).nonzero()
+        if rows.numel() == 0:
+            raise UnitError(
+                f"unit {unit} of {self.layer!r} was not collected; collected: {self.units.tolist()}"
+            )
+        row = int(rows[0, 0])
+        fields = ("values", "sample_indices", "positions", "boxes", "crops", "projections")
+        return {name: getattr(self, name)[row] for name in fields if getattr(self, name) is not None}
+
+
+UnitsArgument = int | Sequence[int] | Mapping[str, Sequence[int] | int] | None
+
+
+def top_patches(
+    model: VisionModel | nn.Module,
+    data: Any,
+    layer: str | Sequence[str],
+    units: UnitsArgument = None,
+    k: int = 9,
+    batch_size: int = 64,
+    crops: bool = True,
+    projection: str | None = None,
+    fill: float = 0.5,
+) -> TopPatches | dict[str, TopPatches]:
+    """The ``k`` strongest samples of each unit of ``layer`` over ``data``, in one streaming pass.
+
+    ``data``: a ``[N,C,H,W]`` tensor of model inputs, or any sized, indexable dataset whose items are PIL images,
+    ``[C,H,W]`` model-input tensors, or tuples whose first element is one (``ds.datasets.mnist5k()``, a
+    torchvision dataset, a list). ``layer``: one exact name (returns :class:`TopPatches`), or a list of names
+    or a glob (returns ``{name: TopPatches}``; every layer is reduced in the same pass). ``units``: None (all),
+    an index, a list, or ``{layer: indices}``. ``projection``: ``"deconvnet"`` or ``"guided"`` adds the
+    projection of each hit (:func:`project`), cropped like the patch. The model runs in eval mode, under
+    ``torch.inference_mode``, only as far as the deepest requested layer.
+
+    >>> import deepscope as ds
+    >>> vm = ds.load_model("zoo:lenet_mnist")
+    >>> hits = ds.units.top_patches(vm, ds.datasets.mnist5k("test"), "conv2", units=[3], k=4)
+    >>> hits.sample_indices.shape, hits.crops.shape  # conv2 sees 14x14 input pixels
+    (torch.Size([1, 4]), torch.Size([1, 4, 1, 14, 14]))
+    """
+    vm = as_vision_model(model)
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if projection is not None and projection not in RULES:
+        raise ValueError(f"projection must be None or one of {', '.join(RULES)}, got {projection!r}")
+    single = isinstance(layer, str) and not set("*?[") & set(layer)
+    names = find_layers(vm, layer)
+    source = _Source(vm, data)
+    if len(source) == 0:
+        raise ImageError("the dataset is empty")
+    chosen = _units_per_layer(names, units)
+
+    reductions: dict[str, TopK] = {}
+    selected: dict[str, torch.Tensor | None] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    batch: dict[str, torch.Tensor] = {}
+
+    def reduce(name: str, activation: torch.Tensor) -> None:
+        if name not in reductions:
+            if activation.ndim not in (2, 4):
+                raise UnitError(
+                    f"top_patches reads [B,units] or [B,C,H,W] layers; {name!r} gives {list(activation.shape)}"
+                )
+            shapes[name] = tuple(activation.shape[1:])
+            selected[name] = _check_units(name, shapes[name], chosen[name], activation.device)
+            count = shapes[name][0] if selected[name] is None else len(selected[name])
+            reductions[name] = TopK(count, k, device=activation.device, dtype=activation.dtype)
+        if selected[name] is not None:
+            activation = activation.index_select(1, selected[name])
+        reductions[name].update_maps(activation, batch["samples"])
+
+    example: torch.Tensor | None = None
+    with torch.inference_mode(), streaming_runner(vm, names, reduce) as run:
+        for start in range(0, len(source), batch_size):
+            indices = list(range(start, min(start + batch_size, len(source))))
+            inputs = source.inputs(indices)
+            if example is None:
+                example = inputs[:1].clone()
+            batch["samples"] = torch.arange(start, start + len(indices), device=inputs.device)
+            run(inputs)
+
+    fields = receptive_fields(vm, names, example)  # one trace of the model for every layer
+    found = {
+        name: _finish(
+            vm,
+            source,
+            name,
+            shapes[name],
+            selected[name],
+            reductions[name],
+            fields[name],
+            example,
+            crops,
+            projection,
+            fill,
+            batch_size,
+        )
+        for name in names
+    }
+    return found[names[0]] if single else found
+
+
+def _finish(
+    vm: VisionModel,
+    source: _Source,
+    layer: str,
+    shape: tuple[int, ...],
+    selected: torch.Tensor | None,
+    reduction: TopK,
+    field: ReceptiveField | None,
+    example: torch.Tensor,
+    crops: bool,
+    projection: str | None,
+    fill: float,
+    batch_size: int,
+) -> TopPatches:
+    values, samples, flat = reduction.result()
+    units = selected if selected is not None else torch.arange(shape[0], device=values.device)
+    spatial = len(shape) == 3
+    height, width = example.shape[-2:]
+    if spatial:
+        positions = torch.stack([flat // shape[2], flat % shape[2]], dim=-1)
+    else:
+        positions = torch.full((*flat.shape, 2), -1, dtype=torch.int64, device=flat.device)
+    windows = _windows(field, positions, (height, width), spatial)
+    boxes = torch.stack(
+        [
+            windows[..., 0].clamp_min(0),
+            windows[..., 1].clamp_min(0),
+            windows[..., 2].clamp_max(height),
+            windows[..., 3].clamp_max(width),
+        ],
+        dim=-1,
+    )
+    crop_tensor = projection_tensor = None
+    if crops or projection:
+        flat_samples = samples.flatten().tolist()
+        flat_windows = windows.flatten(0, 1)
+        if crops:
+            unique = sorted(set(flat_samples))
+            pixels = {}
+            for start in range(0, len(unique), batch_size):
+                chunk = unique[start : start + batch_size]
+                for index, image in zip(chunk, source.pixels(chunk), strict=True):
+                    pixels[index] = image
+            crop_tensor = torch.stack(
+                [_crop(pixels[s], w, fill) for s, w in zip(flat_samples, flat_windows, strict=True)]
+            ).unflatten(0, samples.shape)
+        if projection:
+            rows = []
+            flat_units = units[:, None].expand_as(samples).flatten()
+            flat_positions = positions.flatten(0, 1)
+            for start in range(0, len(flat_samples), batch_size):
+                stop = start + batch_size
+                inputs = source.inputs(flat_samples[start:stop])
+                projected = project_units(
+                    vm,
+                    inputs,
+                    layer,
+                    flat_units[start:stop],
+                    flat_positions[start:stop] if spatial else None,
+                    projection,
+                )
+                rows.extend(
+                    _crop(p, w, 0.0) for p, w in zip(projected, flat_windows[start:stop], strict=True)
+                )
+            projection_tensor = torch.stack(rows).unflatten(0, samples.shape)
+    return TopPatches(
+        layer, units, values, samples, positions, boxes, crop_tensor, projection_tensor, field, reduction.seen
+    )
+
+
+def _windows(
+    field: ReceptiveField | None, positions: torch.Tensor, size: tuple[int, int], spatial: bool
+) -> torch.Tensor:
+    """Unclipped crop windows ``[U,k,4]``: the receptive field at each position, or the whole image along an
+    axis where the field covers it (global fields, linear layers)."""
+    height, width = size
+    windows = torch.empty((*positions.shape[:-1], 4), dtype=torch.int64, device=positions.device)
+    windows[..., 0], windows[..., 1], windows[..., 2], windows[..., 3] = 0, 0, height, width
+    if not spatial or field is None or field.is_global:
+        return windows
+    for axis, extent in ((0, height), (1, width)):
+        if field.size[axis] >= extent:
+            continue
+        start = field.offset[axis] + positions[..., axis] * field.stride[axis]
+        windows[..., axis] = start
+        windows[..., axis + 2] = start + field.size[axis]
+    return windows
+
+
+def _crop(image: torch.Tensor, window: torch.Tensor, fill: float) -> torch.Tensor:
+    """``image[:, top:bottom, left:right]`` with out-of-image parts filled with ``fill``."""
+    top, left, bottom, right = (int(v) for v in window)
+    height, width = image.shape[-2:]
+    margin = (max(0, -left), max(0, right - width), max(0, -top), max(0, bottom - height))
+    if any(margin):
+        image = F.pad(image, margin, value=fill)
+        top, bottom = top + margin[2], bottom + margin[2]
+        left, right = left + margin[0], right + margin[0]
+    return image[:, top:bottom, left:right]
+
+
+def _units_per_layer(names: list[str], units: UnitsArgument) -> dict[str, list[int] | None]:
+    if isinstance(units, Mapping):
+        chosen: dict[str, list[int] | None] = dict.fromkeys(names)
+        for pattern, indices in units.items():
+            matched = [name for name in names if name == pattern or fnmatch.fnmatch(name, pattern)]
+            if not matched:
+                raise UnitError(
+                    f"units given for {pattern!r}, which is not among the layers asked for: {names}"
+                )
+            for name in matched:
+                chosen[name] = _as_list(indices)
+        return chosen
+    return {name: _as_list(units) for name in names}
+
+
+def _as_list(units) -> list[int] | None:
+    if units is None:
+        return None
+    if isinstance(units, int) and not isinstance(units, bool):
+        return [units]
+    listed = list(units.tolist() if isinstance(units, torch.Tensor) else units)
+    if not listed:
+        raise UnitError("an empty list of units")
+    return listed
+
+
+def _check_units(layer: str, shape: tuple[int, ...], units: list[int] | None, device) -> torch.Tensor | None:
+    if units is None:
+        return None
+    for unit in units:
+        check_unit(layer, shape, unit)
+    if len(set(units)) != len(units):
+        raise UnitError(f"units for {layer!r} repeat: {units}")
+    return torch.tensor(units, dtype=torch.int64, device=device)
+
+
+class _Source:
+    """Model inputs and display pixels for samples of a tensor batch or an indexable dataset."""
+
+    def __init__(self, vm: VisionModel, data: Any):
+        self.vm = vm
+        self.data = data
+        if isinstance(data, torch.Tensor):
+            if data.ndim != 4 or not data.is_floating_point():
+                raise ImageError(
+                    f"a tensor dataset must be float model inputs [N,C,H,W], got {data.dtype} {list(data.shape)}"
+                )
+        elif not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+            raise ImageError(
+                f"data must be a [N,C,H,W] tensor or a sized, indexable dataset, got {type(data).__name__}; "
+                "wrap an iterable in a map-style torch Dataset so that the hits can be cropped afterwards"
+            )
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _items(self, indices: list[int]) -> list[Image.Image] | list[torch.Tensor]:
+        items = []
+        for index in indices:
+            item = self.data[index]
+            if isinstance(item, (tuple, list)):
+                item = item[0]
+            if not isinstance(item, (Image.Image, torch.Tensor)):
+                raise ImageError(
+                    f"sample {index} is a {type(item).__name__}; expected a PIL image or a [C,H,W] tensor "
+                    "(or a tuple starting with one)"
+                )
+            items.append(item)
+        if len({type(item) is torch.Tensor for item in items}) > 1:
+            raise ImageError("the dataset mixes PIL images and tensors")
+        return items
+
+    def inputs(self, indices: list[int]) -> torch.Tensor:
+        """Model inputs ``[n,C,H,W]`` on the model's device."""
+        if isinstance(self.data, torch.Tensor):
+            if indices == list(range(indices[0], indices[-1] + 1)):
+                return self.data[indices[0] : indices[-1] + 1].to(self.vm.device)  # a view, no copy
+            return self.data[indices].to(self.vm.device)
+        items = self._items(indices)
+        if isinstance(items[0], Image.Image):
+            return self.vm.preprocess(items)
+        return torch.stack(items).to(self.vm.device)
+
+    def pixels(self, indices: list[int]) -> torch.Tensor:
+        """Display pixels ``[n,C,H,W]``: the images resized and cropped, or tensor inputs un-normalised."""
+        if not isinstance(self.data, torch.Tensor):
+            items = self._items(indices)
+            if isinstance(items[0], Image.Image) and self.vm.transform is None:
+                return self.vm.pixels(items)
+        inputs = self.inputs(indices)
+        mean = torch.as_tensor(self.vm.preprocessing.mean, device=inputs.device, dtype=inputs.dtype)
+        std = torch.as_tensor(self.vm.preprocessing.std, device=inputs.device, dtype=inputs.dtype)
+        if mean.numel() != inputs.shape[1]:
+            return inputs
+        return inputs * std[:, None, None] + mean[:, None, None]

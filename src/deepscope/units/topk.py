@@ -1,0 +1,233 @@
+"""Streaming, mergeable top-k per unit: the reduction behind ``top_patches`` and the dataset atlas.
+
+A :class:`TopK` keeps, for each of ``units`` units, the ``k`` largest values seen so far with the index of the
+sample each came from and the position (flat index into the unit's spatial map) where it was reached. Memory is
+``O(units * k)`` whatever the number of samples, and two reductions over disjoint sets of samples merge into
+exactly the reduction over their union, so a dataset can be scanned in shards (threads, processes, Ray tasks) and
+the shards combined in any order and grouping.
+
+Order (deterministic, so that every sharding gives the same answer as one pass):
+
+1. larger value first (NaN ranks above every number, as in ``torch.sort``);
+2. on equal values, the lower sample index first;
+3. within one sample, a unit keeps one hit: its maximum over positions, at the first (lowest flat index)
+   position where that maximum is reached (the convention of ``torch.max`` / ``argmax``).
+
+Sample indices must be unique across everything merged into one reduction (each sample seen once), and lie
+in ``0 .. 2^32 - 2``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Sample index of an empty slot: sorts after every real sample on equal (-inf) values.
+EMPTY = torch.iinfo(torch.int64).max
+NO_POSITION = -1
+# Value dtypes that float32 holds exactly: their order is read from one int64 key per entry.
+_KEYED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_LOW_BITS = (1 << 32) - 1
+
+
+def _order_keys(values: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    """int64 keys whose descending order is (value descending, sample index ascending): the value's float32 bits
+    made order-preserving in the high half, ``2^32 - 1 - sample`` in the low half. One ``topk`` on unique keys
+    then selects exactly what the two stable sorts would. NaN becomes the largest value and -0.0 equals 0.0,
+    as in ``torch.sort``; empty slots rank last."""
+    values = values.float() + 0.0  # -0.0 + 0.0 is +0.0
+    values = torch.where(values.isnan(), torch.nan, values)  # one NaN, with the sign bit clear
+    bits = values.view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    low = torch.where(samples == EMPTY, 0, _LOW_BITS - samples)
+    return (ordered << 32) | low
+
+
+class TopK:
+    """The ``k`` strongest samples of each of ``units`` units, updated batch by batch and mergeable.
+
+    ``update`` takes per-sample values ``[N, units]`` (for spatial units, use :meth:`update_maps`, which takes
+    the maximum over positions); ``merge`` folds in another reduction over other samples; ``result`` returns
+    ``values``, ``sample_indices`` and ``positions``, each ``[units, min(k, seen)]``, best first.
+    ``state_dict`` / ``from_state_dict`` round-trip through plain tensors (for pickling, ``torch.save`` or
+    sending a shard's result between processes).
+
+    >>> import torch
+    >>> a, b = TopK(units=2, k=2), TopK(units=2, k=2)
+    >>> a.update(torch.tensor([[1.0, 5.0], [3.0, 0.0]]), sample_indices=torch.tensor([0, 1]))
+    >>> b.update(torch.tensor([[3.0, 4.0]]), sample_indices=torch.tensor([2]))
+    >>> values, samples, _ = a.merge(b).result()
+    >>> values.tolist(), samples.tolist()  # unit 0: a tie at 3.0 goes to the lower sample index
+    ([[3.0, 3.0], [5.0, 4.0]], [[1, 2], [0, 2]])
+    """
+
+    def __init__(
+        self,
+        units: int,
+        k: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        if not isinstance(units, int) or units < 1:
+            raise ValueError(f"units must be a positive int, got {units!r}")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+        self.units = units
+        self.k = k
+        self.seen = 0
+        self.values = torch.full((units, k), -torch.inf, dtype=dtype, device=device)
+        self.sample_indices = torch.full((units, k), EMPTY, dtype=torch.int64, device=device)
+        self.positions = torch.full((units, k), NO_POSITION, dtype=torch.int64, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    def update(
+        self,
+        values: torch.Tensor,
+        sample_indices: torch.Tensor,
+        positions: torch.Tensor | None = None,
+    ) -> None:
+        """Add one value per sample and unit: ``values [N, units]``, ``sample_indices [N]`` (int) and, for
+        spatial units, ``positions [N, units]`` (flat index of where each value was reached; -1 = none)."""
+        if values.ndim != 2 or values.shape[1] != self.units:
+            raise ValueError(f"values must be [N, {self.units}], got shape {list(values.shape)}")
+        count = values.shape[0]
+        sample_indices = torch.as_tensor(sample_indices, device=self.device)
+        if sample_indices.is_floating_point() or sample_indices.shape != (count,):
+            raise ValueError(
+                f"sample_indices must be {count} integers (one per row of values), "
+                f"got {sample_indices.dtype} of shape {list(sample_indices.shape)}"
+            )
+        # (checked on the CPU only: on an accelerator the check would cost a synchronisation per batch)
+        if (
+            count
+            and sample_indices.device.type == "cpu"
+            and (int(sample_indices.min()) < 0 or int(sample_indices.max()) >= _LOW_BITS)
+        ):
+            raise ValueError(f"sample indices must lie in 0 .. {_LOW_BITS - 1}")
+        if positions is None:
+            positions = torch.full((count, self.units), NO_POSITION, dtype=torch.int64, device=self.device)
+        elif positions.shape != values.shape:
+            raise ValueError(
+                f"positions must have the shape of values {list(values.shape)}, got {list(positions.shape)}"
+            )
+        if count == 0:
+            return
+        self._select(
+            values.detach().to(self.device, self.dtype).T,
+            sample_indices.to(torch.int64)[None, :].expand(self.units, count),
+            positions.detach().to(self.device, torch.int64).T,
+        )
+        self.seen += count
+
+    def update_maps(self, activations: torch.Tensor, sample_indices: torch.Tensor) -> None:
+        """Add a batch of activations ``[N, units, *spatial]``: each unit's value for a sample is its maximum
+        over positions, at the first position where it is reached. ``[N, units]`` works too (no positions)."""
+        if activations.ndim < 2 or activations.shape[1] != self.units:
+            raise ValueError(
+                f"activations must be [N, {self.units}, ...], got shape {list(activations.shape)}"
+            )
+        if activations.ndim == 2:
+            self.update(activations, sample_indices)
+            return
+        flat = activations.detach().flatten(2).to(self.device)
+        count = flat.shape[0]
+        # Only the maxima are needed to rank; where each maximum lies is looked up afterwards for the few
+        # entries this batch placed in the top k (their batch row travels, encoded as -2 - row, in positions).
+        rows = torch.arange(count, device=self.device)[:, None].expand(count, self.units)
+        self.update(flat.amax(dim=2), sample_indices, -2 - rows)
+        pending = self.positions <= -2
+        row = (-2 - self.positions).clamp(0, max(count - 1, 0))
+        unit = torch.arange(self.units, device=self.device)[:, None].expand_as(row)
+        found = flat[row, unit].argmax(dim=2) if count else self.positions
+        self.positions = torch.where(pending, found, self.positions)
+
+    def merge(self, other: TopK) -> TopK:
+        """Fold in ``other`` (a reduction over other samples) in place and return ``self``."""
+        if not isinstance(other, TopK):
+            raise TypeError(f"can only merge another TopK, got {type(other).__name__}")
+        if (other.units, other.k) != (self.units, self.k):
+            raise ValueError(
+                f"cannot merge a TopK of {other.units} units, k={other.k} into one of {self.units} units, k={self.k}"
+            )
+        self._select(
+            other.values.to(self.device, self.dtype),
+            other.sample_indices.to(self.device),
+            other.positions.to(self.device),
+        )
+        self.seen += other.seen
+        return self
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(values, sample_indices, positions)``, each ``[units, min(k, seen)]``, best first."""
+        filled = min(self.k, self.seen)
+        return (
+            self.values[:, :filled].clone(),
+            self.sample_indices[:, :filled].clone(),
+            self.positions[:, :filled].clone(),
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole state as plain tensors (``units`` and ``k`` are the shape of ``values``)."""
+        return {
+            "values": self.values.clone(),
+            "sample_indices": self.sample_indices.clone(),
+            "positions": self.positions.clone(),
+            "seen": torch.tensor(self.seen, dtype=torch.int64),
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls, state: dict[str, torch.Tensor], device: torch.device | str | None = None
+    ) -> TopK:
+        """Rebuild a reduction saved with :meth:`state_dict` (on ``device``, default where it was saved)."""
+        missing = {"values", "sample_indices", "positions", "seen"} - set(state)
+        if missing:
+            raise ValueError(f"not a TopK state: missing {', '.join(sorted(missing))}")
+        values = state["values"]
+        if (
+            values.ndim != 2
+            or state["sample_indices"].shape != values.shape
+            or state["positions"].shape != values.shape
+        ):
+            raise ValueError(
+                "not a TopK state: values, sample_indices and positions must share one [units, k] shape"
+            )
+        device = values.device if device is None else device
+        topk = cls(values.shape[0], values.shape[1], device=device, dtype=values.dtype)
+        topk.values.copy_(values)
+        topk.sample_indices.copy_(state["sample_indices"])
+        topk.positions.copy_(state["positions"])
+        topk.seen = int(state["seen"])
+        return topk
+
+    def to(self, device: torch.device | str) -> TopK:
+        """A copy on ``device``."""
+        return TopK.from_state_dict(self.state_dict(), device=device)
+
+    def _select(self, values: torch.Tensor, samples: torch.Tensor, positions: torch.Tensor) -> None:
+        """Keep the best k of the current entries and the candidates (each ``[units, m]``)."""
+        values = torch.cat([self.values, values], dim=1)
+        samples = torch.cat([self.sample_indices, samples], dim=1)
+        positions = torch.cat([self.positions, positions], dim=1)
+        if self.dtype in _KEYED_DTYPES:
+            chosen = _order_keys(values, samples).topk(min(self.k, values.shape[1]), dim=1).indices
+        else:
+            # Two stable sorts give the order (value descending, then sample index ascending).
+            by_sample = samples.argsort(dim=1, stable=True)
+            values, samples, positions = (t.gather(1, by_sample) for t in (values, samples, positions))
+            chosen = values.argsort(dim=1, descending=True, stable=True)[:, : self.k]
+        self.values = values.gather(1, chosen)
+        self.sample_indices = samples.gather(1, chosen)
+        self.positions = positions.gather(1, chosen)
+
+    def __repr__(self) -> str:
+        return f"TopK(units={self.units}, k={self.k}, seen={self.seen}, device={self.device})"
