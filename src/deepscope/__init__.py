@@ -7,7 +7,7 @@
 'espresso'
 """
 
-from deepscope import errors
+from deepscope import atlas, errors, workspace
 from deepscope.attribution import attribute, methods, targets
 from deepscope.probe import (
     Graph,
@@ -41,6 +41,7 @@ __all__ = [
     "VisionModel",
     "__version__",
     "as_vision_model",
+    "atlas",
     "attribute",
     "capture",
     "datasets",
@@ -56,4 +57,5 @@ __all__ = [
     "receptive_field",
     "samples",
     "targets",
+    "workspace",
 ]

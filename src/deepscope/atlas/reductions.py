@@ -1,0 +1,296 @@
+"""Mergeable reductions a scan computes on the fly: activation histograms, per-unit statistics, per-unit top-k
+and the confusion matrix.
+
+Every reduction is a sum, a max or a top-k over samples, so reductions over disjoint shards of a dataset (chunks
+of a resumed scan, Ray actors) merge into exactly the reduction over the whole dataset. Each keeps a fixed-size
+state on the model's device; :meth:`ScanState.state_dict` turns it into NumPy arrays for storage.
+
+**Histogram bins.** Activation ranges are unknown before a scan, differ by orders of magnitude between layers,
+and shards must agree on bins without talking to each other. So the bins are fixed up front by the float32
+format itself: a value's bin is the top 12 bits of its IEEE-754 representation (sign, 8 exponent bits, the 3
+leading mantissa bits). That is a logarithmic histogram with 8 bins per octave (each bin at most 12.5% wide
+relative to its lower edge), covering every float32 from the smallest denormal to infinity, with an exact-zero
+bin (which also holds |x| < 2^-129, the denormals below 1.5e-39) and NaN / infinity in the top exponent bins.
+Binning costs one shift and one bincount per element; no range pass, no rebinning, no overflow bins. The same
+idea as HDR histograms and DDSketch (Masson et al., "DDSketch: a fast and fully-mergeable quantile sketch with
+relative-error guarantees", VLDB 2019), whose bins are also fixed powers of a base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from deepscope.units.topk import TopK
+
+# 1 sign bit + 8 exponent bits + 3 mantissa bits.
+MANTISSA_BITS = 3
+SHIFT = 23 - MANTISSA_BITS
+BINS = 1 << (32 - SHIFT)
+_HALF = BINS // 2
+_EXPONENT_MAX = 255 << MANTISSA_BITS  # first bin of the inf/NaN exponent, per sign
+
+
+def bin_edges() -> np.ndarray:
+    """Lower and upper edge of every bin, ``[BINS, 2]`` float64 (for negative bins, lower < upper too).
+    Bins of infinity and NaN have infinite or NaN edges."""
+    codes = np.arange(_HALF, dtype=np.uint32)
+    with np.errstate(invalid="ignore"):
+        low = (codes << SHIFT).view(np.float32).astype(np.float64)
+        high = np.append(low[1:], np.inf)
+    positive = np.stack([low, high], axis=1)
+    negative = np.stack([-high, -low], axis=1)
+    return np.concatenate([positive, negative])
+
+
+def float_bins(x: torch.Tensor) -> torch.Tensor:
+    """The bin of every element of ``x`` (flattened), int64 in [0, BINS)."""
+    bits = x.detach().to(torch.float32).contiguous().view(torch.int32)
+    return ((bits >> SHIFT) & (BINS - 1)).flatten()
+
+
+@dataclass
+class Histogram:
+    """Counts of values per bin: ``counts[i]`` values fell in ``[lower[i], upper[i])``, bins sorted by value.
+
+    ``kind`` is 'log' (the scan's float-bit bins; only non-empty bins are kept, so consecutive bins need not
+    touch; the zero bin is ``[-1.5e-39, 1.5e-39)``) or 'linear' (contiguous, equal widths). ``low`` / ``high`` are
+    the exact extremes and ``mean`` the exact mean; ``total`` counts every value, ``zeros`` those in the zero
+    bin and ``non_finite`` the infinities and NaNs (in no bin).
+    """
+
+    counts: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    kind: str
+    low: float
+    high: float
+    mean: float
+    total: int
+    zeros: int = 0
+    positives: int = 0
+    non_finite: int = 0
+
+    @property
+    def zero_fraction(self) -> float:
+        """Fraction of values that are exactly zero (the sparsity of a ReLU output)."""
+        return self.zeros / self.total if self.total else float("nan")
+
+    @property
+    def positive_fraction(self) -> float:
+        """Fraction of values above zero (for a pre-activation: the share a following ReLU lets through)."""
+        return self.positives / self.total if self.total else float("nan")
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile, to within one bin (relative error <= 12.5% for log bins)."""
+        if not 0 <= q <= 1:
+            raise ValueError(f"q must be in [0, 1], got {q}")
+        cumulative = np.cumsum(self.counts)
+        if cumulative.size == 0 or cumulative[-1] == 0:
+            return float("nan")
+        index = int(np.searchsorted(cumulative, q * cumulative[-1], side="left"))
+        index = min(index, len(self.counts) - 1)
+        return float(np.clip((self.lower[index] + self.upper[index]) / 2, self.low, self.high))
+
+    def rebin(self, bins: int = 64, range: tuple[float, float] | None = None) -> Histogram:
+        """Linear bins over ``range`` (default: the exact extremes), for display: each source bin's count goes
+        to the linear bin that holds its midpoint (clipped to the extremes)."""
+        low, high = range if range is not None else (self.low, self.high)
+        if not np.isfinite([low, high]).all() or high <= low:
+            low, high = (low, low + 1.0) if np.isfinite(low) else (0.0, 1.0)
+        edges = np.linspace(low, high, bins + 1)
+        middle = np.clip((self.lower + self.upper) / 2, self.low, self.high)
+        where = np.clip(np.searchsorted(edges, middle, side="right") - 1, 0, bins - 1)
+        counts = np.bincount(where, weights=self.counts, minlength=bins).astype(np.int64)
+        return Histogram(
+            counts,
+            edges[:-1],
+            edges[1:],
+            "linear",
+            self.low,
+            self.high,
+            self.mean,
+            self.total,
+            self.zeros,
+            self.positives,
+            self.non_finite,
+        )
+
+
+class LayerReduction:
+    """Everything a scan keeps about one layer: a float-bit histogram of all output values, exact min / max /
+    sum, and per unit (channel, or feature of a vector output): the maximum over the dataset, the number of
+    samples where the unit is positive somewhere (its activity), the sum of its spatially pooled values, and
+    its top-k samples (:class:`~deepscope.units.topk.TopK`, by the unit's spatial maximum)."""
+
+    def __init__(self, units: int, k: int, device: torch.device):
+        self.units = units
+        self.k = k
+        self.device = device
+        self.counts = torch.zeros(BINS, dtype=torch.int64, device=device)
+        self.low = torch.tensor(float("inf"), dtype=torch.float64, device=device)
+        self.high = torch.tensor(float("-inf"), dtype=torch.float64, device=device)
+        self.sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.unit_max = torch.full((units,), float("-inf"), dtype=torch.float32, device=device)
+        self.unit_active = torch.zeros(units, dtype=torch.int64, device=device)
+        self.unit_sum = torch.zeros(units, dtype=torch.float64, device=device)
+        self.samples = 0
+        self.topk = TopK(units, k, device=device)
+
+    def update(self, output: torch.Tensor, pooled: torch.Tensor, sample_indices: torch.Tensor) -> None:
+        """``output``: the layer output in unit-first layout ``[B, U, *spatial]``; ``pooled``: ``[B, U]``."""
+        values = output.detach()
+        self.counts += torch.bincount(float_bins(values), minlength=BINS)
+        low, high = torch.aminmax(values.float())
+        self.low = torch.minimum(self.low, low.double())
+        self.high = torch.maximum(self.high, high.double())
+        self.sum += values.sum(dtype=torch.float32).double()
+        if values.ndim > 2:
+            peak, position = values.flatten(2).max(dim=2)
+        else:
+            peak, position = values, None
+        self.unit_max = torch.maximum(self.unit_max, peak.float().amax(0))
+        self.unit_active += (peak > 0).sum(0)
+        self.unit_sum += pooled.double().sum(0)
+        self.samples += values.shape[0]
+        self.topk.update(peak, sample_indices, position)
+
+    def merge(self, other: LayerReduction) -> LayerReduction:
+        self.counts += other.counts.to(self.device)
+        self.low = torch.minimum(self.low, other.low.to(self.device))
+        self.high = torch.maximum(self.high, other.high.to(self.device))
+        self.sum += other.sum.to(self.device)
+        self.unit_max = torch.maximum(self.unit_max, other.unit_max.to(self.device))
+        self.unit_active += other.unit_active.to(self.device)
+        self.unit_sum += other.unit_sum.to(self.device)
+        self.samples += other.samples
+        self.topk.merge(other.topk)
+        return self
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = {
+            "counts": self.counts,
+            "low": self.low,
+            "high": self.high,
+            "sum": self.sum,
+            "unit_max": self.unit_max,
+            "unit_active": self.unit_active,
+            "unit_sum": self.unit_sum,
+            "samples": torch.tensor(self.samples),
+        }
+        state.update({f"topk_{key}": value for key, value in self.topk.state_dict().items()})
+        return {key: value.detach().cpu().numpy() for key, value in state.items()}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, np.ndarray], device: torch.device) -> LayerReduction:
+        topk = TopK.from_state_dict(
+            {
+                key[5:]: torch.from_numpy(np.array(value))
+                for key, value in state.items()
+                if key.startswith("topk_")
+            },
+            device=device,
+        )
+        reduction = cls(topk.units, topk.k, device)
+        for key in ("counts", "low", "high", "sum", "unit_max", "unit_active", "unit_sum"):
+            setattr(reduction, key, torch.from_numpy(np.array(state[key])).to(device))
+        reduction.samples = int(state["samples"])
+        reduction.topk = topk
+        return reduction
+
+
+class ScanState:
+    """The merged reductions of a scan: one :class:`LayerReduction` per recorded layer and the confusion
+    matrix ``confusion[label, predicted]`` (int64 counts; all zero when the data has no labels)."""
+
+    def __init__(self, layers: Sequence[tuple[str, int]], classes: int, k: int, device: torch.device):
+        self.names = [name for name, _ in layers]
+        self.layers = {name: LayerReduction(units, k, device) for name, units in layers}
+        self.classes = classes
+        self.device = device
+        self.confusion = torch.zeros(classes, classes, dtype=torch.int64, device=device)
+        self.labelled = 0
+        self.scanned = 0
+
+    def update_predictions(self, predicted: torch.Tensor, labels: torch.Tensor | None) -> None:
+        self.scanned += int(predicted.shape[0])
+        if labels is None:
+            return
+        known = labels >= 0
+        flat = labels[known] * self.classes + predicted[known]
+        self.confusion += torch.bincount(flat, minlength=self.classes * self.classes).view(
+            self.classes, self.classes
+        )
+        self.labelled += int(known.sum())
+
+    def merge(self, other: ScanState) -> ScanState:
+        if other.names != self.names or other.classes != self.classes:
+            raise ValueError("cannot merge the reductions of scans with different layers or classes")
+        for name in self.names:
+            self.layers[name].merge(other.layers[name])
+        self.confusion += other.confusion.to(self.device)
+        self.labelled += other.labelled
+        self.scanned += other.scanned
+        return self
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state: dict[str, np.ndarray] = {
+            "confusion": self.confusion.cpu().numpy(),
+            "labelled": np.array(self.labelled),
+            "scanned": np.array(self.scanned),
+        }
+        for position, name in enumerate(self.names):
+            for key, value in self.layers[name].state_dict().items():
+                state[f"layer{position}.{key}"] = value
+        return state
+
+    @classmethod
+    def from_state_dict(
+        cls, state: Mapping[str, np.ndarray], names: Sequence[str], device: torch.device
+    ) -> ScanState:
+        confusion = np.asarray(state["confusion"])
+        scan = cls([], confusion.shape[0], 1, device)
+        scan.names = list(names)
+        for position, name in enumerate(names):
+            prefix = f"layer{position}."
+            scan.layers[name] = LayerReduction.from_state_dict(
+                {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}, device
+            )
+        scan.confusion = torch.from_numpy(confusion.copy()).to(device)
+        scan.labelled = int(state["labelled"])
+        scan.scanned = int(state["scanned"])
+        return scan
+
+
+def histogram_from_state(state: Mapping[str, np.ndarray]) -> Histogram:
+    """The non-empty float-bit bins of a stored :class:`LayerReduction` state as a :class:`Histogram`."""
+    counts = np.asarray(state["counts"]).astype(np.int64)
+    edges = bin_edges()
+    code = np.arange(BINS) % _HALF
+    finite = code < _EXPONENT_MAX
+    zeros = int(counts[0] + counts[_HALF])
+    tiny = float(edges[0, 1])
+    chosen = np.flatnonzero(finite & (counts > 0) & (code != 0))
+    lower, upper, kept = list(edges[chosen, 0]), list(edges[chosen, 1]), list(counts[chosen])
+    if zeros:
+        lower.append(-tiny)
+        upper.append(tiny)
+        kept.append(zeros)
+    order = np.argsort(lower, kind="stable")
+    total = int(counts.sum())
+    return Histogram(
+        np.asarray(kept, dtype=np.int64)[order],
+        np.asarray(lower, dtype=np.float64)[order],
+        np.asarray(upper, dtype=np.float64)[order],
+        "log",
+        float(state["low"]),
+        float(state["high"]),
+        float(state["sum"]) / total if total else float("nan"),
+        total,
+        zeros,
+        int(counts[finite & (code != 0) & (np.arange(BINS) < _HALF)].sum()),
+        int(counts[~finite].sum()),
+    )
