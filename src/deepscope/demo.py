@@ -126,6 +126,15 @@ Section = Callable[[Report, DemoContext], None]
 SECTIONS: list[Section] = [predictions_section, architecture_section, filters_section]
 
 
+def atlas_section(report: Report, context: DemoContext) -> None:
+    from deepscope.atlas.report import atlas_section as build
+
+    build(report, context)
+
+
+SECTIONS.append(atlas_section)
+
+
 def build_demo(out: str | Path = "deepscope-demo") -> Path:
     """Write the demo page to ``out/index.html`` and return its path."""
     context = DemoContext()

@@ -143,7 +143,8 @@ def compare(a: Workspace, b: Workspace) -> Comparison:
     """Compare two scans of the same dataset: layer-by-layer CKA and the two confusion matrices.
 
     >>> import tempfile, deepscope as ds
-    >>> ws = ds.atlas.scan("zoo:lenet_mnist", "mnist5k:test", out=tempfile.mkdtemp(), thumbnail_size=0)
+    >>> digits = ds.datasets.mnist5k("test").subset(range(200))
+    >>> ws = ds.atlas.scan("zoo:lenet_mnist", digits, out=tempfile.mkdtemp(), thumbnail_size=0)
     >>> result = ds.atlas.compare(ws, ws)
     >>> [round(float(v), 6) for v in result.cka.diagonal()][:3], result.agreement
     ([1.0, 1.0, 1.0], 1.0)
@@ -265,7 +266,7 @@ def cka(
 
     >>> import deepscope as ds
     >>> lenet = ds.load_model("zoo:lenet_mnist")
-    >>> result = ds.atlas.cka(lenet, lenet, "mnist5k:test", samples=256)
+    >>> result = ds.atlas.cka(lenet, lenet, "mnist5k:test", samples=128, batch_size=64)
     >>> result.layers_a[:2], [round(float(v), 6) for v in result.matrix.diagonal()[:2]]
     (['fc3:input', 'conv1'], [1.0, 1.0])
     """

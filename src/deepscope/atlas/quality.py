@@ -109,7 +109,7 @@ def most_confused(
 
 
 def weight_histograms(model: VisionModel | nn.Module, bins: int = 64) -> dict[str, Histogram]:
-    """A linear histogram of each weighted leaf layer's ``weight`` (``bins`` equal bins between its exact
+    """A linear histogram of the ``weight`` of each layer that has one of its own (``bins`` equal bins between its exact
     minimum and maximum), keyed by layer name. Weights are known up front, so exact ranges are used.
 
     >>> import deepscope as ds
@@ -120,8 +120,8 @@ def weight_histograms(model: VisionModel | nn.Module, bins: int = 64) -> dict[st
     module = as_vision_model(model).module
     histograms = {}
     for name, sub in module.named_modules():
-        weight = getattr(sub, "weight", None)
-        if not name or any(True for _ in sub.children()) or not isinstance(weight, torch.Tensor):
+        weight = sub._parameters.get("weight") if name else None
+        if not isinstance(weight, torch.Tensor):
             continue
         values = weight.detach().float().flatten()
         if values.numel() == 0:

@@ -57,9 +57,9 @@ class Histogram:
     """Counts of values per bin: ``counts[i]`` values fell in ``[lower[i], upper[i])``, bins sorted by value.
 
     ``kind`` is 'log' (the scan's float-bit bins; only non-empty bins are kept, so consecutive bins need not
-    touch; the zero bin is ``[-1.5e-39, 1.5e-39)``) or 'linear' (contiguous, equal widths). ``low`` / ``high`` are
-    the exact extremes and ``mean`` the exact mean; ``total`` counts every value, ``zeros`` those in the zero
-    bin and ``non_finite`` the infinities and NaNs (in no bin).
+    touch; the zero bin is ``[-1.5e-39, 1.5e-39)``) or 'linear' (contiguous, equal widths). ``high`` and ``mean``
+    are exact; ``low`` is exact for linear histograms and the lowest non-empty bin's lower edge for log ones;
+    ``total`` counts every value, ``zeros`` those in the zero bin and ``non_finite`` the infinities and NaNs.
     """
 
     counts: np.ndarray
@@ -121,19 +121,18 @@ class Histogram:
 
 
 class LayerReduction:
-    """Everything a scan keeps about one layer: a float-bit histogram of all output values, exact min / max /
-    sum, and per unit (channel, or feature of a vector output): the maximum over the dataset, the number of
-    samples where the unit is positive somewhere (its activity), the sum of its spatially pooled values, and
-    its top-k samples (:class:`~deepscope.units.topk.TopK`, by the unit's spatial maximum)."""
+    """Everything a scan keeps about one layer: a float-bit histogram of all output values, and per unit
+    (channel, or feature of a vector output): the maximum over the dataset, the number of samples where the
+    unit is positive somewhere (its activity), the sum of its spatially pooled values, and its top-k samples
+    (:class:`~deepscope.units.topk.TopK`, by the unit's spatial maximum). The layer's maximum and mean follow
+    exactly from the unit maxima and sums; its minimum to within a bin from the histogram. Per element this
+    costs a shift and a bincount (histogram), a max and a mean (top-k, pooling), nothing else."""
 
     def __init__(self, units: int, k: int, device: torch.device):
         self.units = units
         self.k = k
         self.device = device
         self.counts = torch.zeros(BINS, dtype=torch.int64, device=device)
-        self.low = torch.tensor(float("inf"), dtype=torch.float64, device=device)
-        self.high = torch.tensor(float("-inf"), dtype=torch.float64, device=device)
-        self.sum = torch.zeros((), dtype=torch.float64, device=device)
         self.unit_max = torch.full((units,), float("-inf"), dtype=torch.float32, device=device)
         self.unit_active = torch.zeros(units, dtype=torch.int64, device=device)
         self.unit_sum = torch.zeros(units, dtype=torch.float64, device=device)
@@ -141,28 +140,22 @@ class LayerReduction:
         self.topk = TopK(units, k, device=device)
 
     def update(self, output: torch.Tensor, pooled: torch.Tensor, sample_indices: torch.Tensor) -> None:
-        """``output``: the layer output in unit-first layout ``[B, U, *spatial]``; ``pooled``: ``[B, U]``."""
+        """``output``: the layer output in unit-first layout ``[B, U, *spatial]``; ``pooled``: ``[B, U]``
+        (the spatial mean, which also gives the layer's exact mean without another pass)."""
         values = output.detach()
         self.counts += torch.bincount(float_bins(values), minlength=BINS)
-        low, high = torch.aminmax(values.float())
-        self.low = torch.minimum(self.low, low.double())
-        self.high = torch.maximum(self.high, high.double())
-        self.sum += values.sum(dtype=torch.float32).double()
         if values.ndim > 2:
             peak, position = values.flatten(2).max(dim=2)
         else:
             peak, position = values, None
         self.unit_max = torch.maximum(self.unit_max, peak.float().amax(0))
         self.unit_active += (peak > 0).sum(0)
-        self.unit_sum += pooled.double().sum(0)
+        self.unit_sum += pooled.sum(0, dtype=torch.float64)
         self.samples += values.shape[0]
         self.topk.update(peak, sample_indices, position)
 
     def merge(self, other: LayerReduction) -> LayerReduction:
         self.counts += other.counts.to(self.device)
-        self.low = torch.minimum(self.low, other.low.to(self.device))
-        self.high = torch.maximum(self.high, other.high.to(self.device))
-        self.sum += other.sum.to(self.device)
         self.unit_max = torch.maximum(self.unit_max, other.unit_max.to(self.device))
         self.unit_active += other.unit_active.to(self.device)
         self.unit_sum += other.unit_sum.to(self.device)
@@ -173,9 +166,6 @@ class LayerReduction:
     def state_dict(self) -> dict[str, np.ndarray]:
         state = {
             "counts": self.counts,
-            "low": self.low,
-            "high": self.high,
-            "sum": self.sum,
             "unit_max": self.unit_max,
             "unit_active": self.unit_active,
             "unit_sum": self.unit_sum,
@@ -195,7 +185,7 @@ class LayerReduction:
             device=device,
         )
         reduction = cls(topk.units, topk.k, device)
-        for key in ("counts", "low", "high", "sum", "unit_max", "unit_active", "unit_sum"):
+        for key in ("counts", "unit_max", "unit_active", "unit_sum"):
             setattr(reduction, key, torch.from_numpy(np.array(state[key])).to(device))
         reduction.samples = int(state["samples"])
         reduction.topk = topk
@@ -212,7 +202,6 @@ class ScanState:
         self.classes = classes
         self.device = device
         self.confusion = torch.zeros(classes, classes, dtype=torch.int64, device=device)
-        self.labelled = 0
         self.scanned = 0
 
     def update_predictions(self, predicted: torch.Tensor, labels: torch.Tensor | None) -> None:
@@ -224,7 +213,6 @@ class ScanState:
         self.confusion += torch.bincount(flat, minlength=self.classes * self.classes).view(
             self.classes, self.classes
         )
-        self.labelled += int(known.sum())
 
     def merge(self, other: ScanState) -> ScanState:
         if other.names != self.names or other.classes != self.classes:
@@ -232,14 +220,13 @@ class ScanState:
         for name in self.names:
             self.layers[name].merge(other.layers[name])
         self.confusion += other.confusion.to(self.device)
-        self.labelled += other.labelled
         self.scanned += other.scanned
         return self
 
     def state_dict(self) -> dict[str, np.ndarray]:
         state: dict[str, np.ndarray] = {
             "confusion": self.confusion.cpu().numpy(),
-            "labelled": np.array(self.labelled),
+            "labelled": self.confusion.sum().cpu().numpy(),
             "scanned": np.array(self.scanned),
         }
         for position, name in enumerate(self.names):
@@ -260,13 +247,13 @@ class ScanState:
                 {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}, device
             )
         scan.confusion = torch.from_numpy(confusion.copy()).to(device)
-        scan.labelled = int(state["labelled"])
         scan.scanned = int(state["scanned"])
         return scan
 
 
 def histogram_from_state(state: Mapping[str, np.ndarray]) -> Histogram:
-    """The non-empty float-bit bins of a stored :class:`LayerReduction` state as a :class:`Histogram`."""
+    """The non-empty float-bit bins of a stored :class:`LayerReduction` state as a :class:`Histogram`
+    (``high`` and ``mean`` exact, ``low`` the lower edge of the lowest non-empty bin)."""
     counts = np.asarray(state["counts"]).astype(np.int64)
     edges = bin_edges()
     code = np.arange(BINS) % _HALF
@@ -280,16 +267,22 @@ def histogram_from_state(state: Mapping[str, np.ndarray]) -> Histogram:
         upper.append(tiny)
         kept.append(zeros)
     order = np.argsort(lower, kind="stable")
-    total = int(counts.sum())
+    lower_sorted = np.asarray(lower, dtype=np.float64)[order]
+    unit_max = np.asarray(state["unit_max"], dtype=np.float64)
+    units, samples = len(unit_max), int(state["samples"])
+    empty = units == 0 or samples == 0
+    low = float("nan") if len(lower_sorted) == 0 else float(lower_sorted[0])
+    if zeros and len(lower_sorted) and lower_sorted[0] == -tiny:
+        low = 0.0  # nothing below zero: the minimum is an exact zero
     return Histogram(
         np.asarray(kept, dtype=np.int64)[order],
-        np.asarray(lower, dtype=np.float64)[order],
+        lower_sorted,
         np.asarray(upper, dtype=np.float64)[order],
         "log",
-        float(state["low"]),
-        float(state["high"]),
-        float(state["sum"]) / total if total else float("nan"),
-        total,
+        low,
+        float("nan") if empty else float(unit_max.max()),
+        float("nan") if empty else float(np.sum(state["unit_sum"])) / (units * samples),
+        int(counts.sum()),
         zeros,
         int(counts[finite & (code != 0) & (np.arange(BINS) < _HALF)].sum()),
         int(counts[~finite].sum()),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,8 +208,8 @@ class _Loader:
             return "skipped", None, None, f"{type(error).__name__}: {error}"
 
 
-def _batch_input(vm: VisionModel, kinds: list[str], tensors: list[torch.Tensor], device: torch.device):
-    """Stack one batch -> (model input, pixels or None)."""
+def _stack(kinds: list[str], tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One batch of per-sample tensors [B, C, H, W], with clear errors for mixed items."""
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
         raise DatasetError(
@@ -217,7 +218,12 @@ def _batch_input(vm: VisionModel, kinds: list[str], tensors: list[torch.Tensor],
         )
     if len(set(kinds)) > 1:
         raise DatasetError("a dataset mixes PIL images and tensors; give one kind of item")
-    batch = torch.stack(tensors).to(device, non_blocking=True)
+    return torch.stack(tensors)
+
+
+def _batch_input(vm: VisionModel, kinds: list[str], tensors: list[torch.Tensor], device: torch.device):
+    """Stack one batch onto ``device`` -> (model input, pixels or None)."""
+    batch = _stack(kinds, tensors).to(device, non_blocking=True)
     if kinds[0] == "pixels":
         return vm.normalize(batch), batch
     return batch, None
@@ -338,6 +344,16 @@ def _units(shape: tuple[int, ...]) -> int:
 # one chunk
 
 
+@dataclass
+class _LoadedBatch:
+    samples: list[tuple[int, str, int | None, str, str | None]] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    inputs: torch.Tensor | None = None
+    kind: str = ""
+    labelled: bool = False
+
+
 class ChunkScanner:
     """Scans chunks of a dataset with a model: loading, one forward per batch, reductions. The same code runs
     in the local loop and inside each Ray actor."""
@@ -349,7 +365,29 @@ class ChunkScanner:
         self.device = device or vm.device
         self.loader = _Loader(vm, dataset)
 
+    def _load_batch(self, first: int, stop: int) -> _LoadedBatch:
+        batch = _LoadedBatch()
+        kinds, tensors = [], []
+        for index in range(first, stop):
+            kind, tensor, label, error = self.loader.load(index)
+            source = source_of(self.dataset, index)
+            if kind == "skipped":
+                batch.samples.append((index, source, None, "skipped", error))
+                continue
+            batch.samples.append((index, source, label, "ok", None))
+            kinds.append(kind)
+            tensors.append(tensor)
+            batch.indices.append(index)
+            batch.labels.append(-1 if label is None else label)
+        if tensors:
+            _check_labels(batch.labels, len(self.plan.classes), batch.indices)
+            batch.inputs, batch.kind = _stack(kinds, tensors), kinds[0]
+            batch.labelled = any(label >= 0 for label in batch.labels)
+        return batch
+
     def scan_chunk(self, chunk: int) -> ChunkResult:
+        """Scan one chunk. A background thread reads and preprocesses the next batch while this one runs
+        through the model (batches keep their order and composition, so results do not depend on timing)."""
         plan = self.plan
         start, stop = plan.bounds(chunk)
         state = ScanState(
@@ -358,37 +396,39 @@ class ChunkScanner:
         samples: list[tuple[int, str, int | None, str, str | None]] = []
         indices, labels, predicted, probabilities, thumbnails = [], [], [], [], []
         recorder = _Recorder(self.vm.module, plan.layers, state)
-        with evaluation_mode(self.vm.module), torch.inference_mode(), recorder:
-            for batch_start in range(start, stop, plan.batch_size):
-                batch_stop = min(batch_start + plan.batch_size, stop)
-                kinds, tensors, batch_indices, batch_labels = [], [], [], []
-                for index in range(batch_start, batch_stop):
-                    kind, tensor, label, error = self.loader.load(index)
-                    source = source_of(self.dataset, index)
-                    if kind == "skipped":
-                        samples.append((index, source, None, "skipped", error))
-                        continue
-                    samples.append((index, source, label, "ok", None))
-                    kinds.append(kind)
-                    tensors.append(tensor)
-                    batch_indices.append(index)
-                    batch_labels.append(-1 if label is None else label)
-                if not tensors:
+        bounds = [
+            (first, min(first + plan.batch_size, stop)) for first in range(start, stop, plan.batch_size)
+        ]
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepscope-load") as pool,
+            evaluation_mode(self.vm.module),
+            torch.inference_mode(),
+            recorder,
+        ):
+            upcoming = pool.submit(self._load_batch, *bounds[0]) if bounds else None
+            for position in range(len(bounds)):
+                batch = upcoming.result()
+                if position + 1 < len(bounds):
+                    upcoming = pool.submit(self._load_batch, *bounds[position + 1])
+                samples.extend(batch.samples)
+                if batch.inputs is None:
                     continue
-                inputs, pixels = _batch_input(self.vm, kinds, tensors, self.device)
-                index_tensor = torch.tensor(batch_indices, dtype=torch.int64, device=self.device)
-                label_tensor = torch.tensor(batch_labels, dtype=torch.int64, device=self.device)
-                _check_labels(label_tensor, len(plan.classes), batch_indices)
+                inputs = batch.inputs.to(self.device, non_blocking=True)
+                pixels = None
+                if batch.kind == "pixels":
+                    pixels, inputs = inputs, self.vm.normalize(inputs)
+                index_tensor = torch.tensor(batch.indices, dtype=torch.int64, device=self.device)
+                label_tensor = torch.tensor(batch.labels, dtype=torch.int64, device=self.device)
                 recorder.new_batch(index_tensor)
                 logits = _logits(self.vm.module(inputs))
                 recorder.check_ran()
                 batch_probabilities = logits.float().softmax(1)
                 batch_predicted = batch_probabilities.argmax(1)
-                state.update_predictions(batch_predicted, label_tensor if (label_tensor >= 0).any() else None)
-                indices.append(index_tensor.cpu())
-                labels.append(label_tensor.cpu())
-                predicted.append(batch_predicted.cpu())
-                probabilities.append(batch_probabilities.cpu())
+                state.update_predictions(batch_predicted, label_tensor if batch.labelled else None)
+                indices.append(index_tensor)
+                labels.append(label_tensor)
+                predicted.append(batch_predicted)
+                probabilities.append(batch_probabilities)
                 if plan.thumbnail is not None:
                     thumbnails.append(_thumbnails(pixels, inputs, plan.thumbnail))
         classes = len(plan.classes)
@@ -428,13 +468,10 @@ def _logits(output: Any) -> torch.Tensor:
     return tensor
 
 
-def _check_labels(labels: torch.Tensor, classes: int, indices: list[int]) -> None:
-    bad = (labels < -1) | (labels >= classes)
-    if bad.any():
-        position = int(bad.nonzero()[0, 0])
-        raise DatasetError(
-            f"sample {indices[position]} has label {int(labels[position])}, outside the model's {classes} classes"
-        )
+def _check_labels(labels: list[int], classes: int, indices: list[int]) -> None:
+    for index, label in zip(indices, labels, strict=True):
+        if not -1 <= label < classes:
+            raise DatasetError(f"sample {index} has label {label}, outside the model's {classes} classes")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -549,16 +586,12 @@ def _requested_layers(vm: VisionModel, layers: str | Sequence[str] | None) -> li
 
 
 def _weighted_layers(module: nn.Module) -> list[str]:
-    """Leaf modules with a weight matrix or kernel (convolutions, linear layers): the default recorded layers."""
+    """Modules that hold a weight matrix or kernel of their own (convolutions, linear layers, also subclasses
+    that wrap a padding module): the default recorded layers."""
     chosen = []
     for name, sub in module.named_modules():
-        weight = getattr(sub, "weight", None)
-        if (
-            name
-            and not any(True for _ in sub.children())
-            and isinstance(weight, torch.Tensor)
-            and weight.ndim >= 2
-        ):
+        weight = sub._parameters.get("weight") if name else None
+        if isinstance(weight, torch.Tensor) and weight.ndim >= 2:
             chosen.append(name)
     return chosen
 
@@ -681,9 +714,10 @@ def scan(
     arguments; a finished one is returned as it is.
 
     >>> import tempfile, deepscope as ds
-    >>> ws = ds.atlas.scan("zoo:lenet_mnist", "mnist5k:test", out=tempfile.mkdtemp(), thumbnail_size=0)
-    >>> ws.predictions.shape, ws.embedding_layer, round(float((ws.predictions == ws.labels).mean()), 3)
-    ((1000,), 'fc3:input', 0.986)
+    >>> digits = ds.datasets.mnist5k("test").subset(range(200))
+    >>> ws = ds.atlas.scan("zoo:lenet_mnist", digits, out=tempfile.mkdtemp(), thumbnail_size=0)
+    >>> ws.predictions.shape, ws.embedding_layer, ws.layers[1:3]
+    ((200,), 'fc3:input', ['conv1', 'conv2'])
     """
     from deepscope.atlas.workspace import Workspace
 

@@ -26,10 +26,10 @@ class Workspace:
 
     >>> import tempfile, deepscope as ds
     >>> path = tempfile.mkdtemp()
-    >>> _ = ds.atlas.scan("zoo:lenet_mnist", "mnist5k:test", out=path, thumbnail_size=0)
+    >>> _ = ds.atlas.scan("zoo:lenet_mnist", ds.datasets.mnist5k("test").subset(range(200)), out=path)
     >>> ws = ds.atlas.open(path)
-    >>> ws.confusion_matrix().sum(), ws.probabilities.shape, ws.embeddings().shape
-    (np.int64(1000), (1000, 10), (1000, 84))
+    >>> int(ws.confusion_matrix().sum()), ws.probabilities.shape, ws.embeddings().shape, ws.thumbnails.shape
+    (200, (200, 10), (200, 84), (200, 28, 28, 1))
     """
 
     def __init__(self, store: Store, run: Run):
