@@ -656,7 +656,8 @@ def test_cli_scan_and_compare(tmp_path, digits):
             "fc1",
         ],
     )
-    assert second.exit_code == 0, second.output and "layers: fc2, fc1" in second.output
+    assert second.exit_code == 0, second.output
+    assert "layers: fc2, fc1 (embedding: fc2)" in second.output
     page = tmp_path / "compare.html"
     compared = runner.invoke(
         cli.app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--html", str(page)]

@@ -120,92 +120,65 @@ class Histogram:
         )
 
 
-class LayerReduction:
-    """Everything a scan keeps about one layer: a float-bit histogram of all output values, and per unit
-    (channel, or feature of a vector output): the maximum over the dataset, the number of samples where the
-    unit is positive somewhere (its activity), the sum of its spatially pooled values, and its top-k samples
-    (:class:`~deepscope.units.topk.TopK`, by the unit's spatial maximum). The layer's maximum and mean follow
-    exactly from the unit maxima and sums; its minimum to within a bin from the histogram. Per element this
-    costs a shift and a bincount (histogram), a max and a mean (top-k, pooling), nothing else."""
-
-    def __init__(self, units: int, k: int, device: torch.device):
-        self.units = units
-        self.k = k
-        self.device = device
-        self.counts = torch.zeros(BINS, dtype=torch.int64, device=device)
-        self.unit_max = torch.full((units,), float("-inf"), dtype=torch.float32, device=device)
-        self.unit_active = torch.zeros(units, dtype=torch.int64, device=device)
-        self.unit_sum = torch.zeros(units, dtype=torch.float64, device=device)
-        self.samples = 0
-        self.topk = TopK(units, k, device=device)
-
-    def update(self, output: torch.Tensor, pooled: torch.Tensor, sample_indices: torch.Tensor) -> None:
-        """``output``: the layer output in unit-first layout ``[B, U, *spatial]``; ``pooled``: ``[B, U]``
-        (the spatial mean, which also gives the layer's exact mean without another pass)."""
-        values = output.detach()
-        self.counts += torch.bincount(float_bins(values), minlength=BINS)
-        if values.ndim > 2:
-            peak, position = values.flatten(2).max(dim=2)
-        else:
-            peak, position = values, None
-        self.unit_max = torch.maximum(self.unit_max, peak.float().amax(0))
-        self.unit_active += (peak > 0).sum(0)
-        self.unit_sum += pooled.sum(0, dtype=torch.float64)
-        self.samples += values.shape[0]
-        self.topk.update(peak, sample_indices, position)
-
-    def merge(self, other: LayerReduction) -> LayerReduction:
-        self.counts += other.counts.to(self.device)
-        self.unit_max = torch.maximum(self.unit_max, other.unit_max.to(self.device))
-        self.unit_active += other.unit_active.to(self.device)
-        self.unit_sum += other.unit_sum.to(self.device)
-        self.samples += other.samples
-        self.topk.merge(other.topk)
-        return self
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        state = {
-            "counts": self.counts,
-            "unit_max": self.unit_max,
-            "unit_active": self.unit_active,
-            "unit_sum": self.unit_sum,
-            "samples": torch.tensor(self.samples),
-        }
-        state.update({f"topk_{key}": value for key, value in self.topk.state_dict().items()})
-        return {key: value.detach().cpu().numpy() for key, value in state.items()}
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, np.ndarray], device: torch.device) -> LayerReduction:
-        topk = TopK.from_state_dict(
-            {
-                key[5:]: torch.from_numpy(np.array(value))
-                for key, value in state.items()
-                if key.startswith("topk_")
-            },
-            device=device,
-        )
-        reduction = cls(topk.units, topk.k, device)
-        for key in ("counts", "unit_max", "unit_active", "unit_sum"):
-            setattr(reduction, key, torch.from_numpy(np.array(state[key])).to(device))
-        reduction.samples = int(state["samples"])
-        reduction.topk = topk
-        return reduction
-
-
 class ScanState:
-    """The merged reductions of a scan: one :class:`LayerReduction` per recorded layer and the confusion
-    matrix ``confusion[label, predicted]`` (int64 counts; all zero when the data has no labels)."""
+    """The mergeable reductions of a scan, for every recorded layer at once.
+
+    Per layer: a float-bit histogram of all its output values. Per unit (a channel, or a feature of a vector
+    output), with the units of all layers side by side in one vector so that each batch costs a handful of
+    tensor operations whatever the number of layers: the maximum over the dataset, the number of samples
+    where the unit is positive somewhere (its activity), the sum of its spatially pooled values, and its top-k
+    samples (:class:`~deepscope.units.topk.TopK`, by the unit's spatial maximum, with its position). The
+    layer's maximum and mean follow exactly from the unit maxima and sums; its minimum to within a bin from
+    the histogram. Per element this costs a shift and a bincount (histogram), a max and a mean (top-k and
+    pooling), nothing else. Over the dataset: ``confusion[label, predicted]`` (int64; zero without labels).
+
+    Use: :meth:`add_layer` from a forward hook for each layer of a batch, then :meth:`end_batch`.
+    """
 
     def __init__(self, layers: Sequence[tuple[str, int]], classes: int, k: int, device: torch.device):
         self.names = [name for name, _ in layers]
-        self.layers = {name: LayerReduction(units, k, device) for name, units in layers}
+        self.units = [int(units) for _, units in layers]
+        self.offsets = np.concatenate([[0], np.cumsum(self.units)]).astype(int).tolist()
         self.classes = classes
+        self.k = k
         self.device = device
+        total = max(self.offsets[-1], 1)
+        self.counts = torch.zeros(len(self.names), BINS, dtype=torch.int64, device=device)
+        self.unit_max = torch.full((total,), float("-inf"), dtype=torch.float32, device=device)
+        self.unit_active = torch.zeros(total, dtype=torch.int64, device=device)
+        self.unit_sum = torch.zeros(total, dtype=torch.float64, device=device)
+        self.topk = TopK(total, k, device=device)
         self.confusion = torch.zeros(classes, classes, dtype=torch.int64, device=device)
-        self.scanned = 0
+        self.samples = 0
+        self._batch: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * len(self.names)
+
+    def add_layer(self, position: int, output: torch.Tensor, pooled: torch.Tensor) -> None:
+        """One layer's output of the current batch in unit-first layout ``[B, U, *spatial]`` and its spatial
+        mean ``[B, U]``."""
+        values = output.detach()
+        self.counts[position] += torch.bincount(float_bins(values), minlength=BINS)
+        if values.ndim > 2:
+            peak, where = values.flatten(2).max(dim=2)
+        else:
+            peak, where = values, torch.full(values.shape, -1, dtype=torch.int64, device=values.device)
+        self._batch[position] = (peak.float(), where, pooled)
+
+    def end_batch(self, sample_indices: torch.Tensor) -> None:
+        """Fold the batch's per-unit values (every layer must have been added) into the reductions."""
+        missing = [self.names[i] for i, entry in enumerate(self._batch) if entry is None]
+        if missing:
+            raise RuntimeError(f"layers {missing} were not recorded in this batch")
+        peaks = torch.cat([entry[0] for entry in self._batch], dim=1)
+        positions = torch.cat([entry[1] for entry in self._batch], dim=1)
+        pooled = torch.cat([entry[2] for entry in self._batch], dim=1)
+        self._batch = [None] * len(self.names)
+        self.unit_max = torch.maximum(self.unit_max, peaks.amax(0))
+        self.unit_active += (peaks > 0).sum(0)
+        self.unit_sum += pooled.sum(0, dtype=torch.float64)
+        self.topk.update(peaks, sample_indices, positions)
+        self.samples += int(peaks.shape[0])
 
     def update_predictions(self, predicted: torch.Tensor, labels: torch.Tensor | None) -> None:
-        self.scanned += int(predicted.shape[0])
         if labels is None:
             return
         known = labels >= 0
@@ -215,44 +188,78 @@ class ScanState:
         )
 
     def merge(self, other: ScanState) -> ScanState:
-        if other.names != self.names or other.classes != self.classes:
+        """Fold in the reductions of other samples (another chunk, another actor)."""
+        if other.names != self.names or other.units != self.units or other.classes != self.classes:
             raise ValueError("cannot merge the reductions of scans with different layers or classes")
-        for name in self.names:
-            self.layers[name].merge(other.layers[name])
+        self.counts += other.counts.to(self.device)
+        self.unit_max = torch.maximum(self.unit_max, other.unit_max.to(self.device))
+        self.unit_active += other.unit_active.to(self.device)
+        self.unit_sum += other.unit_sum.to(self.device)
+        self.topk.merge(other.topk)
         self.confusion += other.confusion.to(self.device)
-        self.scanned += other.scanned
+        self.samples += other.samples
         return self
 
     def state_dict(self) -> dict[str, np.ndarray]:
+        """NumPy arrays, one set per layer (``layer<p>.<key>``; the format of docs/workspace.md)."""
+        topk = {key: value.cpu().numpy() for key, value in self.topk.state_dict().items()}
+        unit_max, unit_active, unit_sum = (
+            t.cpu().numpy() for t in (self.unit_max, self.unit_active, self.unit_sum)
+        )
+        counts = self.counts.cpu().numpy()
         state: dict[str, np.ndarray] = {
             "confusion": self.confusion.cpu().numpy(),
-            "labelled": self.confusion.sum().cpu().numpy(),
-            "scanned": np.array(self.scanned),
+            "labelled": np.array(int(self.confusion.sum())),
+            "scanned": np.array(self.samples),
         }
-        for position, name in enumerate(self.names):
-            for key, value in self.layers[name].state_dict().items():
-                state[f"layer{position}.{key}"] = value
+        for position in range(len(self.names)):
+            rows = slice(self.offsets[position], self.offsets[position + 1])
+            prefix = f"layer{position}."
+            state[prefix + "counts"] = counts[position]
+            state[prefix + "unit_max"] = unit_max[rows]
+            state[prefix + "unit_active"] = unit_active[rows]
+            state[prefix + "unit_sum"] = unit_sum[rows]
+            state[prefix + "samples"] = np.array(self.samples)
+            for key in ("values", "sample_indices", "positions"):
+                state[f"{prefix}topk_{key}"] = topk[key][rows]
+            state[prefix + "topk_seen"] = topk["seen"]
         return state
 
     @classmethod
     def from_state_dict(
-        cls, state: Mapping[str, np.ndarray], names: Sequence[str], device: torch.device
+        cls, state: Mapping[str, np.ndarray], layers: Sequence[tuple[str, int]], device: torch.device
     ) -> ScanState:
         confusion = np.asarray(state["confusion"])
-        scan = cls([], confusion.shape[0], 1, device)
-        scan.names = list(names)
-        for position, name in enumerate(names):
-            prefix = f"layer{position}."
-            scan.layers[name] = LayerReduction.from_state_dict(
-                {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}, device
-            )
+        k = int(np.asarray(state["layer0.topk_values"]).shape[1])
+        scan = cls(layers, confusion.shape[0], k, device)
+
+        def joined(key: str) -> torch.Tensor:
+            return torch.from_numpy(
+                np.concatenate([np.asarray(state[f"layer{p}.{key}"]) for p in range(len(scan.names))])
+            ).to(device)
+
+        scan.counts = torch.from_numpy(
+            np.stack([np.asarray(state[f"layer{p}.counts"]) for p in range(len(scan.names))])
+        ).to(device)
+        scan.unit_max, scan.unit_active, scan.unit_sum = (
+            joined(key) for key in ("unit_max", "unit_active", "unit_sum")
+        )
+        scan.topk = TopK.from_state_dict(
+            {
+                "values": joined("topk_values"),
+                "sample_indices": joined("topk_sample_indices"),
+                "positions": joined("topk_positions"),
+                "seen": torch.tensor(int(state["layer0.topk_seen"])),
+            },
+            device=device,
+        )
         scan.confusion = torch.from_numpy(confusion.copy()).to(device)
-        scan.scanned = int(state["scanned"])
+        scan.samples = int(state["scanned"])
         return scan
 
 
 def histogram_from_state(state: Mapping[str, np.ndarray]) -> Histogram:
-    """The non-empty float-bit bins of a stored :class:`LayerReduction` state as a :class:`Histogram`
+    """The non-empty float-bit bins of a stored layer (``layer<p>.*`` keys of :meth:`ScanState.state_dict`, prefix removed) as a :class:`Histogram`
     (``high`` and ``mean`` exact, ``low`` the lower edge of the lowest non-empty bin)."""
     counts = np.asarray(state["counts"]).astype(np.int64)
     edges = bin_edges()

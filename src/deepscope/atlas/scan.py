@@ -253,7 +253,7 @@ class _Recorder:
         self.module = module
         self.layers = list(layers)
         self.state = state
-        self.sample_indices: torch.Tensor | None = None
+        self.positions = {name: position for position, name in enumerate(self.layers)}
         self.pooled: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
         self.calls: dict[str, int] = dict.fromkeys(layers, 0)
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -303,13 +303,12 @@ class _Recorder:
             )
         self.shapes[name] = tuple(tensor.shape[1:])
         units_first = _units_first(tensor.detach())
-        pooled = units_first.flatten(2).mean(2) if units_first.ndim > 2 else units_first
-        self.pooled[name].append(pooled.float())
+        pooled = (units_first.flatten(2).mean(2) if units_first.ndim > 2 else units_first).float()
+        self.pooled[name].append(pooled)
         if self.state is not None:
-            self.state.layers[name].update(units_first, pooled, self.sample_indices)
+            self.state.add_layer(self.positions[name], units_first, pooled)
 
-    def new_batch(self, sample_indices: torch.Tensor) -> None:
-        self.sample_indices = sample_indices
+    def new_batch(self) -> None:
         self.calls = dict.fromkeys(self.layers, 0)
 
     def check_ran(self) -> None:
@@ -419,9 +418,10 @@ class ChunkScanner:
                     pixels, inputs = inputs, self.vm.normalize(inputs)
                 index_tensor = torch.tensor(batch.indices, dtype=torch.int64, device=self.device)
                 label_tensor = torch.tensor(batch.labels, dtype=torch.int64, device=self.device)
-                recorder.new_batch(index_tensor)
+                recorder.new_batch()
                 logits = _logits(self.vm.module(inputs))
                 recorder.check_ran()
+                state.end_batch(index_tensor)
                 batch_probabilities = logits.float().softmax(1)
                 batch_predicted = batch_probabilities.argmax(1)
                 state.update_predictions(batch_predicted, label_tensor if batch.labelled else None)
@@ -518,7 +518,7 @@ def plan_scan(
         requested = _requested_layers(vm, layers)
         recorder = _Recorder(module, requested, None)
         with evaluation_mode(module), torch.inference_mode(), recorder:
-            recorder.new_batch(torch.zeros(1, dtype=torch.int64))
+            recorder.new_batch()
             logits = _logits(module(inputs))
     finally:
         for handle in handles:
@@ -533,7 +533,7 @@ def plan_scan(
         chosen = [embedding] + [name for name in _weighted_layers(module) if recorder.calls.get(name)]
         probe = _Recorder(module, [embedding], None)
         with evaluation_mode(module), torch.inference_mode(), probe:
-            probe.new_batch(torch.zeros(1, dtype=torch.int64))
+            probe.new_batch()
             module(inputs)
         shapes = {**recorder.shapes, **probe.shapes}
     else:
@@ -631,9 +631,9 @@ class _Writer:
         self.plan = plan
         self.device = device
         saved = store.state(run.id)
-        names = list(plan.layers)
+        self.layers = list(zip(plan.layers, plan.units, strict=True))
         self.state = (
-            ScanState.from_state_dict(saved, names, device)
+            ScanState.from_state_dict(saved, self.layers, device)
             if saved is not None
             else ScanState(list(zip(plan.layers, plan.units, strict=True)), len(plan.classes), plan.k, device)
         )
@@ -660,7 +660,7 @@ class _Writer:
             array[rows] = values
         for array in [*self.arrays.values(), *self.embeddings]:
             array.flush()
-        chunk_state = ScanState.from_state_dict(result.state, list(self.plan.layers), self.device)
+        chunk_state = ScanState.from_state_dict(result.state, self.layers, self.device)
         self.state.merge(chunk_state)
         confidence = result.probabilities.max(1) if len(rows) else np.zeros(0)
         self.store.commit_chunk(
@@ -700,7 +700,8 @@ def scan(
 
     Records, per sample: the prediction, class probabilities (softmax), label (when the data has labels), a
     thumbnail, and the pooled activations (spatial mean per unit) of every recorded layer. Per layer, reduced on
-    the fly: a histogram of all output values with exact min / max / mean, sparsity, each unit's maximum and
+    the fly: a histogram of all output values (fixed logarithmic bins, see
+    :mod:`deepscope.atlas.reductions`) with the exact maximum and mean, sparsity, each unit's maximum and
     activity (dead units never fire), and each unit's top-``k`` samples (by its spatial maximum, the
     ``deepscope.units`` reduction). Over the dataset: the confusion matrix.
 
@@ -709,9 +710,14 @@ def scan(
     output. Otherwise ``layers`` are names or globs (``NAME:input`` records a module's input); the first is the
     embedding. The model runs in eval mode (restored after) and is otherwise left as found.
 
+    ``batch_size`` samples go through the model at once (the memory knob); ``chunk_size`` samples make one
+    committed unit of work (what a resumed scan may redo, what a Ray actor computes per call); ``k`` top samples
+    are kept per unit; ``thumbnail_size`` bounds the stored pictures (0: none). On disk a scan takes
+    4 bytes x (classes + units of every recorded layer) per sample, plus the thumbnail.
+
     ``engine='ray'`` runs the chunks on Ray Data actors (``address``: an existing cluster, default a local
     one; ``actors``: the pool size). A scan that was stopped resumes when called again with the same
-    arguments; a finished one is returned as it is.
+    arguments; a finished one is returned as it is. ``progress=True`` shows a progress bar.
 
     >>> import tempfile, deepscope as ds
     >>> digits = ds.datasets.mnist5k("test").subset(range(200))
