@@ -130,7 +130,15 @@ def test_activation_histogram_counts_every_value_in_its_float_bin(lenet, digits,
         assert histogram.counts.sum() == values.size
     assert ws.activation_histogram("relu1").zero_fraction > 0.3  # ReLU output is sparse
     coarse = ws.activation_histogram("conv1").rebin(16)
-    assert coarse.counts.sum() == 400 * 6 * 28 * 28 and len(coarse.counts) == 16
+    assert coarse.counts.sum() == pytest.approx(400 * 6 * 28 * 28) and len(coarse.counts) == 16
+    # Spreading evenly within bins: a linear histogram rebinned onto its own edges comes back unchanged.
+    _, conv1 = reference_pass(lenet, images, "conv1")
+    counts, edges = np.histogram(conv1.numpy().ravel(), bins=10)
+    linear = ds.atlas.Histogram(
+        counts, edges[:-1], edges[1:], "linear", edges[0], edges[-1], 0.0, int(counts.sum())
+    )
+    np.testing.assert_allclose(linear.rebin(10).counts, counts)
+    np.testing.assert_allclose(linear.rebin(20).counts[::2] + linear.rebin(20).counts[1::2], counts)
 
 
 def test_bin_edges_cover_the_float_line_in_order():

@@ -96,15 +96,24 @@ class Histogram:
         return float(np.clip((self.lower[index] + self.upper[index]) / 2, self.low, self.high))
 
     def rebin(self, bins: int = 64, range: tuple[float, float] | None = None) -> Histogram:
-        """Linear bins over ``range`` (default: the exact extremes), for display: each source bin's count goes
-        to the linear bin that holds its midpoint (clipped to the extremes)."""
+        """Linear bins over ``range`` (default: the extremes), for display. Values are taken as spread evenly
+        within each source bin, so a wide log bin shares its count among the linear bins it covers (the counts
+        become fractional; their sum is kept)."""
         low, high = range if range is not None else (self.low, self.high)
         if not np.isfinite([low, high]).all() or high <= low:
             low, high = (low, low + 1.0) if np.isfinite(low) else (0.0, 1.0)
         edges = np.linspace(low, high, bins + 1)
-        middle = np.clip((self.lower + self.upper) / 2, self.low, self.high)
-        where = np.clip(np.searchsorted(edges, middle, side="right") - 1, 0, bins - 1)
-        counts = np.bincount(where, weights=self.counts, minlength=bins).astype(np.int64)
+        lower = np.clip(self.lower, low, high)
+        upper = np.clip(self.upper, low, high)
+        # Piecewise-linear cumulative count through the (sorted, disjoint) source bins.
+        points = np.stack([lower, upper], axis=1).ravel()
+        cumulative = np.cumsum(self.counts.astype(np.float64))
+        values = np.stack([cumulative - self.counts, cumulative], axis=1).ravel()
+        if points.size == 0:
+            counts = np.zeros(bins)
+        else:
+            counts = np.diff(np.interp(edges, points, values, left=0.0, right=float(cumulative[-1])))
+            counts[0] += np.interp(edges[0], points, values, left=0.0)  # mass clipped onto the lowest edge
         return Histogram(
             counts,
             edges[:-1],

@@ -97,7 +97,7 @@ def atlas_section(report: Report, context) -> None:
                 ),
                 (
                     "the same t-SNE snapped to a 32x32 grid by linear assignment",
-                    grid_image(ws.thumbnails, grid.cells, scale=2),
+                    grid_image(ws.thumbnails, grid.cells),
                 ),
             )
         )

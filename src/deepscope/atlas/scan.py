@@ -810,7 +810,16 @@ def _start_run(
     for name, histogram in histograms.items():
         weights[f"{name}/counts"] = histogram.counts
         weights[f"{name}/edges"] = np.append(histogram.lower, histogram.upper[-1:])
-        weights[f"{name}/stats"] = np.array([histogram.low, histogram.high, histogram.mean, histogram.total])
+        weights[f"{name}/stats"] = np.array(
+            [
+                histogram.low,
+                histogram.high,
+                histogram.mean,
+                histogram.total,
+                histogram.zeros,
+                histogram.positives,
+            ]
+        )
     np.savez(store.run_dir(run.id) / "weights.npz", **weights)
     return run
 

@@ -215,9 +215,18 @@ class Workspace:
             names = list(dict.fromkeys(key.rsplit("/", 1)[0] for key in archive.files))
             for name in names:
                 counts, edges = archive[f"{name}/counts"], archive[f"{name}/edges"]
-                low, high, mean, total = archive[f"{name}/stats"]
+                low, high, mean, total, zeros, positives = archive[f"{name}/stats"]
                 histograms[name] = Histogram(
-                    counts, edges[:-1], edges[1:], "linear", float(low), float(high), float(mean), int(total)
+                    counts,
+                    edges[:-1],
+                    edges[1:],
+                    "linear",
+                    float(low),
+                    float(high),
+                    float(mean),
+                    int(total),
+                    int(zeros),
+                    int(positives),
                 )
         return histograms
 
