@@ -612,7 +612,13 @@ def assert_same_scan(a: ds.atlas.Workspace, b: ds.atlas.Workspace) -> None:
 @pytest.mark.slow
 def test_ray_engine_equals_the_local_engine(lenet, tmp_path):
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Workers import deepscope from this checkout, as the test process does.
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}},
+    )
     try:
         remote = ds.atlas.scan(
             lenet, "mnist5k:test", out=tmp_path / "ray", engine="ray", actors=2, chunk_size=125, batch_size=50
