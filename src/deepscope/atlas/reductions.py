@@ -11,13 +11,14 @@ format itself: a value's bin is the top 12 bits of its IEEE-754 representation (
 leading mantissa bits). That is a logarithmic histogram with 8 bins per octave (each bin at most 12.5% wide
 relative to its lower edge), covering every float32 from the smallest denormal to infinity, with an exact-zero
 bin (which also holds |x| < 2^-129, the denormals below 1.5e-39) and NaN / infinity in the top exponent bins.
-Binning costs one shift and one bincount per element; no range pass, no rebinning, no overflow bins. The same
+Binning costs one 16-bit read and one bincount per element; no range pass, no rebinning, no overflow bins. The same
 idea as HDR histograms and DDSketch (Masson et al., "DDSketch: a fast and fully-mergeable quantile sketch with
 relative-error guarantees", VLDB 2019), whose bins are also fixed powers of a base.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -50,6 +51,22 @@ def float_bins(x: torch.Tensor) -> torch.Tensor:
     """The bin of every element of ``x`` (flattened), int64 in [0, BINS)."""
     bits = x.detach().to(torch.float32).contiguous().view(torch.int32)
     return ((bits >> SHIFT) & (BINS - 1)).flatten()
+
+
+def float_histogram(x: torch.Tensor) -> torch.Tensor:
+    """Counts of the elements of ``x`` per bin, int64 ``[BINS]`` (equal to ``bincount(float_bins(x))``).
+
+    Faster route: the upper 16 bits of each float32 are read as a strided int16 view (no shift pass), counted
+    into 65536 fine bins, and the fine bins folded 16 by 16 into the 4096 bins.
+    """
+    values = x.detach().to(torch.float32).contiguous()
+    if values.numel() == 0:
+        return torch.zeros(BINS, dtype=torch.int64, device=values.device)
+    if sys.byteorder != "little":
+        return torch.bincount(float_bins(values), minlength=BINS)
+    upper = values.view(torch.int16).view(-1, 2)[:, 1]
+    fine = torch.bincount(upper.to(torch.int32) & 0xFFFF, minlength=1 << 16)
+    return fine.view(BINS, -1).sum(1)
 
 
 @dataclass
@@ -136,10 +153,10 @@ class ScanState:
     output), with the units of all layers side by side in one vector so that each batch costs a handful of
     tensor operations whatever the number of layers: the maximum over the dataset, the number of samples
     where the unit is positive somewhere (its activity), the sum of its spatially pooled values, and its top-k
-    samples (:class:`~deepscope.units.topk.TopK`, by the unit's spatial maximum, with its position). The
+    samples (:class:`~deepscope.units.topk.TopK`, by the unit's spatial maximum; positions are left at -1). The
     layer's maximum and mean follow exactly from the unit maxima and sums; its minimum to within a bin from
-    the histogram. Per element this costs a shift and a bincount (histogram), a max and a mean (top-k and
-    pooling), nothing else. Over the dataset: ``confusion[label, predicted]`` (int64; zero without labels).
+    the histogram. Per element this costs an int16 read and a bincount (histogram), a max and a mean (top-k
+    and pooling), nothing else. Over the dataset: ``confusion[label, predicted]`` (int64; zero without labels).
 
     Use: :meth:`add_layer` from a forward hook for each layer of a batch, then :meth:`end_batch`.
     """
@@ -159,18 +176,17 @@ class ScanState:
         self.topk = TopK(total, k, device=device)
         self.confusion = torch.zeros(classes, classes, dtype=torch.int64, device=device)
         self.samples = 0
-        self._batch: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * len(self.names)
+        self._batch: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.names)
 
     def add_layer(self, position: int, output: torch.Tensor, pooled: torch.Tensor) -> None:
         """One layer's output of the current batch in unit-first layout ``[B, U, *spatial]`` and its spatial
         mean ``[B, U]``."""
         values = output.detach()
-        self.counts[position] += torch.bincount(float_bins(values), minlength=BINS)
-        if values.ndim > 2:
-            peak, where = values.flatten(2).max(dim=2)
-        else:
-            peak, where = values, torch.full(values.shape, -1, dtype=torch.int64, device=values.device)
-        self._batch[position] = (peak.float(), where, pooled)
+        self.counts[position] += float_histogram(values)
+        # The maximum without its position: finding the argmax costs several times more on CPU, and the
+        # position of a unit's top samples can be found again later by running just those k samples.
+        peak = values.flatten(2).amax(2) if values.ndim > 2 else values
+        self._batch[position] = (peak.float(), pooled)
 
     def end_batch(self, sample_indices: torch.Tensor) -> None:
         """Fold the batch's per-unit values (every layer must have been added) into the reductions."""
@@ -178,13 +194,12 @@ class ScanState:
         if missing:
             raise RuntimeError(f"layers {missing} were not recorded in this batch")
         peaks = torch.cat([entry[0] for entry in self._batch], dim=1)
-        positions = torch.cat([entry[1] for entry in self._batch], dim=1)
-        pooled = torch.cat([entry[2] for entry in self._batch], dim=1)
+        pooled = torch.cat([entry[1] for entry in self._batch], dim=1)
         self._batch = [None] * len(self.names)
         self.unit_max = torch.maximum(self.unit_max, peaks.amax(0))
         self.unit_active += (peaks > 0).sum(0)
         self.unit_sum += pooled.sum(0, dtype=torch.float64)
-        self.topk.update(peaks, sample_indices, positions)
+        self.topk.update(peaks, sample_indices)
         self.samples += int(peaks.shape[0])
 
     def update_predictions(self, predicted: torch.Tensor, labels: torch.Tensor | None) -> None:

@@ -197,16 +197,13 @@ class Workspace:
             "dead": state["unit_max"] <= 0,
         }
 
-    def top_k(self, layer: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each unit's strongest samples: ``(values, dataset indices, positions)``, each ``[units, k]``, best
-        first; ``positions`` is the flat index of the unit's maximum in its spatial map (-1 for vectors)."""
+    def top_k(self, layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Each unit's strongest samples by its spatial maximum: ``(values, dataset indices)``, each
+        ``[units, k]``, best first (ties: lower index first). Where in a map the maximum lies is not kept by the
+        scan (it would cost more than the rest of the per-unit work); run the unit on those k samples for it."""
         state = self._layer_state(self._layer(layer).name)
         filled = min(int(state["topk_seen"]), state["topk_values"].shape[1])
-        return (
-            state["topk_values"][:, :filled],
-            state["topk_sample_indices"][:, :filled],
-            state["topk_positions"][:, :filled],
-        )
+        return state["topk_values"][:, :filled], state["topk_sample_indices"][:, :filled]
 
     def weight_histograms(self) -> dict[str, Histogram]:
         """Linear histograms of each weighted layer's weights, as scanned."""
