@@ -7,7 +7,7 @@
 'espresso'
 """
 
-from deepscope import errors, metrics, render, units
+from deepscope import atlas, errors, metrics, render, units, workspace
 from deepscope.attribution import attribute, explain, methods, targets
 from deepscope.metrics import evaluate
 from deepscope.probe import (
@@ -42,6 +42,7 @@ __all__ = [
     "VisionModel",
     "__version__",
     "as_vision_model",
+    "atlas",
     "attribute",
     "capture",
     "datasets",
@@ -62,4 +63,5 @@ __all__ = [
     "samples",
     "targets",
     "units",
+    "workspace",
 ]

@@ -141,6 +141,15 @@ from deepscope.unit_pictures import units_section  # noqa: E402  (the units sect
 SECTIONS.append(units_section)
 
 
+def atlas_section(report: Report, context: DemoContext) -> None:
+    from deepscope.atlas.report import atlas_section as build
+
+    build(report, context)
+
+
+SECTIONS.append(atlas_section)
+
+
 def build_demo(out: str | Path = "deepscope-demo") -> Path:
     """Write the demo page to ``out/index.html`` and return its path."""
     context = DemoContext()

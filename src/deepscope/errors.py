@@ -37,6 +37,14 @@ class GraphError(DeepscopeError, RuntimeError):
     """A model that neither torch.fx nor the dynamic tracer could turn into a graph."""
 
 
+class WorkspaceError(DeepscopeError, RuntimeError):
+    """A workspace directory that is missing, from another schema version, or holds other data than asked."""
+
+
+class DatasetError(DeepscopeError, ValueError):
+    """A dataset that cannot be scanned as given (no length, mixed sample shapes, unreadable folder)."""
+
+
 def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """The candidates closest to ``word``, best first (for 'did you mean' messages)."""
     candidates = list(candidates)

@@ -1,0 +1,249 @@
+"""Dataset atlas: scan throughput against the bare forward pass, peak memory at two dataset sizes, t-SNE overhead.
+
+    flock /tmp/deepscope-bench.lock python benchmarks/atlas.py [--repeats 3]
+
+Every ratio is measured within one run, the two sides interleaved, best time of each side kept:
+
+1. Throughput, LeNet-5 on MNIST-5k (PIL digits): a plain loop ``module(vm.preprocess(batch))`` under
+   ``torch.inference_mode`` over the same images and batch size, versus ``ds.atlas.scan`` writing a fresh
+   workspace (predictions, probabilities, 6 layers of pooled embeddings, float-bit histograms, unit statistics,
+   top-16 per unit, thumbnails, confusion matrix, SQLite commits). Also with tensors already preprocessed
+   (forward-only baseline), and EfficientNet-Lite0 on 192 photo crops (a forward-heavy model).
+2. Peak memory: a fresh process per size scans the first 1,000 and all 5,000 digits; reported are the growth of
+   anonymous resident memory during the scan (sampled every 2 ms), the tracemalloc peak of Python/NumPy
+   allocations made by the scan, and the file-backed pages of the memory-mapped output arrays.
+3. t-SNE of the 5,000 LeNet embeddings: ``ws.layout('tsne')`` (read embeddings, openTSNE, store) versus
+   ``openTSNE.TSNE(...).fit`` alone with the same parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import deepscope as ds
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def best_of(repeats: int, functions: dict) -> dict[str, float]:
+    """Best wall time of each function (interleaved runs) and, under ``<name>_cpu``, its best process CPU time
+    (all threads): on a shared machine the CPU time shows the work done, the wall time what a user waits."""
+    wall = {name: [] for name in functions}
+    cpu = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            function()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return {name: min(values) for name, values in wall.items()} | {
+        f"{name}_cpu": min(values) for name, values in cpu.items()
+    }
+
+
+def on(vm: ds.VisionModel, device: str) -> ds.VisionModel:
+    return vm.with_module(vm.module.to(device))
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def throughput(repeats: int, device: str):
+    lenet = on(ds.load_model("zoo:lenet_mnist"), device)
+    digits = ds.datasets.mnist5k()
+    batch = 64
+
+    def bare_pil():
+        with torch.inference_mode():
+            for start in range(0, len(digits), batch):
+                lenet.module(lenet.preprocess(digits.images[start : start + batch]))
+        synchronize(device)
+
+    def scan_pil():
+        with tempfile.TemporaryDirectory() as out:
+            ds.atlas.scan(lenet, digits, out=out, batch_size=batch)
+
+    timings = best_of(repeats, {"bare": bare_pil, "scan": scan_pil})
+    yield "LeNet-5, MNIST-5k PIL digits (load + preprocess + forward)", timings
+
+    tensors = lenet.preprocess(digits.images)
+    labelled = torch.utils.data.TensorDataset(tensors, digits.labels)
+
+    def bare_tensor():
+        with torch.inference_mode():
+            for start in range(0, len(tensors), batch):
+                lenet.module(tensors[start : start + batch].to(device))
+        synchronize(device)
+
+    def scan_tensor():
+        with tempfile.TemporaryDirectory() as out:
+            ds.atlas.scan(lenet, labelled, out=out, batch_size=batch, thumbnail_size=0)
+
+    timings = best_of(repeats, {"bare": bare_tensor, "scan": scan_tensor})
+    yield "LeNet-5, MNIST-5k preprocessed tensors (forward only)", timings
+
+    efficientnet = on(ds.load_model("zoo:efficientnet_lite0"), device)
+    photos = list(ds.samples().values())
+    rng = np.random.default_rng(0)
+    crops = []
+    for i in range(192):
+        photo = photos[i % len(photos)]
+        size = int(rng.integers(200, min(photo.size)))
+        left = int(rng.integers(0, photo.size[0] - size + 1))
+        top = int(rng.integers(0, photo.size[1] - size + 1))
+        crops.append(photo.crop((left, top, left + size, top + size)))
+    crop_set = ds.atlas.data.UnlabelledImages(crops, [f"crop{i}" for i in range(len(crops))], "crops")
+    batch = 32
+
+    def bare_efficientnet():
+        with torch.inference_mode():
+            for start in range(0, len(crops), batch):
+                efficientnet.module(efficientnet.preprocess(crops[start : start + batch]))
+        synchronize(device)
+
+    def scan_efficientnet():
+        with tempfile.TemporaryDirectory() as out:
+            ds.atlas.scan(efficientnet, crop_set, out=out, batch_size=batch)
+
+    timings = best_of(repeats, {"bare": bare_efficientnet, "scan": scan_efficientnet})
+    from deepscope.atlas.scan import _weighted_layers
+
+    layers = len(_weighted_layers(efficientnet.module)) + 1
+    yield (
+        f"EfficientNet-Lite0, 192 photo crops (load + preprocess + forward), {layers} layers recorded",
+        timings,
+    )
+
+
+MEMORY_CHILD = r"""
+import json, os, sys, tempfile, threading, time, tracemalloc
+import deepscope as ds
+
+def anon_kb():
+    with open("/proc/self/status") as status:
+        fields = dict(line.split(":", 1) for line in status if ":" in line)
+    return int(fields["RssAnon"].split()[0]), int(fields["RssFile"].split()[0])
+
+n = int(sys.argv[1])
+lenet = ds.load_model("zoo:lenet_mnist")
+digits = ds.datasets.mnist5k().subset(range(n))
+warm = ds.datasets.mnist5k("test").subset(range(64))
+with tempfile.TemporaryDirectory() as out:
+    ds.atlas.scan(lenet, warm, out=out)  # import and allocator warm-up, same code paths
+before_anon, before_file = anon_kb()
+peak = [before_anon, before_file]
+done = threading.Event()
+
+def sample():
+    while not done.is_set():
+        anon, file = anon_kb()
+        peak[0] = max(peak[0], anon)
+        peak[1] = max(peak[1], file)
+        time.sleep(0.002)
+
+thread = threading.Thread(target=sample)
+thread.start()
+tracemalloc.start()
+with tempfile.TemporaryDirectory() as out:
+    ds.atlas.scan(lenet, digits, out=out, batch_size=64, chunk_size=512)
+    python_peak = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
+done.set()
+thread.join()
+print(json.dumps({"n": n, "anon_growth_mb": (peak[0] - before_anon) / 1024, "file_growth_mb": (peak[1] - before_file) / 1024,
+                  "tracemalloc_peak_mb": python_peak / 2**20}))
+"""
+
+
+def memory() -> list[dict]:
+    results = []
+    for n in (1000, 5000):
+        output = subprocess.run(
+            [sys.executable, "-c", MEMORY_CHILD, str(n)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+        )
+        results.append(json.loads(output.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def tsne_overhead(repeats: int) -> tuple[float, float]:
+    from openTSNE import TSNE
+
+    lenet = ds.load_model("zoo:lenet_mnist")
+    with tempfile.TemporaryDirectory() as out:
+        ws = ds.atlas.scan(lenet, ds.datasets.mnist5k(), out=out)
+        embeddings = ws.embeddings()
+        counter = [0]
+
+        def ours():
+            counter[0] += 1  # a new parameter set each time, so nothing is read back from the workspace cache
+            ws.layout("tsne", perplexity=30.0 + 1e-9 * counter[0], seed=0, n_jobs=1)
+
+        def openTSNE_alone():
+            np.asarray(TSNE(n_components=2, perplexity=30.0, random_state=0, n_jobs=1).fit(embeddings))
+
+        timings = best_of(repeats, {"ours": ours, "openTSNE": openTSNE_alone})
+    return timings["openTSNE"], timings["ours"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-tsne", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--device", default="cpu", help="device of the models (cpu, cuda)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}, best of {args.repeats}\n",
+        flush=True,
+    )
+
+    print(
+        "| scan throughput | bare forward (s) | ds.atlas.scan (s) | scan / bare throughput (wall) "
+        "| bare CPU (s) | scan CPU (s) | bare / scan CPU time |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, t in throughput(args.repeats, args.device):
+        print(
+            f"| {name} | {t['bare']:.3f} | {t['scan']:.3f} | {t['bare'] / t['scan']:.2f}x | {t['bare_cpu']:.2f} "
+            f"| {t['scan_cpu']:.2f} | {t['bare_cpu'] / t['scan_cpu']:.2f}x |",
+            flush=True,
+        )
+
+    print(
+        "\n| peak memory of a scan (LeNet, MNIST) | anonymous RSS growth (MB) | tracemalloc peak (MB) | file-backed output pages (MB) |"
+    )
+    print("|---|---:|---:|---:|")
+    for row in memory():
+        print(
+            f"| {row['n']:,d} samples | {row['anon_growth_mb']:.1f} | {row['tracemalloc_peak_mb']:.1f} | "
+            f"{row['file_growth_mb']:.1f} |"
+        )
+
+    if not args.skip_tsne:
+        alone, ours = tsne_overhead(max(args.repeats - 1, 1))
+        print("\n| t-SNE of 5,000 LeNet embeddings (84-d) | time (s) |")
+        print("|---|---:|")
+        print(f"| openTSNE alone | {alone:.2f} |")
+        print(f"| ws.layout('tsne') (read + openTSNE + store) | {ours:.2f} |")
+        print(f"| overhead | {100 * (ours / alone - 1):+.1f}% |")
+
+
+if __name__ == "__main__":
+    main()

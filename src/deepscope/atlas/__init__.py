@@ -1,0 +1,38 @@
+"""Dataset atlas: one pass over a dataset -> predictions, embeddings, confusion, histograms, per-unit top-k,
+stored in a resumable workspace; layouts (t-SNE, UMAP, PCA, image grids), neighbours, per-class quality and
+model comparison (linear CKA). Runs locally or on Ray (``engine='ray'``)."""
+
+from deepscope.atlas.compare import CKA, Comparison, cka, cka_matrix, compare, linear_cka
+from deepscope.atlas.data import ImageFolder, load_dataset
+from deepscope.atlas.layouts import GridLayout, image_grid, nearest_neighbors, pca, tsne, umap
+from deepscope.atlas.quality import ClassReport, ConfusedPair, class_report, most_confused, weight_histograms
+from deepscope.atlas.reductions import Histogram
+from deepscope.atlas.scan import scan
+from deepscope.atlas.workspace import Workspace
+from deepscope.atlas.workspace import open_workspace as open
+
+__all__ = [
+    "CKA",
+    "ClassReport",
+    "Comparison",
+    "ConfusedPair",
+    "GridLayout",
+    "Histogram",
+    "ImageFolder",
+    "Workspace",
+    "cka",
+    "cka_matrix",
+    "class_report",
+    "compare",
+    "image_grid",
+    "linear_cka",
+    "load_dataset",
+    "most_confused",
+    "nearest_neighbors",
+    "open",
+    "pca",
+    "scan",
+    "tsne",
+    "umap",
+    "weight_histograms",
+]

@@ -1,0 +1,553 @@
+"""The on-disk store behind a dataset atlas: one directory, one SQLite database (WAL) and NumPy arrays.
+
+Layout (documented for users in docs/workspace.md)::
+
+    WS/workspace.sqlite          meta, runs, chunks, run_state, samples, predictions, layers, layouts, feedback
+    WS/runs/<id>/predictions.npy int64 [N]          predicted class per dataset index (-1: not scanned / skipped)
+    WS/runs/<id>/probabilities.npy float32 [N, C]   softmax of the model output
+    WS/runs/<id>/embeddings/<file>.npy float32 [N, D]  pooled activations of each recorded layer
+    WS/runs/<id>/thumbnails.npy uint8 [N, h, w, c]  small pictures of the samples, for image grids
+    WS/runs/<id>/weights.npz                        weight histograms of the model
+    WS/runs/<id>/layouts/<file>.npy                 2-D layouts and neighbour lists, rows = scanned samples
+
+Arrays are indexed by dataset index and preallocated when a run starts (``np.lib.format.open_memmap``), so a
+scan writes each chunk in place and its memory does not grow with the dataset. A chunk counts as written only
+once its row in ``chunks`` is committed, in the same transaction as its predictions, its sample rows and the
+run's merged reduction state (``run_state``): a scan killed at any point resumes from the committed chunks,
+and nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepscope.errors import WorkspaceError
+
+# Version 1: the first layout. Bump on any change to tables, columns or array files, and describe it in
+# docs/workspace.md; older workspaces are then refused with a message saying which version wrote them.
+SCHEMA_VERSION = 1
+DATABASE = "workspace.sqlite"
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    model TEXT NOT NULL,
+    model_fingerprint TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    dataset_fingerprint TEXT NOT NULL,
+    n_samples INTEGER NOT NULL,
+    n_chunks INTEGER NOT NULL,
+    classes TEXT NOT NULL,
+    embedding_layer TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'complete')),
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE chunks (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    chunk INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    stop INTEGER NOT NULL,
+    scanned INTEGER NOT NULL,
+    skipped INTEGER NOT NULL,
+    committed_at REAL NOT NULL,
+    PRIMARY KEY (run_id, chunk)
+);
+CREATE TABLE run_state (run_id INTEGER PRIMARY KEY REFERENCES runs(id), state BLOB NOT NULL);
+CREATE TABLE samples (
+    idx INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    label INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'skipped')),
+    error TEXT
+);
+CREATE TABLE predictions (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    idx INTEGER NOT NULL,
+    predicted INTEGER NOT NULL,
+    confidence REAL NOT NULL,
+    label INTEGER,
+    PRIMARY KEY (run_id, idx)
+);
+CREATE TABLE layers (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('embedding', 'layer')),
+    width INTEGER NOT NULL,
+    shape TEXT NOT NULL,
+    file TEXT NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
+CREATE TABLE layouts (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    kind TEXT NOT NULL,
+    layer TEXT NOT NULL,
+    params TEXT NOT NULL,
+    file TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (run_id, kind, layer, params)
+);
+CREATE TABLE feedback (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER REFERENCES runs(id),
+    idx INTEGER,
+    layer TEXT,
+    unit INTEGER,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One scan of one model over the workspace's dataset (a row of ``runs``)."""
+
+    id: int
+    fingerprint: str
+    model: str
+    dataset: str
+    n_samples: int
+    n_chunks: int
+    classes: list[str]
+    embedding_layer: str
+    config: dict[str, Any]
+    status: str
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    name: str
+    role: str
+    width: int
+    shape: tuple[int, ...]
+    file: str
+
+
+class Store:
+    """A workspace directory: create it with :meth:`create`, open an existing one with :meth:`open`.
+
+    Every write is a short transaction; readers (the workbench, pandas) can read while a scan writes (WAL).
+
+    >>> import tempfile, deepscope as ds
+    >>> store = ds.workspace.Store.create(tempfile.mkdtemp())
+    >>> store.schema_version
+    1
+    """
+
+    def __init__(self, path: Path, connection: sqlite3.Connection):
+        self.path = path
+        self.connection = connection
+
+    # ------------------------------------------------------------------------------------------------------
+    # opening
+
+    @classmethod
+    def create(cls, path: str | Path) -> Store:
+        """Open the workspace at ``path``, creating the directory and database if there is none yet."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise WorkspaceError(f"workspace path {path} is a file; give a directory")
+        if (path / DATABASE).exists():
+            return cls.open(path)
+        if path.is_dir() and any(path.iterdir()):
+            raise WorkspaceError(
+                f"{path} is not empty and holds no {DATABASE}; refusing to turn it into a workspace, "
+                "give a new or empty directory"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        connection = _connect(path / DATABASE)
+        with connection:
+            connection.executescript(SCHEMA)
+            from deepscope import __version__
+
+            connection.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [("schema_version", str(SCHEMA_VERSION)), ("created_with", f"deepscope {__version__}")],
+            )
+        return cls(path, connection)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        """Open an existing workspace; one written by another schema version is refused with a clear message."""
+        path = Path(path)
+        database = path / DATABASE
+        if not database.is_file():
+            raise WorkspaceError(f"{path} is not a deepscope workspace (no {DATABASE} in it)")
+        connection = _connect(database)
+        try:
+            rows = dict(connection.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as error:
+            connection.close()
+            raise WorkspaceError(f"{database} is not a deepscope workspace database: {error}") from None
+        version = int(rows.get("schema_version", -1))
+        if version != SCHEMA_VERSION:
+            connection.close()
+            raise WorkspaceError(
+                f"workspace {path} has schema version {version} (written by {rows.get('created_with', '?')}); "
+                f"this deepscope reads version {SCHEMA_VERSION}. Scan again into a new directory, or open it "
+                "with the deepscope version that wrote it (docs/workspace.md lists the versions)"
+            )
+        return cls(path, connection)
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+
+    def close(self) -> None:
+        self.connection.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write: committed on exit, rolled back on an exception."""
+        with self.connection:
+            yield self.connection
+
+    # ------------------------------------------------------------------------------------------------------
+    # runs
+
+    def runs(self) -> list[Run]:
+        """Every run, oldest first."""
+        return [_run(row) for row in self.connection.execute(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id")]
+
+    def run(self, run_id: int | None = None) -> Run:
+        """The run with this id, or the latest complete run (the latest run when none is complete)."""
+        runs = self.runs()
+        if not runs:
+            raise WorkspaceError(f"workspace {self.path} holds no scan yet; run ds.atlas.scan(..., out=...)")
+        if run_id is None:
+            complete = [run for run in runs if run.complete]
+            return (complete or runs)[-1]
+        for run in runs:
+            if run.id == run_id:
+                return run
+        raise WorkspaceError(f"workspace {self.path} has no run {run_id}; runs: {[r.id for r in runs]}")
+
+    def find_run(self, fingerprint: str) -> Run | None:
+        for run in self.runs():
+            if run.fingerprint == fingerprint:
+                return run
+        return None
+
+    def dataset_fingerprint(self) -> tuple[str, str] | None:
+        """(dataset name, fingerprint) this workspace holds, or None while it is empty."""
+        row = self.connection.execute(
+            "SELECT dataset, dataset_fingerprint FROM runs ORDER BY id LIMIT 1"
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def start_run(
+        self,
+        *,
+        fingerprint: str,
+        model: str,
+        model_fingerprint: str,
+        dataset: str,
+        dataset_fingerprint: str,
+        n_samples: int,
+        n_chunks: int,
+        classes: Sequence[str],
+        embedding_layer: str,
+        config: Mapping[str, Any],
+        layers: Sequence[tuple[str, str, int, tuple[int, ...]]],
+        arrays: Mapping[str, tuple[tuple[int, ...], str]],
+    ) -> Run:
+        """Record a new run and preallocate its arrays. ``layers``: (name, role, width, shape) each, stored as
+        ``embeddings/<file>.npy`` [n_samples, width]; ``arrays``: other files, relative name -> (shape, dtype)."""
+        held = self.dataset_fingerprint()
+        if held is not None and held[1] != dataset_fingerprint:
+            raise WorkspaceError(
+                f"workspace {self.path} holds scans of dataset {held[0]!r}; a workspace is for one dataset, "
+                f"so scan {dataset!r} into another directory"
+            )
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (fingerprint, model, model_fingerprint, dataset, dataset_fingerprint, "
+                "n_samples, n_chunks, classes, embedding_layer, config, status, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+                (
+                    fingerprint,
+                    model,
+                    model_fingerprint,
+                    dataset,
+                    dataset_fingerprint,
+                    n_samples,
+                    n_chunks,
+                    json.dumps(list(classes)),
+                    embedding_layer,
+                    json.dumps(dict(config)),
+                    time.time(),
+                ),
+            )
+            run_id = int(cursor.lastrowid)
+            used: set[str] = set()
+            arrays = dict(arrays)
+            for position, (name, role, width, shape) in enumerate(layers):
+                file = _file_name(name, used)
+                arrays[f"embeddings/{file}.npy"] = ((n_samples, width), "float32")
+                db.execute(
+                    "INSERT INTO layers (run_id, position, name, role, width, shape, file) VALUES (?,?,?,?,?,?,?)",
+                    (run_id, position, name, role, width, json.dumps(list(shape)), file),
+                )
+        folder = self.run_dir(run_id)
+        (folder / "embeddings").mkdir(parents=True, exist_ok=True)
+        (folder / "layouts").mkdir(exist_ok=True)
+        for relative, (shape, dtype) in arrays.items():
+            array = np.lib.format.open_memmap(folder / relative, mode="w+", dtype=dtype, shape=shape)
+            if np.issubdtype(array.dtype, np.signedinteger):
+                array[:] = -1
+            array.flush()
+            del array
+        return self.run(run_id)
+
+    def run_dir(self, run_id: int) -> Path:
+        return self.path / "runs" / str(run_id)
+
+    def layers(self, run_id: int) -> list[LayerRecord]:
+        rows = self.connection.execute(
+            "SELECT name, role, width, shape, file FROM layers WHERE run_id=? ORDER BY position", (run_id,)
+        )
+        return [
+            LayerRecord(name, role, width, tuple(json.loads(shape)), file)
+            for name, role, width, shape, file in rows
+        ]
+
+    def array(self, run_id: int, relative: str, writable: bool = False) -> np.ndarray:
+        """A run's array file, memory-mapped (read-only unless ``writable``)."""
+        path = self.run_dir(run_id) / relative
+        if not path.is_file():
+            raise WorkspaceError(f"workspace {self.path} run {run_id} has no array {relative}")
+        return np.load(path, mmap_mode="r+" if writable else "r")
+
+    # ------------------------------------------------------------------------------------------------------
+    # chunks and the merged reduction state
+
+    def committed_chunks(self, run_id: int) -> set[int]:
+        return {
+            row[0] for row in self.connection.execute("SELECT chunk FROM chunks WHERE run_id=?", (run_id,))
+        }
+
+    def state(self, run_id: int) -> dict[str, np.ndarray] | None:
+        row = self.connection.execute("SELECT state FROM run_state WHERE run_id=?", (run_id,)).fetchone()
+        return None if row is None else unpack_arrays(row[0])
+
+    def commit_chunk(
+        self,
+        run_id: int,
+        *,
+        chunk: int,
+        start: int,
+        stop: int,
+        samples: Sequence[tuple[int, str, int | None, str, str | None]],
+        predictions: Sequence[tuple[int, int, float, int | None]],
+        state: Mapping[str, np.ndarray],
+    ) -> None:
+        """Make a chunk count: its sample rows, prediction rows and the run's new merged state, atomically.
+        The chunk's array rows must already be written and flushed."""
+        scanned = sum(1 for s in samples if s[3] == "ok")
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO samples (idx, source, label, status, error) VALUES (?,?,?,?,?)",
+                samples,
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO predictions (run_id, idx, predicted, confidence, label) VALUES (?,?,?,?,?)",
+                [(run_id, *row) for row in predictions],
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO run_state (run_id, state) VALUES (?, ?)", (run_id, pack_arrays(state))
+            )
+            db.execute(
+                "INSERT INTO chunks (run_id, chunk, start, stop, scanned, skipped, committed_at) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (run_id, chunk, start, stop, scanned, len(samples) - scanned, time.time()),
+            )
+
+    def finish_run(self, run_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status='complete', finished_at=? WHERE id=?", (time.time(), run_id))
+
+    # ------------------------------------------------------------------------------------------------------
+    # samples
+
+    def sample_status(self, stop: int) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
+        """(mask of dataset indices < stop that were scanned, [(index, source, error)] of the skipped ones)."""
+        ok = np.zeros(stop, dtype=bool)
+        skipped = []
+        for idx, source, status, error in self.connection.execute(
+            "SELECT idx, source, status, error FROM samples WHERE idx < ? ORDER BY idx", (stop,)
+        ):
+            if status == "ok":
+                ok[idx] = True
+            else:
+                skipped.append((idx, source, error))
+        return ok, skipped
+
+    def sources(self, indices: Sequence[int]) -> list[str]:
+        found = dict(
+            self.connection.execute(
+                f"SELECT idx, source FROM samples WHERE idx IN ({','.join('?' * len(indices))})",
+                [int(i) for i in indices],
+            ).fetchall()
+        )
+        return [found.get(int(i), "") for i in indices]
+
+    # ------------------------------------------------------------------------------------------------------
+    # layouts
+
+    def find_layout(self, run_id: int, kind: str, layer: str, params: Mapping[str, Any]) -> Path | None:
+        row = self.connection.execute(
+            "SELECT file FROM layouts WHERE run_id=? AND kind=? AND layer=? AND params=?",
+            (run_id, kind, layer, _canonical(params)),
+        ).fetchone()
+        if row is None:
+            return None
+        path = self.run_dir(run_id) / "layouts" / row[0]
+        return path if path.is_file() else None
+
+    def save_layout(
+        self, run_id: int, kind: str, layer: str, params: Mapping[str, Any], array: np.ndarray
+    ) -> Path:
+        """Store a layout (or neighbour list) array; an existing one with the same parameters is replaced."""
+        folder = self.run_dir(run_id) / "layouts"
+        folder.mkdir(parents=True, exist_ok=True)
+        used = {path.stem for path in folder.glob("*.npy")}
+        existing = self.find_layout(run_id, kind, layer, params)
+        name = existing.name if existing else _file_name(f"{kind}-{layer}", used) + ".npy"
+        temporary = folder / (name + ".tmp")
+        with open(temporary, "wb") as handle:
+            np.save(handle, array)
+        temporary.replace(folder / name)
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO layouts (run_id, kind, layer, params, file, created_at) VALUES (?,?,?,?,?,?)",
+                (run_id, kind, layer, _canonical(params), name, time.time()),
+            )
+        return folder / name
+
+    def layouts(self, run_id: int) -> list[tuple[str, str, dict[str, Any], str]]:
+        """(kind, layer, params, file) of every stored layout of a run."""
+        rows = self.connection.execute(
+            "SELECT kind, layer, params, file FROM layouts WHERE run_id=? ORDER BY id", (run_id,)
+        )
+        return [(kind, layer, json.loads(params), file) for kind, layer, params, file in rows]
+
+    # ------------------------------------------------------------------------------------------------------
+    # feedback
+
+    def add_feedback(
+        self,
+        kind: str,
+        value: Any,
+        *,
+        index: int | None = None,
+        layer: str | None = None,
+        unit: int | None = None,
+        run_id: int | None = None,
+    ) -> int:
+        """Record one piece of user feedback ('flag', 'relabel', 'note', 'unit_name', ...) about a sample or a
+        unit; ``value`` is stored as JSON. Returns its id.
+
+        >>> import tempfile, deepscope as ds
+        >>> store = ds.workspace.Store.create(tempfile.mkdtemp())
+        >>> store.add_feedback("relabel", 7, index=12)
+        1
+        >>> store.feedback()[0]["value"]
+        7
+        """
+        if not isinstance(kind, str) or not kind:
+            raise WorkspaceError(f"feedback kind must be a non-empty string, got {kind!r}")
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO feedback (run_id, idx, layer, unit, kind, value, created_at) VALUES (?,?,?,?,?,?,?)",
+                (run_id, index, layer, unit, kind, json.dumps(value), time.time()),
+            )
+        return int(cursor.lastrowid)
+
+    def feedback(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Every feedback row (optionally of one kind), oldest first, values decoded."""
+        query = "SELECT id, run_id, idx, layer, unit, kind, value, created_at FROM feedback"
+        rows = self.connection.execute(
+            query + (" WHERE kind=? ORDER BY id" if kind else " ORDER BY id"), (kind,) if kind else ()
+        )
+        keys = ("id", "run_id", "index", "layer", "unit", "kind", "value", "created_at")
+        return [{**dict(zip(keys, row, strict=True)), "value": json.loads(row[6])} for row in rows]
+
+
+_RUN_COLUMNS = (
+    "id, fingerprint, model, dataset, n_samples, n_chunks, classes, embedding_layer, config, status"
+)
+
+
+def _run(row: tuple) -> Run:
+    run_id, fingerprint, model, dataset, n_samples, n_chunks, classes, embedding_layer, config, status = row
+    return Run(
+        run_id,
+        fingerprint,
+        model,
+        dataset,
+        n_samples,
+        n_chunks,
+        json.loads(classes),
+        embedding_layer,
+        json.loads(config),
+        status,
+    )
+
+
+def _connect(database: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(database, timeout=30.0, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode: a committed transaction survives a killed process; only an OS crash may lose the
+    # last commits, which a resumed scan then redoes.
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA foreign_keys=ON")
+    return connection
+
+
+def _file_name(name: str, used: set[str]) -> str:
+    """A file-system-safe, unique file stem for a layer or layout name."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "layer"
+    candidate, counter = stem, 1
+    while candidate in used:
+        counter += 1
+        candidate = f"{stem}-{counter}"
+    used.add(candidate)
+    return candidate
+
+
+def _canonical(params: Mapping[str, Any]) -> str:
+    return json.dumps(dict(params), sort_keys=True, default=str)
+
+
+def pack_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """A dict of arrays -> bytes (an uncompressed .npz, never pickled)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{key: np.asarray(value) for key, value in arrays.items()})
+    return buffer.getvalue()
+
+
+def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        return {key: archive[key] for key in archive.files}

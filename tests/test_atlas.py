@@ -1,0 +1,718 @@
+"""The dataset atlas: one-pass scan, reductions, layouts, quality, comparison, resumability, engines."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.model_selection import cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
+
+import deepscope as ds
+from deepscope.atlas.reductions import BINS, bin_edges
+from deepscope.errors import DatasetError, LayerNotFoundError, SpecError, WorkspaceError
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+@pytest.fixture(scope="module")
+def digits() -> ds.zoo.datasets.ImageDataset:
+    return ds.datasets.mnist5k()
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory, lenet, digits) -> ds.atlas.Workspace:
+    """LeNet over all 5,000 bundled digits (default layers: embedding + every conv / linear output)."""
+    return ds.atlas.scan(lenet, digits, out=tmp_path_factory.mktemp("atlas"), batch_size=128, chunk_size=1000)
+
+
+def reference_pass(vm: ds.VisionModel, images, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and a layer's output, computed without deepscope's scan (plain hooks, one batch)."""
+    seen = {}
+    handle = vm.module.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.update(out=o.detach()))
+    try:
+        with torch.no_grad():
+            logits = vm.module(vm.preprocess(images))
+    finally:
+        handle.remove()
+    return logits, seen["out"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what a scan records
+
+
+def test_lenet_confusion_matrix_equals_scikit_learn(atlas, lenet, digits):
+    assert atlas.complete and len(atlas.indices) == 5000 and atlas.skipped == []
+    logits, _ = reference_pass(lenet, digits.images, "conv1")
+    np.testing.assert_array_equal(atlas.predictions, logits.argmax(1).numpy())
+    np.testing.assert_allclose(atlas.probabilities, logits.softmax(1).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(atlas.labels, digits.labels.numpy())
+    expected = confusion_matrix(atlas.labels, atlas.predictions, labels=list(range(10)))
+    np.testing.assert_array_equal(atlas.confusion_matrix(), expected)
+    np.testing.assert_allclose(
+        atlas.confusion_matrix("true"), confusion_matrix(atlas.labels, atlas.predictions, normalize="true")
+    )
+
+
+def test_per_class_precision_recall_f1_equal_scikit_learn(atlas):
+    report = atlas.class_report()
+    precision, recall, f1, support = precision_recall_fscore_support(atlas.labels, atlas.predictions)
+    np.testing.assert_allclose(report.precision, precision, rtol=1e-12)
+    np.testing.assert_allclose(report.recall, recall, rtol=1e-12)
+    np.testing.assert_allclose(report.f1, f1, rtol=1e-12)
+    np.testing.assert_array_equal(report.support, support)
+    assert report.to_pandas().loc["3", "support"] == 500
+
+
+def test_most_confused_pairs_match_the_predictions(atlas):
+    labels, predictions, probabilities = atlas.labels, atlas.predictions, atlas.probabilities
+    pairs = atlas.most_confused(n=3, samples=2)
+    counts = {}
+    for label, predicted in zip(labels, predictions, strict=True):
+        if label != predicted:
+            counts[(label, predicted)] = counts.get((label, predicted), 0) + 1
+    best = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:3]
+    assert [((p.label, p.predicted), p.count) for p in pairs] == best
+    top = pairs[0]
+    wrong = np.flatnonzero((labels == top.label) & (predictions == top.predicted))
+    ranked = wrong[np.argsort(-probabilities[wrong, top.predicted], kind="stable")][:2]
+    np.testing.assert_array_equal(top.samples, atlas.indices[ranked])
+
+
+def test_embedding_is_the_input_of_the_last_linear_layer(atlas, lenet, digits):
+    assert atlas.embedding_layer == "fc3:input"
+    assert atlas.layers == ["fc3:input", "conv1", "conv2", "fc1", "fc2", "fc3"]
+    _, relu4 = reference_pass(lenet, digits.images[:300], "relu4")  # LeNet feeds relu4 into fc3
+    np.testing.assert_allclose(atlas.embeddings()[:300], relu4.numpy(), rtol=1e-5, atol=1e-6)
+    _, conv2 = reference_pass(lenet, digits.images[:300], "conv2")
+    np.testing.assert_allclose(
+        atlas.embeddings("conv2")[:300], conv2.mean((2, 3)).numpy(), rtol=1e-5, atol=1e-5
+    )
+    with pytest.raises(LayerNotFoundError, match="Did you mean: conv2, conv1"):
+        atlas.embeddings("conv")
+
+
+def test_activation_histogram_counts_every_value_in_its_float_bin(lenet, digits, tmp_path):
+    images = digits.images[:400]
+    ws = ds.atlas.scan(lenet, digits.subset(range(400)), ["conv1", "relu1"], out=tmp_path, batch_size=64)
+    for layer in ("conv1", "relu1"):
+        _, output = reference_pass(lenet, images, layer)
+        values = output.numpy().astype(np.float64).ravel()
+        histogram = ws.activation_histogram(layer)
+        assert histogram.total == values.size
+        assert histogram.high == values.max()  # exact; the minimum is known to within its bin
+        assert histogram.lower[0] <= values.min() <= histogram.upper[0] and histogram.low <= values.min()
+        assert histogram.mean == pytest.approx(values.mean(), rel=1e-5)
+        assert histogram.zero_fraction == pytest.approx((values == 0).mean(), abs=0)
+        assert histogram.positive_fraction == pytest.approx((values > 0).mean(), abs=0)
+        # Independent binning: every value lands in the bin whose magnitude range holds it.
+        for lower, upper, count in zip(histogram.lower, histogram.upper, histogram.counts, strict=True):
+            if lower < 0 < upper:
+                inside = np.abs(values) < upper
+            elif lower >= 0:
+                inside = (values >= lower) & (values < upper)
+            else:
+                inside = (values > lower) & (values <= upper)
+            assert count == inside.sum(), (layer, lower, upper)
+        assert histogram.counts.sum() == values.size
+    assert ws.activation_histogram("relu1").zero_fraction > 0.3  # ReLU output is sparse
+    coarse = ws.activation_histogram("conv1").rebin(16)
+    assert coarse.counts.sum() == pytest.approx(400 * 6 * 28 * 28) and len(coarse.counts) == 16
+    # Spreading evenly within bins: a linear histogram rebinned onto its own edges comes back unchanged.
+    _, conv1 = reference_pass(lenet, images, "conv1")
+    counts, edges = np.histogram(conv1.numpy().ravel(), bins=10)
+    linear = ds.atlas.Histogram(
+        counts, edges[:-1], edges[1:], "linear", edges[0], edges[-1], 0.0, int(counts.sum())
+    )
+    np.testing.assert_allclose(linear.rebin(10).counts, counts)
+    np.testing.assert_allclose(linear.rebin(20).counts[::2] + linear.rebin(20).counts[1::2], counts)
+
+
+def test_fast_float_histogram_equals_bincount_of_the_float_bins():
+    from deepscope.atlas.reductions import float_bins, float_histogram
+
+    x = torch.cat(
+        [torch.randn(10_000) * 10 ** torch.randint(-30, 30, (10_000,)), torch.tensor([0.0, -0.0, 1.0])]
+    )
+    x = torch.cat([x, torch.tensor([float("inf"), float("nan"), -float("inf")])])
+    np.testing.assert_array_equal(float_histogram(x), torch.bincount(float_bins(x), minlength=BINS))
+
+
+def test_bin_edges_cover_the_float_line_in_order():
+    edges = bin_edges()
+    assert edges.shape == (BINS, 2)
+    positive = edges[1 : 255 * 8 - 1]  # the last finite bin reaches up to infinity
+    assert edges[255 * 8 - 1, 1] == np.inf
+    assert (positive[:, 0] < positive[:, 1]).all() and (positive[1:, 0] == positive[:-1, 1]).all()
+    widths = positive[200:, 1] / positive[200:, 0]
+    assert widths.max() <= 1.125 + 1e-12  # 8 bins per octave
+
+
+def test_top_k_and_unit_statistics_equal_a_brute_force_pass(atlas, lenet, digits):
+    _, conv2 = reference_pass(lenet, digits.images, "conv2")
+    peak = conv2.flatten(2).amax(2)  # [N, 16]: each unit's spatial maximum per sample
+    values, samples = atlas.top_k("conv2")
+    assert values.shape == (16, 16)
+    order = np.lexsort(
+        (np.arange(len(peak))[:, None].repeat(16, 1).T, -peak.numpy().T)
+    )  # value desc, index asc
+    np.testing.assert_array_equal(samples, order[:, :16])
+    np.testing.assert_allclose(values, np.take_along_axis(peak.numpy().T, order[:, :16], 1), rtol=1e-6)
+    stats = atlas.unit_statistics("conv2")
+    np.testing.assert_allclose(stats["max"], peak.amax(0).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(stats["activity"], (peak > 0).double().mean(0).numpy())
+    np.testing.assert_allclose(
+        stats["mean"], conv2.mean((2, 3)).double().mean(0).numpy(), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_dead_units_are_found(lenet, digits, tmp_path, unchanged):
+    broken = copy.deepcopy(lenet.module)
+    with torch.no_grad():
+        broken.fc1.bias[[3, 7]] = -1e4  # these two units can never fire
+    vm = lenet.with_module(broken)
+    with unchanged(broken):
+        ws = ds.atlas.scan(vm, digits.subset(range(200)), ["fc1", "relu3"], out=tmp_path)
+    _, relu3 = reference_pass(vm, digits.images[:200], "relu3")
+    never = (relu3 <= 0).all(0).numpy()
+    assert never[[3, 7]].all() and never.sum() > 2  # trained LeNet has dead fc1 units of its own
+    np.testing.assert_array_equal(ws.unit_statistics("relu3")["dead"], never)
+    np.testing.assert_array_equal(ws.unit_statistics("fc1")["dead"], never)
+    np.testing.assert_allclose(ws.unit_statistics("relu3")["activity"], (relu3 > 0).double().mean(0).numpy())
+    assert ws.activation_histogram("relu3").zero_fraction == pytest.approx(
+        (relu3 == 0).double().mean().item()
+    )
+
+
+def test_weight_histograms_count_every_weight(atlas, lenet):
+    histograms = atlas.weight_histograms()
+    assert list(histograms) == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    weights = lenet.module.fc1.weight.detach().numpy().ravel()
+    h = histograms["fc1"]
+    assert h.counts.sum() == weights.size and h.low == weights.min() and h.high == weights.max()
+    expected, _ = np.histogram(weights, bins=np.append(h.lower, h.upper[-1]))
+    assert np.abs(h.counts - expected).sum() <= 2  # float32 vs float64 edge rounding only
+
+
+# ----------------------------------------------------------------------------------------------------------
+# layouts
+
+
+def test_tsne_layout_keeps_digits_apart(atlas):
+    points = atlas.layout("tsne", n_jobs=2)
+    assert points.shape == (5000, 2)
+    accuracy = cross_val_score(KNeighborsClassifier(5), points, atlas.labels, cv=5).mean()
+    assert accuracy >= 0.90, accuracy
+    again = atlas.layout("tsne", n_jobs=2)  # stored in the workspace: read back, not recomputed
+    np.testing.assert_array_equal(points, again)
+    assert [row[:2] for row in atlas.store.layouts(atlas.run.id)].count(("tsne", "fc3:input")) == 1
+
+
+def test_image_grid_assigns_each_cell_once_and_keeps_neighbourhoods(atlas):
+    grid = atlas.image_grid(12, 12, kind="pca")
+    cells = grid.cells.ravel()
+    assert len(set(cells.tolist())) == 144 and (cells >= 0).all()
+    points = atlas.layout("pca")[cells]
+    # Cells to the right hold points further right in the layout, cells lower down hold points lower.
+    columns = np.tile(np.arange(12), 12)
+    rows = np.repeat(np.arange(12), 12)
+    assert np.corrcoef(columns, points[:, 0])[0, 1] > 0.8
+    assert np.corrcoef(rows, points[:, 1])[0, 1] < -0.8
+    # The assignment is optimal: no swap of two cells lowers the cost.
+    brute = ds.atlas.image_grid(np.random.default_rng(0).normal(size=(6, 2)), 2, 3)
+    from itertools import permutations
+
+    placed = np.random.default_rng(0).normal(size=(6, 2))
+    unit = (placed - placed.min(0)) / (placed.max(0) - placed.min(0))
+    unit[:, 1] = 1 - unit[:, 1]
+    centres = np.array([[(c + 0.5) / 3, (r + 0.5) / 2] for r in range(2) for c in range(3)])
+    best = min(
+        sum(((unit[p] - centres[cell]) ** 2).sum() for cell, p in enumerate(perm))
+        for perm in permutations(range(6))
+    )
+    assert brute.cost == pytest.approx(best)
+
+
+def test_nearest_neighbours_equal_brute_force(atlas):
+    neighbours, distances = atlas.neighbors(k=5)
+    x = atlas.embeddings()[:200].astype(np.float64)
+    full = atlas.embeddings().astype(np.float64)
+    d = ((x[:, None, :] - full[None, :, :]) ** 2).sum(-1)
+    d[np.arange(200), np.arange(200)] = np.inf
+    np.testing.assert_allclose(distances[:200], np.sqrt(np.sort(d, 1)[:, :5]), rtol=1e-4)
+    assert (neighbours[:200, 0] == atlas.indices[d.argmin(1)]).mean() > 0.99  # equal up to exact ties
+
+
+@pytest.mark.slow
+def test_umap_layout_keeps_digits_apart(atlas):
+    points = atlas.layout("umap")
+    assert cross_val_score(KNeighborsClassifier(5), points, atlas.labels, cv=5).mean() >= 0.9
+
+
+# ----------------------------------------------------------------------------------------------------------
+# comparison
+
+
+def test_linear_cka_properties_and_the_kernel_formula():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 6)), rng.normal(size=(40, 50))
+    # Kernel form (Kornblith et al. eq. 3 with linear kernels): HSIC(K, L) = tr(K H L H) / (n - 1)^2.
+    h = np.eye(40) - 1 / 40
+    k, l_ = x @ x.T, y @ y.T
+
+    def hsic(a, b):
+        return np.trace(a @ h @ b @ h)
+
+    expected = hsic(k, l_) / np.sqrt(hsic(k, k) * hsic(l_, l_))
+    assert ds.atlas.linear_cka(x, y) == pytest.approx(expected, rel=1e-10)  # feature-space path
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    assert ds.atlas.linear_cka(x, 5 * x @ q + 3) == pytest.approx(1.0, abs=1e-12)
+    assert ds.atlas.linear_cka(torch.from_numpy(x), x) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_cka_sample_space_path_equals_feature_space_path():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(30, 40)), rng.normal(size=(30, 45))  # p*q > n^2: the Gram path
+    from deepscope.atlas.compare import _centred
+
+    a, b = _centred(x), _centred(y)
+    feature = np.square(b.T @ a).sum() / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))
+    assert ds.atlas.linear_cka(x, y) == pytest.approx(feature, rel=1e-10)
+
+
+def test_cka_of_a_model_with_itself_and_a_random_copy(lenet, digits, unchanged):
+    torch.manual_seed(0)
+    random_module = ds.zoo.lenet.lenet5().eval()
+    random = lenet.with_module(random_module)
+    with unchanged(lenet.module):
+        itself = ds.atlas.cka(lenet, lenet, "mnist5k:test", samples=512, batch_size=128)
+    assert itself.layers_a == ["fc3:input", "conv1", "conv2", "fc1", "fc2", "fc3"] and itself.samples == 512
+    np.testing.assert_allclose(np.diagonal(itself.matrix), 1.0, atol=1e-9)
+    against = ds.atlas.cka(lenet, random, "mnist5k:test", samples=512, batch_size=128)
+    diagonal = dict(zip(against.layers_a, np.diagonal(against.matrix), strict=True))
+    # Early layers of any network mostly pass the input on (Kornblith et al. 2019, fig. 5), so conv1 stays
+    # close; the learned layers are clearly apart.
+    assert all(diagonal[layer] < 0.75 for layer in ("fc3:input", "fc2", "fc3")), diagonal
+    assert all(value < 0.99 for value in diagonal.values()) and diagonal["fc1"] < 0.9, diagonal
+
+
+def test_minibatch_cka_uses_the_unbiased_hsic_and_approaches_full_cka(lenet, digits):
+    from deepscope.atlas.compare import hsic_unbiased
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 5)), rng.normal(size=(12, 7))
+    k, l_ = x @ x.T, y @ y.T
+    n = 12
+    kt, lt = k - np.diag(np.diag(k)), l_ - np.diag(np.diag(l_))
+    ones = np.ones(n)
+    expected = (
+        np.trace(kt @ lt)
+        + ones @ kt @ ones * (ones @ lt @ ones) / ((n - 1) * (n - 2))
+        - 2 / (n - 2) * ones @ kt @ lt @ ones
+    ) / (n * (n - 3))
+    assert hsic_unbiased(torch.from_numpy(k), torch.from_numpy(l_)).item() == pytest.approx(
+        expected, rel=1e-10
+    )
+    torch.manual_seed(0)
+    random = lenet.with_module(ds.zoo.lenet.lenet5().eval())
+    images = digits.images[:600]
+    _, mine = reference_pass(lenet, images, "fc1")
+    _, theirs = reference_pass(random, images, "fc1")
+    whole = ds.atlas.cka(lenet, random, digits.subset(range(600)), ["fc1"], ["fc1"], batch_size=600)
+    assert whole.matrix[0, 0] == pytest.approx(ds.atlas.linear_cka(mine, theirs), abs=0.02)
+
+
+def test_compare_two_scans_side_by_side(lenet, digits, atlas, tmp_path):
+    torch.manual_seed(0)
+    random = lenet.with_module(ds.zoo.lenet.lenet5().eval())
+    subset = digits.subset(range(0, 5000, 10))
+    trained = ds.atlas.scan(lenet, subset, out=tmp_path / "trained", thumbnail_size=0)
+    other = ds.atlas.scan(random, subset, out=tmp_path / "random", thumbnail_size=0)
+    itself = ds.atlas.compare(trained, trained)
+    np.testing.assert_allclose(np.diagonal(itself.cka), 1.0, atol=1e-9)
+    assert itself.agreement == 1.0 and itself.accuracy_a == itself.accuracy_b
+    both = ds.atlas.compare(trained, other)
+    for i, layer in enumerate(both.layers_a):
+        pooled_a, pooled_b = trained.embeddings(layer), other.embeddings(layer)
+        assert both.cka[i, i] == pytest.approx(ds.atlas.linear_cka(pooled_a, pooled_b), rel=1e-12)
+    assert both.cka[0, 0] < 0.8 and both.accuracy_b < 0.5 and both.agreement < 0.5
+    np.testing.assert_array_equal(both.confusion_a, trained.confusion_matrix())
+    np.testing.assert_array_equal(both.confusion_b, other.confusion_matrix())
+    with pytest.raises(WorkspaceError, match="different data"):
+        ds.atlas.compare(trained, atlas)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data
+
+
+def write_digit_folder(root: Path, digits, per_class: int = 5) -> list[str]:
+    """class-per-subfolder PNGs of real digits, plus two broken files; returns the broken ones."""
+    for digit in range(3):
+        (root / str(digit)).mkdir(parents=True)
+        chosen = np.flatnonzero(digits.labels.numpy() == digit)[:per_class]
+        for i, index in enumerate(chosen):
+            digits.images[index].save(root / str(digit) / f"{i}.png")
+    (root / "1" / "garbage.png").write_bytes(b"this is not a png at all")
+    whole = (root / "2" / "0.png").read_bytes()
+    (root / "2" / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    return ["1/garbage.png", "2/truncated.png"]
+
+
+def test_corrupt_images_in_a_folder_are_reported_and_skipped(lenet, digits, tmp_path, unchanged):
+    broken = write_digit_folder(tmp_path / "digits", digits)
+    with unchanged(lenet.module):
+        ws = ds.atlas.scan(lenet, str(tmp_path / "digits"), out=tmp_path / "ws", batch_size=4)
+    assert ws.complete and len(ws.indices) == 15
+    assert sorted(source for _, source, _ in ws.skipped) == broken
+    assert all("cannot be decoded" in error for _, _, error in ws.skipped)
+    np.testing.assert_array_equal(np.bincount(ws.labels), [5, 5, 5])
+    assert (ws.predictions == ws.labels).mean() >= 0.9
+    assert ws.confusion_matrix().sum() == 15
+    folder = ds.atlas.ImageFolder(tmp_path / "digits")
+    assert set(np.delete(np.arange(len(folder)), ws.indices)) == {i for i, _, _ in ws.skipped}
+
+
+def test_folder_classes_must_name_model_classes(lenet, tmp_path):
+    (tmp_path / "data" / "cats").mkdir(parents=True)
+    Image.new("L", (28, 28)).save(tmp_path / "data" / "cats" / "a.png")
+    with pytest.raises(DatasetError, match="name no class of the model"):
+        ds.atlas.scan(lenet, str(tmp_path / "data"), out=tmp_path / "ws")
+
+
+class Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield from range(3)
+
+
+def test_photos_without_labels_and_data_spec_errors(efficientnet, tmp_path):
+    ws = ds.atlas.scan(efficientnet, "samples", layers=["_fc:input", "_blocks.15"], out=tmp_path / "ws")
+    assert ws.labels is None and len(ws.predictions) == 5 and ws.embeddings().shape == (5, 1280)
+    assert ws.thumbnails.shape == (5, 32, 32, 3)
+    with pytest.raises(WorkspaceError, match="no labels"):
+        ws.confusion_matrix()
+    with pytest.raises(SpecError, match="Did you mean: mnist5k"):
+        ds.atlas.scan(efficientnet, "mnist5", out=tmp_path / "other")
+    with pytest.raises(SpecError, match="split must be"):
+        ds.atlas.load_dataset("mnist5k:val")
+    with pytest.raises(DatasetError, match="no length"):
+        ds.atlas.load_dataset(Stream())
+
+
+def test_any_torch_dataset_through_a_python_spec(lenet, tmp_path, monkeypatch):
+    (tmp_path / "mydigits.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            import deepscope as ds
+
+            class Tensors(torch.utils.data.Dataset):
+                name = "my-tensors"
+
+                def __init__(self):
+                    self.vm = ds.load_model("zoo:lenet_mnist")
+                    self.digits = ds.datasets.mnist5k("test")
+
+                def __len__(self):
+                    return 50
+
+                def __getitem__(self, i):
+                    return self.vm.preprocess(self.digits.images[i])[0], torch.tensor(self.digits.labels[i])
+
+            def make():
+                return Tensors()
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ws = ds.atlas.scan(lenet, "python:mydigits:make", out=tmp_path / "ws")
+    test = ds.datasets.mnist5k("test")
+    assert ws.run.dataset == "my-tensors"
+    np.testing.assert_array_equal(ws.labels, test.labels[:50].numpy())
+    logits, _ = reference_pass(lenet, test.images[:50], "conv1")
+    np.testing.assert_array_equal(ws.predictions, logits.argmax(1).numpy())
+    assert ws.thumbnails.shape == (50, 28, 28, 1)  # min-max scaled model inputs
+    with pytest.raises(SpecError, match="has no callable 'mak'"):
+        ds.atlas.load_dataset("python:mydigits:mak")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# leaving the model as found
+
+
+def test_scan_leaves_the_model_as_found_also_when_it_fails(lenet, digits, tmp_path, unchanged):
+    module = copy.deepcopy(lenet.module).train()  # train mode: the scan must run in eval and restore it
+    vm = lenet.with_module(module)
+    with unchanged(module):
+        ws = ds.atlas.scan(vm, digits.subset(range(100)), out=tmp_path / "a", thumbnail_size=0)
+    logits, _ = reference_pass(lenet, digits.images[:100], "conv1")
+    np.testing.assert_array_equal(ws.predictions, logits.argmax(1).numpy())
+    bad = ds.zoo.datasets.ImageDataset(digits.images[:10], torch.full((10,), 12), digits.classes, "bad")
+    with unchanged(module), pytest.raises(DatasetError, match="label 12, outside"):
+        ds.atlas.scan(vm, bad, out=tmp_path / "b")
+    with unchanged(module), pytest.raises(LayerNotFoundError, match="conv1"):
+        ds.atlas.scan(vm, digits, ["conv"], out=tmp_path / "c")
+    assert module.training
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the workspace
+
+
+def test_workspace_tables_read_with_pandas_and_sqlite(atlas):
+    import pandas as pd
+
+    with sqlite3.connect(atlas.path / "workspace.sqlite") as connection:
+        predictions = pd.read_sql("SELECT idx, predicted, label FROM predictions ORDER BY idx", connection)
+        runs = pd.read_sql("SELECT * FROM runs", connection)
+        version = connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    np.testing.assert_array_equal(predictions["predicted"], atlas.predictions)
+    assert runs.loc[0, "status"] == "complete" and version == "1"
+    probabilities = np.load(atlas.path / "runs" / "1" / "probabilities.npy")
+    np.testing.assert_array_equal(probabilities, atlas.probabilities)
+
+
+def test_feedback_round_trips(atlas):
+    first = atlas.add_feedback("relabel", 4, index=17)
+    atlas.add_feedback("unit_name", "loops", layer="conv2", unit=3)
+    rows = ds.atlas.open(atlas.path).feedback()
+    assert rows[0]["id"] == first and rows[0]["value"] == 4 and rows[0]["index"] == 17
+    assert atlas.feedback("unit_name")[0]["layer"] == "conv2"
+
+
+def test_other_schema_versions_and_other_data_are_refused(atlas, lenet, tmp_path):
+    copy_dir = tmp_path / "old"
+    copy_dir.mkdir()
+    with (
+        sqlite3.connect(atlas.path / "workspace.sqlite") as source,
+        sqlite3.connect(copy_dir / "workspace.sqlite") as target,
+    ):
+        source.backup(target)
+        target.execute("UPDATE meta SET value='0' WHERE key='schema_version'")
+    with pytest.raises(WorkspaceError, match="schema version 0 .*reads version 1"):
+        ds.atlas.open(copy_dir)
+    with pytest.raises(WorkspaceError, match="holds scans of dataset 'mnist5k-all'"):
+        ds.atlas.scan(lenet, "mnist5k:test", out=atlas.path)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    with pytest.raises(WorkspaceError, match="not empty"):
+        ds.atlas.scan(lenet, "mnist5k:test", out=tmp_path / "full")
+
+
+def test_a_finished_scan_is_returned_not_repeated(atlas, lenet, digits):
+    again = ds.atlas.scan(lenet, digits, out=atlas.path, batch_size=128, chunk_size=1000)
+    assert again.run.id == atlas.run.id and len(again.store.runs()) == 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# resuming
+
+
+SLOW_DATASET = """
+import os, time
+import torch
+import deepscope as ds
+
+LOADS = [0]
+
+class SlowDigits(torch.utils.data.Dataset):
+    name = "slow-digits"
+
+    def __init__(self):
+        self.digits = ds.datasets.mnist5k("test")
+        self.delay = float(os.environ.get("SLOW_DIGITS_DELAY", "0"))
+
+    def __len__(self):
+        return len(self.digits)
+
+    def __getitem__(self, i):
+        LOADS[0] += 1
+        time.sleep(self.delay)
+        return self.digits[i]
+
+def make():
+    return SlowDigits()
+"""
+
+
+def test_a_killed_scan_resumes_and_equals_an_uninterrupted_one(lenet, tmp_path, monkeypatch):
+    (tmp_path / "slowdigits.py").write_text(SLOW_DATASET)
+    out = tmp_path / "ws"
+    script = (
+        "import deepscope as ds; "
+        f"ds.atlas.scan('zoo:lenet_mnist', 'python:slowdigits:make', out={str(out)!r}, chunk_size=100, batch_size=25)"
+    )
+    environment = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{tmp_path}", "SLOW_DIGITS_DELAY": "0.004"}
+    process = subprocess.Popen([sys.executable, "-c", script], env=environment)
+    committed = 0
+    try:
+        deadline = time.monotonic() + 120
+        while committed < 3 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+            if (out / "workspace.sqlite").exists():
+                try:
+                    with sqlite3.connect(out / "workspace.sqlite", timeout=5) as connection:
+                        committed = connection.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+                except sqlite3.OperationalError:
+                    pass  # the tables are being created
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert 3 <= committed < 10, f"the scan was not killed midway ({committed} of 10 chunks committed)"
+    interrupted = ds.atlas.open(out)
+    assert not interrupted.complete and len(interrupted.indices) >= 300
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import slowdigits
+
+    with sqlite3.connect(out / "workspace.sqlite") as connection:
+        committed = connection.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+    slowdigits.LOADS[0] = 0
+    resumed = ds.atlas.scan(
+        "zoo:lenet_mnist", "python:slowdigits:make", out=out, chunk_size=100, batch_size=25
+    )
+    assert slowdigits.LOADS[0] == 1 + 1000 - 100 * committed  # one probe sample + the chunks not yet written
+    reference = ds.atlas.scan(
+        lenet, "mnist5k:test", out=tmp_path / "reference", chunk_size=100, batch_size=25
+    )
+    assert resumed.complete and resumed.run.id == 1
+    assert_same_scan(resumed, reference)
+
+
+def assert_same_scan(a: ds.atlas.Workspace, b: ds.atlas.Workspace) -> None:
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.predictions, b.predictions)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)
+    np.testing.assert_array_equal(a.thumbnails, b.thumbnails)
+    np.testing.assert_array_equal(a.confusion_matrix(), b.confusion_matrix())
+    assert a.layers == b.layers
+    for layer in a.layers:
+        np.testing.assert_array_equal(a.embeddings(layer), b.embeddings(layer))
+        for x, y in zip(a.top_k(layer), b.top_k(layer), strict=True):
+            np.testing.assert_array_equal(x, y)
+        ha, hb = a.activation_histogram(layer), b.activation_histogram(layer)
+        np.testing.assert_array_equal(ha.counts, hb.counts)
+        assert (ha.low, ha.high, ha.total) == (hb.low, hb.high, hb.total)
+        assert ha.mean == pytest.approx(hb.mean, rel=1e-12)
+        for key, value in a.unit_statistics(layer).items():
+            np.testing.assert_allclose(value, b.unit_statistics(layer)[key], rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ray
+
+
+@pytest.mark.slow
+def test_ray_engine_equals_the_local_engine(lenet, tmp_path):
+    ray = pytest.importorskip("ray")
+    # Workers import deepscope from this checkout, as the test process does.
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "env_vars": {"PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+        },
+    )
+    try:
+        remote = ds.atlas.scan(
+            lenet, "mnist5k:test", out=tmp_path / "ray", engine="ray", actors=2, chunk_size=125, batch_size=50
+        )
+    finally:
+        ray.shutdown()
+    local = ds.atlas.scan(lenet, "mnist5k:test", out=tmp_path / "local", chunk_size=125, batch_size=50)
+    assert_same_scan(remote, local)
+    with sqlite3.connect(tmp_path / "ray" / "workspace.sqlite") as connection:
+        assert connection.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 8
+
+
+def test_ray_engine_without_ray_says_how_to_install(lenet, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ds.errors.DeepscopeError, match=r"pip install 'deepscope\[ray\]'"):
+        ds.atlas.scan(lenet, "mnist5k:test", out=tmp_path, engine="ray")
+    with pytest.raises(SpecError, match="engine must be"):
+        ds.atlas.scan(lenet, "mnist5k:test", out=tmp_path, engine="spark")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_scan_and_compare(tmp_path, digits):
+    from typer.testing import CliRunner
+
+    from deepscope import cli
+
+    write_digit_folder(tmp_path / "digits", digits, per_class=4)
+    runner = CliRunner()
+    first = runner.invoke(
+        cli.app, ["scan", "zoo:lenet_mnist", str(tmp_path / "digits"), "--out", str(tmp_path / "a")]
+    )
+    assert first.exit_code == 0, first.output
+    assert "12 samples scanned, 2 skipped" in first.output and "garbage.png" in first.output
+    assert "accuracy" in first.output and "embedding: fc3:input" in first.output
+    second = runner.invoke(
+        cli.app,
+        [
+            "scan",
+            "zoo:lenet_mnist",
+            str(tmp_path / "digits"),
+            "--out",
+            str(tmp_path / "b"),
+            "--layer",
+            "fc2",
+            "--layer",
+            "fc1",
+        ],
+    )
+    assert second.exit_code == 0, second.output
+    assert "layers: fc2, fc1 (embedding: fc2)" in second.output
+    page = tmp_path / "compare.html"
+    compared = runner.invoke(
+        cli.app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--html", str(page)]
+    )
+    assert compared.exit_code == 0, compared.output
+    assert "same prediction on 100.00%" in compared.output and "linear CKA" in compared.output
+    assert "Confusion matrices" in page.read_text() and "data:image/png;base64" in page.read_text()
+    # fc2 of scan a and fc2 of scan b are the same layer: CKA 1
+    row = next(line for line in compared.output.splitlines() if line.startswith("fc2 "))
+    assert row.split()[1] == "1.000"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CUDA (skipped where there is none)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_scan_on_cuda_equals_the_scan_on_the_cpu(lenet, tmp_path):
+    gpu_module = copy.deepcopy(lenet.module).cuda()
+    on_gpu = ds.atlas.scan(
+        lenet.with_module(gpu_module), "mnist5k:test", out=tmp_path / "gpu", chunk_size=300
+    )
+    on_cpu = ds.atlas.scan(lenet, "mnist5k:test", out=tmp_path / "cpu", chunk_size=300)
+    assert (on_gpu.predictions == on_cpu.predictions).mean() >= 0.999
+    np.testing.assert_allclose(on_gpu.probabilities, on_cpu.probabilities, atol=1e-4)
+    np.testing.assert_array_equal(on_gpu.confusion_matrix().sum(), 1000)
+    for layer in on_cpu.layers:
+        np.testing.assert_allclose(on_gpu.embeddings(layer), on_cpu.embeddings(layer), rtol=1e-3, atol=1e-4)
+        gpu_top, cpu_top = on_gpu.top_k(layer), on_cpu.top_k(layer)
+        assert (gpu_top[1][:, 0] == cpu_top[1][:, 0]).mean() >= 0.9
+        np.testing.assert_allclose(gpu_top[0], cpu_top[0], rtol=1e-3, atol=1e-4)
+        assert abs(on_gpu.activation_histogram(layer).mean - on_cpu.activation_histogram(layer).mean) < 1e-3
+    result = ds.atlas.cka(lenet.with_module(gpu_module), lenet, "mnist5k:test", samples=256, batch_size=128)
+    np.testing.assert_allclose(np.diagonal(result.matrix), 1.0, atol=1e-3)
