@@ -103,7 +103,7 @@ def throughput(repeats: int, device: str):
         left = int(rng.integers(0, photo.size[0] - size + 1))
         top = int(rng.integers(0, photo.size[1] - size + 1))
         crops.append(photo.crop((left, top, left + size, top + size)))
-    crop_set = ds.atlas.data.UnlabelledImages(crops, [f"crop{i}" for i in range(len(crops))], "crops")
+    crop_set = ds.datasets.UnlabelledImages(crops, [f"crop{i}" for i in range(len(crops))], "crops")
     batch = 32
 
     def bare_efficientnet():

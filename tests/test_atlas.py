@@ -382,7 +382,7 @@ def test_corrupt_images_in_a_folder_are_reported_and_skipped(lenet, digits, tmp_
     np.testing.assert_array_equal(np.bincount(ws.labels), [5, 5, 5])
     assert (ws.predictions == ws.labels).mean() >= 0.9
     assert ws.confusion_matrix().sum() == 15
-    folder = ds.atlas.ImageFolder(tmp_path / "digits")
+    folder = ds.datasets.ImageFolder(tmp_path / "digits")
     assert set(np.delete(np.arange(len(folder)), ws.indices)) == {i for i, _, _ in ws.skipped}
 
 
@@ -407,9 +407,9 @@ def test_photos_without_labels_and_data_spec_errors(efficientnet, tmp_path):
     with pytest.raises(SpecError, match="Did you mean: mnist5k"):
         ds.atlas.scan(efficientnet, "mnist5", out=tmp_path / "other")
     with pytest.raises(SpecError, match="split must be"):
-        ds.atlas.load_dataset("mnist5k:val")
+        ds.load_dataset("mnist5k:val")
     with pytest.raises(DatasetError, match="no length"):
-        ds.atlas.load_dataset(Stream())
+        ds.load_dataset(Stream())
 
 
 def test_any_torch_dataset_through_a_python_spec(lenet, tmp_path, monkeypatch):
@@ -446,7 +446,7 @@ def test_any_torch_dataset_through_a_python_spec(lenet, tmp_path, monkeypatch):
     np.testing.assert_array_equal(ws.predictions, logits.argmax(1).numpy())
     assert ws.thumbnails.shape == (50, 28, 28, 1)  # min-max scaled model inputs
     with pytest.raises(SpecError, match="has no callable 'mak'"):
-        ds.atlas.load_dataset("python:mydigits:mak")
+        ds.load_dataset("python:mydigits:mak")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -145,12 +145,13 @@ def methods() -> None:
         typer.echo(f"{'':30s} {info.reference}")
 
 
+@app.command()
 def evaluate(
     model: ModelArgument,
     data: Annotated[
         list[str],
         typer.Argument(
-            help="mnist5k[:test|train|all], samples (the bundled photos), or image files / folders"
+            help="A data spec (mnist5k[:test|train], samples, python:mod:factory, a folder) or image files"
         ),
     ],
     methods: Annotated[str, typer.Option(help="Heat-map methods, comma-separated (see ds.methods())")],
@@ -183,7 +184,7 @@ def evaluate(
     from deepscope.zoo.loaders import load_model
 
     vm = load_model(model)
-    dataset = _evaluation_data(data, vm.image_mode)
+    dataset = _evaluation_data(data, vm.labels)
     if target not in ("top1", "label"):
         raise typer.BadParameter("target must be 'top1' or 'label'", param_hint="--target")
     chosen = None if metrics is None else [name.strip() for name in metrics.split(",") if name.strip()]
@@ -213,35 +214,23 @@ def evaluate(
     typer.echo(f"wrote {out / 'table.csv'} and the plots to {out}/", err=True)
 
 
-def _evaluation_data(items: list[str], image_mode: str):
-    """The data argument of `evaluate`: a bundled dataset name or image files and folders."""
-    from deepscope.errors import ImageError
-    from deepscope.zoo.datasets import mnist5k
-    from deepscope.zoo.images import load_images, samples
+def _evaluation_data(items: list[str], labels):
+    """The data argument of `evaluate`: one data spec (see ds.load_dataset) or image files."""
+    from deepscope.zoo.datasets import load_dataset
+    from deepscope.zoo.images import load_images
 
-    if len(items) == 1 and items[0].split(":")[0] == "mnist5k":
-        split = items[0].partition(":")[2] or "test"
-        return mnist5k(split)
-    if items == ["samples"]:
-        return samples()
-    paths: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
-            if not found:
-                raise ImageError(f"no .png/.jpg/.bmp images in {path}")
-            paths.extend(found)
-        else:
-            paths.append(path)
-    return load_images(paths, mode=image_mode)
+    if len(items) == 1 and not Path(items[0]).is_file():
+        return load_dataset(items[0], labels)
+    return load_images([Path(item) for item in items])
 
 
+@app.command()
 def units(
     model: ModelArgument,
     layer: Annotated[str, typer.Option(help="Layer name (see `deepscope graph MODEL`)")],
     data: Annotated[
-        str | None, typer.Option(help="mnist5k[:train|test], samples, or a folder of images")
+        str | None,
+        typer.Option(help="Data spec: mnist5k[:train|test], samples, python:mod:factory, or a folder"),
     ] = None,
     out: Annotated[Path, typer.Option(help="Directory for the pictures")] = Path("deepscope-units"),
     unit: Annotated[
@@ -253,12 +242,13 @@ def units(
     """What a layer's units encode: filters, activations, top-k patches with deconvnet projections, feature
     visualisations and an inversion, written as PNG files."""
     from deepscope.probe.layers import get_layer
-    from deepscope.unit_pictures import data_from_spec, write_unit_pictures
+    from deepscope.unit_pictures import write_unit_pictures
+    from deepscope.zoo.datasets import load_dataset
     from deepscope.zoo.loaders import load_model
 
     vm = load_model(model)
     get_layer(vm, layer)
-    dataset = data_from_spec(data, vm) if data is not None else None
+    dataset = load_dataset(data, vm.labels) if data is not None else None
     for path in write_unit_pictures(vm, layer, out, dataset, unit or None, k=k, steps=steps):
         typer.echo(f"wrote {path}")
 

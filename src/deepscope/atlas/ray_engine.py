@@ -24,7 +24,7 @@ class _ScanActor:
     """A Ray Data callable class: one per actor, built once, called with batches of chunk numbers."""
 
     def __init__(self, vm: VisionModel, data: str | Dataset, plan: dict, threads: int | None):
-        from deepscope.atlas.data import load_dataset
+        from deepscope.zoo.datasets import load_dataset
 
         if threads:
             torch.set_num_threads(threads)

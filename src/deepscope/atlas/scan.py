@@ -23,19 +23,19 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from deepscope.atlas.data import (
-    dataset_fingerprint,
-    dataset_name,
-    load_dataset,
-    source_of,
-    split_item,
-)
 from deepscope.atlas.reductions import ScanState
 from deepscope.errors import DatasetError, DeepscopeError, ImageError, SpecError
 from deepscope.probe.capture import first_tensor
 from deepscope.probe.layers import find_layers
 from deepscope.probe.state import evaluation_mode
 from deepscope.workspace.store import Run, Store, pack_arrays, unpack_arrays
+from deepscope.zoo.datasets import (
+    dataset_fingerprint,
+    dataset_name,
+    load_dataset,
+    source_of,
+    split_item,
+)
 from deepscope.zoo.loaders import load_model
 from deepscope.zoo.vision_model import VisionModel
 

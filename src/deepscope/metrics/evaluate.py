@@ -38,7 +38,7 @@ from deepscope.metrics.faithfulness import (
 from deepscope.metrics.localisation import pointing_game
 from deepscope.metrics.robustness import max_sensitivity
 from deepscope.metrics.sanity import Randomization, fixed_target, random_logit, randomization
-from deepscope.zoo.datasets import ImageDataset
+from deepscope.zoo.datasets import split_item
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 
@@ -107,24 +107,29 @@ class Evaluation:
 
 
 def _data(model: VisionModel, data: Any, limit: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Preprocessed inputs and, where the data has them, labels."""
+    """Preprocessed inputs and, where every sample has one, labels."""
     labels = None
     if isinstance(data, torch.Tensor):
-        x = data
-    elif isinstance(data, ImageDataset):
-        count = len(data) if limit is None else min(limit, len(data))
-        x, labels = model.preprocess(data.images[:count]), data.labels[:count]
+        x = data[:limit]
     elif isinstance(data, Mapping):
-        x = model.preprocess(list(data.values()))
-    elif isinstance(data, Sequence) and data and isinstance(data[0], Image.Image):
-        x = model.preprocess(list(data))
+        x = model.preprocess(list(data.values())[:limit])
+    elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+        count = len(data) if limit is None else min(limit, len(data))
+        items = [split_item(data[index]) for index in range(count)]
+        images = [image for image, _ in items]
+        if images and all(isinstance(image, Image.Image) for image in images):
+            x = model.preprocess(images)
+        elif images and all(isinstance(image, torch.Tensor) for image in images):
+            x = torch.stack(images)
+        else:
+            raise MetricError("dataset samples must all be PIL images or all [C,H,W] tensors")
+        if all(label is not None for _, label in items):
+            labels = torch.tensor([label for _, label in items])
     else:
         raise MetricError(
-            "data must be a preprocessed [B,C,H,W] tensor, an ImageDataset, a list of PIL images or a dict of them; "
-            f"got {type(data).__name__}"
+            "data must be a preprocessed [B,C,H,W] tensor, a dataset (e.g. ds.load_dataset('mnist5k:test')), a "
+            f"list of PIL images or a dict of them; got {type(data).__name__}"
         )
-    if limit is not None:
-        x = x[:limit]
     if x.ndim != 4 or x.shape[0] == 0:
         raise MetricError(f"no samples to evaluate (inputs of shape {list(x.shape)})")
     return x.to(model.device), labels
@@ -234,7 +239,7 @@ def evaluate(
     x, labels = _data(vm, data, limit)
     if isinstance(target, str):
         if target != "label" or labels is None:
-            raise MetricError("target='label' needs an ImageDataset with labels")
+            raise MetricError("target='label' needs a dataset with labels")
         target = labels[: x.shape[0]]
     chosen_methods = _methods(methods)
     if isinstance(absolute, bool):

