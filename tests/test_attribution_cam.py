@@ -53,13 +53,18 @@ def cases(resnet18, vgg11_bn, lenet):
     # pytorch-grad-cam's Grad-CAM++ adds 1e-6 to a denominator of squared gradients; a random-init resnet18
     # has layer4 gradients near 1e-3, where that constant changes the weights. Larger head weights (a
     # different random init) make the gradients large enough for the constant not to matter.
-    resnet18 = copy.deepcopy(resnet18)
+    # pytorch-grad-cam calls backward() (parameters get .grad), so the peers see copies of the session's models.
+    resnet18, vgg11_bn, lenet_module = (
+        copy.deepcopy(resnet18),
+        copy.deepcopy(vgg11_bn),
+        copy.deepcopy(lenet.module),
+    )
     with torch.no_grad():
         resnet18.fc.weight.mul_(100)
     return {
         "resnet18": (resnet18, torch.randn(2, 3, 128, 128, generator=generator), [3, 812], "layer4"),
         "vgg11_bn": (vgg11_bn, torch.randn(2, 3, 64, 64, generator=generator), [7, 0], "features.20"),
-        "lenet": (lenet.module, lenet.preprocess(digits.images[:2]), [int(digits.labels[0]), 4], "relu2"),
+        "lenet": (lenet_module, lenet.preprocess(digits.images[:2]), [int(digits.labels[0]), 4], "relu2"),
     }
 
 

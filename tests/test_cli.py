@@ -51,7 +51,9 @@ def test_demo_writes_a_self_contained_page(tmp_path):
     page = tmp_path / "index.html"
     assert str(page.resolve()) in result.output
     html = page.read_text()
-    for expected in ("Predictions", "Architecture", "First-layer filters", "<svg", "data:image/png;base64"):
+    sections = ["Predictions", "Architecture", "First-layer filters", "What units encode", "Heat maps"]
+    sections += ["Can I trust this heat map?", "Dataset atlas"]
+    for expected in (*sections, "<svg", "data:image/png;base64"):
         assert expected in html
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "https://" not in html
 

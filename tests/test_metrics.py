@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import deepscope as ds
+from deepscope.errors import SpecError
 from deepscope.metrics import MetricError
 from deepscope.render.curves import evaluation_plots
 
@@ -516,11 +517,13 @@ def test_evaluate_errors(lenet):
         ds.evaluate(lenet, digits, {"ink": ink}, ["aopc"], limit=2)
     with pytest.raises(MetricError, match="pointing_game needs the objects"):
         ds.evaluate(lenet, digits, {"ink": ink}, ["pointing_game"], limit=2)
-    with pytest.raises(MetricError, match="data must be"):
+    with pytest.raises(SpecError, match="unknown data spec 'mnist'.*mnist5k"):
         ds.evaluate(lenet, "mnist", {"ink": ink}, ["deletion"])
+    with pytest.raises(MetricError, match="data must be"):
+        ds.evaluate(lenet, 3, {"ink": ink}, ["deletion"])
     with pytest.raises(MetricError, match="target='label' needs"):
         ds.evaluate(lenet, torch.zeros(2, 1, 28, 28), {"ink": ink}, ["deletion"], target="label")
-    labelled = ds.evaluate(lenet, digits, {"ink": ink}, {"deletion": {}}, target="label", limit=3)
+    labelled = ds.evaluate(lenet, "mnist5k:test", {"ink": ink}, {"deletion": {}}, target="label", limit=3)
     assert labelled.table["n"].tolist() == [3]
 
 

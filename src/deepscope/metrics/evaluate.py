@@ -8,6 +8,7 @@ recompute maps with the same reduction.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from deepscope.metrics.faithfulness import (
 from deepscope.metrics.localisation import pointing_game
 from deepscope.metrics.robustness import max_sensitivity
 from deepscope.metrics.sanity import Randomization, fixed_target, random_logit, randomization
-from deepscope.zoo.datasets import split_item
+from deepscope.zoo.datasets import load_dataset, split_item
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 
@@ -109,6 +110,8 @@ class Evaluation:
 def _data(model: VisionModel, data: Any, limit: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Preprocessed inputs and, where every sample has one, labels."""
     labels = None
+    if isinstance(data, (str, os.PathLike)):
+        data = load_dataset(data, model.labels)
     if isinstance(data, torch.Tensor):
         x = data[:limit]
     elif isinstance(data, Mapping):
@@ -208,8 +211,9 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate heat-map methods with metrics on the same samples; return a tidy table and a ranking.
 
-    ``data``: a preprocessed ``[B,C,H,W]`` batch, an ``ImageDataset`` (e.g. ``ds.datasets.mnist5k('test')``),
-    a list of PIL images or a dict of them (``ds.samples()``); ``limit`` keeps the first samples. ``methods``:
+    ``data``: a preprocessed ``[B,C,H,W]`` batch, a data spec or dataset (``"mnist5k:test"``, a folder; see
+    :func:`deepscope.load_dataset`), a list of PIL images or a dict of them (``ds.samples()``); ``limit`` keeps
+    the first samples. ``methods``:
     registry names (list or 'a,b'), or a dict name -> settings for ``ds.attribute`` (``{"layer": ...}``,
     ``"method"`` to reuse one method under several names) or name -> callable ``(model, x, target) -> maps``.
     ``metrics``: names from ``deepscope.metrics.evaluate.METRICS`` (default: all, the pointing game only with
