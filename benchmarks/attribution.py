@@ -15,6 +15,10 @@ Each time is the median of ``--repeats`` runs (1 with ``--quick``) after a warm-
 interleaved so that machine noise hits both. The floor of a method is its pass count times the measured
 ``fwd+bwd`` (gradient methods; CAMs too, although they stop at their layer) or ``fwd`` (perturbation
 methods, one forward per perturbed input).
+
+``--memory 32,256`` instead measures the peak resident-memory growth of integrated gradients with that many
+steps on EfficientNet-Lite0 (batch of 8 at 224x224, ``--memory-batch-size`` path points per forward), one
+fresh process per step count: the growth must not follow the number of path points.
 """
 
 from __future__ import annotations
@@ -269,13 +273,71 @@ def target_of(name: str) -> str | None:
     return None
 
 
+MEMORY_CHILD = """
+import sys, threading, time
+import torch, deepscope as ds
+
+def rss_mb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+steps, batch_size = int(sys.argv[1]), int(sys.argv[2])
+vm = ds.load_model("zoo:efficientnet_lite0")
+x = vm.preprocess((list(ds.samples().values()) * 2)[:8])
+ds.attribute(vm, x[:1], "integrated_gradients", steps=2, target=0)  # warm-up: allocator pools, kernels
+before, peak, running = rss_mb(), [0.0], [True]
+
+def sample():
+    while running[0]:
+        peak[0] = max(peak[0], rss_mb())
+        time.sleep(0.002)
+
+watcher = threading.Thread(target=sample)
+watcher.start()
+start = time.perf_counter()
+maps = ds.attribute(vm, x, "integrated_gradients", steps=steps, batch_size=batch_size)
+seconds = time.perf_counter() - start
+running[0] = False
+watcher.join()
+print(f"{steps} | {batch_size} | {steps * 8} | {seconds:.1f} | {max(peak[0], rss_mb()) - before:.0f}")
+"""
+
+
+def memory(steps: list[int], batch_size: int) -> None:
+    """Peak resident-memory growth of integrated gradients on EfficientNet-Lite0, batch 8 at 224x224, one fresh
+    process per step count: bounded memory means the growth does not follow the number of path points."""
+    import subprocess
+    import sys
+
+    print("integrated_gradients on EfficientNet-Lite0, batch of 8 at 224x224 (fresh process per row)")
+    print("| steps | batch_size | model inputs | seconds | peak RSS growth (MB) |")
+    print("|---|---|---|---|---|")
+    for count in steps:
+        found = subprocess.run(
+            [sys.executable, "-c", MEMORY_CHILD, str(count), str(batch_size)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        print(f"| {found.stdout.strip()} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one timed run per method instead of --repeats")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="resnet18,efficientnet_lite0")
     parser.add_argument("--methods", default="", help="comma-separated subset (default: the whole registry)")
+    parser.add_argument(
+        "--memory",
+        default="",
+        help="only the memory check: comma-separated IG step counts, e.g. 32,256 (peak RSS per fresh process)",
+    )
+    parser.add_argument("--memory-batch-size", type=int, default=16)
     args = parser.parse_args()
+    if args.memory:
+        memory([int(n) for n in args.memory.split(",")], args.memory_batch_size)
+        return
     repeats = 1 if args.quick else args.repeats
     names = [n for n in args.methods.split(",") if n] or [info.name for info in ds.methods()]
     torch.set_grad_enabled(True)

@@ -11,82 +11,23 @@ rectifier applies a rule instead of its derivative:
 - ``"guided"``: pass the positive part of the signal only where the forward input was in the rectifier's
   linear range (``0 < x``, and ``x < 6`` for ReLU6).
 
-Rectifiers are recognised as ``torch.relu`` / ``F.relu`` / ``nn.ReLU`` and ``F.relu6`` / ``nn.ReLU6`` /
-``F.hardtanh(x, 0, 6)`` calls, functional or module. Other operations (batch norm, other nonlinearities) pass
-their gradient. The result is the signal at the model input, ``[B,C,H,W]``.
+The rectifier rules are those of the ``guided_backprop`` and ``deconvnet`` heat maps
+(:func:`deepscope.attribution.gradient.modified_relus`): ``torch.relu`` / ``F.relu`` / ``nn.ReLU``,
+``F.relu6`` / ``nn.ReLU6`` and ``F.hardtanh(x, 0, upper)`` calls, functional, module or in place. Other operations
+(batch norm, other nonlinearities) pass their gradient. The result is the signal at the model input,
+``[B,C,H,W]``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
+from deepscope.attribution.gradient import ReluRule, modified_relus
 from deepscope.units._forward import check_unit, layer_runner
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 RULES = ("deconvnet", "guided")
-
-
-class _Rectifier(torch.autograd.Function):
-    """``clamp(x, 0, upper)`` forward; the deconvnet or guided rule backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, upper: float | None, guided: bool) -> torch.Tensor:
-        ctx.guided = guided
-        ctx.upper = upper
-        if guided:
-            ctx.save_for_backward(x)
-        return x.clamp(0, upper) if upper is not None else x.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        signal = grad.clamp_min(0)
-        if ctx.guided:
-            (x,) = ctx.saved_tensors
-            inside = x > 0 if ctx.upper is None else (x > 0) & (x < ctx.upper)
-            signal = signal * inside
-        return signal, None, None
-
-
-_RELU = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu_}
-
-
-class _RectifierRules(TorchFunctionMode):
-    def __init__(self, guided: bool):
-        super().__init__()
-        self.guided = guided
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _RELU:
-            return _Rectifier.apply(args[0], None, self.guided)
-        if func is F.relu6:
-            return _Rectifier.apply(args[0], 6.0, self.guided)
-        if func is F.hardtanh:
-            low, high = _hardtanh_range(args, kwargs)
-            if low == 0.0:
-                return _Rectifier.apply(args[0], high, self.guided)
-        return func(*args, **kwargs)
-
-
-def _hardtanh_range(args, kwargs) -> tuple[float, float]:
-    low = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
-    high = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
-    return float(low), float(high)
-
-
-@contextmanager
-def rectifier_rules(rule: str) -> Iterator[None]:
-    """Inside the block, rectifiers (functional or module) backpropagate by the deconvnet or guided rule."""
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
-    with _RectifierRules(guided=rule == "guided"):
-        yield
 
 
 def project(
@@ -136,7 +77,8 @@ def project_units(
             f"x must be a float batch of model inputs [B,C,H,W], got {getattr(x, 'shape', type(x))}"
         )
     inputs = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), layer_runner(vm, [layer], detach=False) as run, rectifier_rules(rule):
+    state = ReluRule(rule)
+    with torch.enable_grad(), layer_runner(vm, [layer], detach=False) as run, modified_relus(state):
         activation = run(inputs).activations[layer]
         shape = tuple(activation.shape[1:])
         if check is not None:
