@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import os
 from collections.abc import Sequence
 from functools import lru_cache
@@ -248,18 +247,9 @@ def _from_spec(spec: str, labels: Sequence[str] | None) -> Dataset:
 
 
 def _from_python(target: str) -> Dataset:
-    module_name, sep, factory_name = target.partition(":")
-    if not sep or not factory_name:
-        raise SpecError(f"python data spec must be 'python:package.module:factory', got 'python:{target}'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise SpecError(f"cannot import {module_name!r} for python:{target}: {error}") from None
-    factory = getattr(module, factory_name, None)
-    if not callable(factory):
-        names = [n for n in dir(module) if not n.startswith("_")]
-        raise SpecError(f"{module_name} has no callable {factory_name!r}.{suggestion(factory_name, names)}")
-    made = factory()
+    from deepscope.zoo.loaders import call_factory
+
+    made, _ = call_factory(target, "data")
     if not isinstance(made, Dataset):
         raise SpecError(f"python:{target} returned a {type(made).__name__}, not a torch.utils.data.Dataset")
     if not hasattr(made, "name"):

@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
 import torch
@@ -242,10 +243,12 @@ def _load_torchscript(path: str, options: dict[str, str]) -> VisionModel:
     return VisionModel(module, Path(path).stem, Preprocessing(), None)
 
 
-def _load_python(target: str, options: dict[str, str]) -> VisionModel:
+def call_factory(target: str, kind: str) -> tuple[Any, str]:
+    """Import ``package.module:factory`` (the part after ``python:``), call the factory with no arguments and
+    return (what it made, the factory's name); ``kind`` names the spec in errors ("model", "data")."""
     module_name, sep, factory_name = target.partition(":")
     if not sep or not factory_name:
-        raise SpecError(f"python spec must be 'python:package.module:factory', got 'python:{target}'")
+        raise SpecError(f"python {kind} spec must be 'python:package.module:factory', got 'python:{target}'")
     try:
         python_module = importlib.import_module(module_name)
     except ImportError as error:
@@ -254,7 +257,11 @@ def _load_python(target: str, options: dict[str, str]) -> VisionModel:
     if not callable(factory):
         names = [n for n in dir(python_module) if not n.startswith("_")]
         raise SpecError(f"{module_name} has no callable {factory_name!r}.{suggestion(factory_name, names)}")
-    made = factory()
+    return factory(), factory_name
+
+
+def _load_python(target: str, options: dict[str, str]) -> VisionModel:
+    made, factory_name = call_factory(target, "model")
     if not isinstance(made, (nn.Module, VisionModel)):
         raise SpecError(f"{target} returned a {type(made).__name__}, not a torch.nn.Module or VisionModel")
     model = as_vision_model(made)
