@@ -9,7 +9,7 @@ built on the fly, ``batch_size`` at a time, on the model's device, and go throug
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -110,6 +110,13 @@ class ModelRunner:
         resolved = resolve_target(target, output)
         return resolved, self.score(output, resolved, torch.arange(x.shape[0], device=x.device), x.shape[0])
 
+    def resolve(self, x: torch.Tensor, target: TargetLike) -> Callable[[Any], torch.Tensor]:
+        """``target`` as a callable; a forward of ``x`` only where resolving needs the output (None, class
+        indices): a callable target (``ds.targets.Classes``...) is used as given, with no forward."""
+        if callable(target) and not isinstance(target, torch.Tensor):
+            return target
+        return self.start(x, target)[0]
+
     def score(
         self, output: Any, target: Callable[[Any], torch.Tensor], rows: torch.Tensor, batch: int
     ) -> torch.Tensor:
@@ -122,24 +129,20 @@ class ModelRunner:
 
     def scores(
         self,
-        build: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        build: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]],
         count: int,
         target: Callable[[Any], torch.Tensor],
         batch: int,
         device: torch.device,
     ) -> torch.Tensor:
-        """Scores of ``count`` perturbed inputs; ``build(items)`` makes the inputs for item indices ``items``
-        and says which sample each one belongs to."""
+        """Scores of ``count`` perturbed inputs; ``build(begin, end)`` makes the inputs for items ``begin`` to
+        ``end - 1`` and says which sample of the user's batch each one belongs to."""
         scores = torch.empty(count, device=device)
-        for items in chunks(count, self.batch_size, device):
-            inputs, rows = build(items)
-            scores[items] = self.score(self.outputs(inputs), target, rows, batch).to(device)
+        for begin in range(0, count, self.batch_size):
+            end = min(begin + self.batch_size, count)
+            inputs, rows = build(begin, end)
+            scores[begin:end] = self.score(self.outputs(inputs), target, rows, batch).to(device)
         return scores
-
-
-def chunks(count: int, size: int, device: torch.device) -> Iterator[torch.Tensor]:
-    for start in range(0, count, size):
-        yield torch.arange(start, min(start + size, count), device=device)
 
 
 def select_target(target: Callable[[Any], torch.Tensor], rows: torch.Tensor, batch: int) -> Callable:
