@@ -84,24 +84,35 @@ def _curve(
     """Scores for every (sample, step): after step k, units with rank < counts[k] come from ``fill`` (deletion)
     or, when ``insert``, from ``x`` with everything else from ``fill``."""
     runner = ModelRunner(model, batch_size, softmax)
-    target_fn, start = runner.start(x, target)
+    # Deletion's step 0 is the unperturbed input, scored here; insertion starts from ``fill`` instead, so its
+    # target needs no forward of ``x`` unless it must be resolved on the output.
+    target_fn, start = (runner.resolve(x, target), None) if insert else runner.start(x, target)
     batch, points = x.shape[0], counts.numel()
     device = x.device
     counts = counts.to(device)
-    # Deletion's step 0 is the unperturbed input, scored already by runner.start.
     first = 0 if insert else 1
     per_sample = points - first
+    # Items are step-major (item = step * batch + sample), so a chunk of whole steps is built by broadcasting
+    # the batch against its steps (two tensor ops, no gathers); other chunks gather their samples.
+    inside, outside = (x, fill) if insert else (fill, x)
 
-    def build(items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = items // per_sample
-        steps = items % per_sample + first
-        mask = unit_ranks[rows] < counts[steps].view(-1, 1, 1, 1)
-        if insert:
-            return torch.where(mask, x[rows], fill[rows]), rows
-        return torch.where(mask, fill[rows], x[rows]), rows
+    def build(begin: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if begin % batch == 0 and end % batch == 0:
+            steps = counts[first + begin // batch : first + end // batch]
+            mask = unit_ranks[None] < steps.view(-1, 1, 1, 1, 1)
+            inputs = torch.where(mask, inside[None], outside[None]).flatten(0, 1)
+            return inputs, torch.arange(batch, device=device).repeat(steps.numel())
+        items = torch.arange(begin, end, device=device)
+        rows = items % batch
+        mask = unit_ranks[rows] < counts[items // batch + first].view(-1, 1, 1, 1)
+        return torch.where(mask, inside[rows], outside[rows]), rows
 
-    scores = runner.scores(build, batch * per_sample, target_fn, batch, device).view(batch, per_sample)
-    curve = scores if insert else torch.cat([start.to(device)[:, None], scores], 1)
+    scores = (
+        runner.scores(build, batch * per_sample, target_fn, batch, device)
+        .view(per_sample, batch)
+        .T.contiguous()
+    )
+    curve = scores if start is None else torch.cat([start.to(device)[:, None], scores], 1)
     return Curve(curve, counts.float().cpu() / units, order)
 
 
@@ -354,7 +365,12 @@ def infidelity(
     for block in draw.blocks(max(1, batch_size // batch)):
         count = block.shape[0]
 
-        def build(items: torch.Tensor, block: torch.Tensor = block) -> tuple[torch.Tensor, torch.Tensor]:
+        def build(begin: int, end: int, block: torch.Tensor = block) -> tuple[torch.Tensor, torch.Tensor]:
+            # item = perturbation * batch + sample: whole perturbations broadcast, others gather
+            if begin % batch == 0 and end % batch == 0:
+                inputs = (x[None] - block[begin // batch : end // batch]).flatten(0, 1)
+                return inputs, torch.arange(batch, device=x.device).repeat((end - begin) // batch)
+            items = torch.arange(begin, end, device=x.device)
             rows = items % batch
             return x[rows] - block[items // batch, rows], rows
 
@@ -373,13 +389,26 @@ class PerturbationSource:
     """Perturbations ``I`` ``[S,B,C,H,W]``, handed out in blocks along S; random ones are drawn one sample
     (``[B,C,H,W]``) at a time from a private generator, so blocks of any size give the same perturbations."""
 
-    def __init__(self, count: int, draw_one: Callable[[int], torch.Tensor]):
+    def __init__(
+        self, count: int, draw_one: Callable[[int], torch.Tensor] | None, given: torch.Tensor | None = None
+    ):
         self.count = count
         self.draw_one = draw_one
+        self.given = given
+
+    @classmethod
+    def explicit(cls, given: torch.Tensor) -> PerturbationSource:
+        """Given perturbations ``[S,B,C,H,W]``: blocks are views of them (no copies)."""
+        return cls(given.shape[0], None, given)
 
     def blocks(self, size: int) -> Iterator[torch.Tensor]:
         for start in range(0, self.count, size):
-            yield torch.stack([self.draw_one(index) for index in range(start, min(start + size, self.count))])
+            stop = min(start + size, self.count)
+            if self.given is not None:
+                yield self.given[start:stop]
+            else:
+                assert self.draw_one is not None
+                yield torch.stack([self.draw_one(index) for index in range(start, stop)])
 
 
 def _perturbation_source(
@@ -402,7 +431,7 @@ def _perturbation_source(
                 f"explicit perturbations must be [S,B,C,H,W] or [S,C,H,W] for inputs {list(x.shape)}, "
                 f"got {list(perturbation.shape)}"
             )
-        return PerturbationSource(given.shape[0], lambda index: given[index])
+        return PerturbationSource.explicit(given)
     if not isinstance(samples, int) or samples < 1:
         raise MetricError(f"samples must be a positive int, got {samples!r}")
     generator = generator_for(x.device, seed)

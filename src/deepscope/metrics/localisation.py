@@ -77,22 +77,39 @@ def pointing_game(
         masks = masks[:, 0]
     if masks.shape != (batch, height, width):
         raise MetricError(f"masks must be [B,H,W] = {[batch, height, width]}, got {list(masks.shape)}")
-    objects = masks.bool()
+    objects = masks.bool().flatten(1)
     if tolerance < 0:
         raise MetricError(f"tolerance must be >= 0, got {tolerance}")
-    if tolerance > 0:
-        objects = _dilate(objects, tolerance)
-    relevance = pixel_maps(maps)[:, 0]
-    peak = relevance == relevance.flatten(1).amax(1).view(-1, 1, 1)
-    hits = (peak & objects).flatten(1).any(1).float()
-    hits[~masks.bool().flatten(1).any(1)] = float("nan")
+    relevance = pixel_maps(maps).flatten(1)
+    peak = relevance.amax(1)
+    # A hit: some pixel that holds the maximum is on the object (or within ``tolerance`` of it).
+    if tolerance < 1:  # no neighbour is that close: the maximum must be on the object itself
+        on_object = torch.where(objects, relevance, -torch.inf).amax(1)
+        hits = (on_object >= peak).float()
+    else:
+        hits = _near(relevance == peak[:, None], objects, height, width, tolerance).float()
+    hits[~objects.any(1)] = float("nan")
     return hits
 
 
-def _dilate(masks: torch.Tensor, radius: float) -> torch.Tensor:
-    """Grow ``[B,H,W]`` masks by every pixel within Euclidean ``radius``."""
+def _near(
+    points: torch.Tensor, objects: torch.Tensor, height: int, width: int, radius: float
+) -> torch.Tensor:
+    """``[B]``: whether any of ``points`` lies within Euclidean ``radius`` of ``objects`` (both ``[B,H*W]``
+    bool), tested exactly on the disk of pixel offsets around each point (no dilation of the whole mask)."""
     reach = int(radius)
-    offsets = torch.arange(-reach, reach + 1, device=masks.device, dtype=torch.float32)
-    disk = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2).float()
-    grown = nn.functional.conv2d(masks[:, None].float(), disk[None, None], padding=reach)
-    return grown[:, 0] > 0.5
+    device = objects.device
+    steps = torch.arange(-reach, reach + 1, device=device)
+    dy, dx = torch.meshgrid(steps, steps, indexing="ij")
+    inside = dy**2 + dx**2 <= radius**2
+    dy, dx = dy[inside], dx[inside]
+    padded = nn.functional.pad(objects.view(-1, height, width).to(torch.uint8), (reach,) * 4)
+    sample, index = points.nonzero(as_tuple=True)
+    rows, columns = index // width + reach, index % width + reach
+    near = torch.zeros(objects.shape[0], dtype=torch.long, device=device)
+    step = max(1, (1 << 22) // dy.numel())  # points per gather, to bound memory when many pixels tie
+    for start in range(0, sample.numel(), step):
+        part = slice(start, start + step)
+        found = padded[sample[part, None], rows[part, None] + dy[None], columns[part, None] + dx[None]].any(1)
+        near.index_add_(0, sample[part], found.long())
+    return near > 0

@@ -83,8 +83,10 @@ def max_sensitivity(
             raise MetricError(
                 f"perturbations must be [S,B,C,H,W] for inputs {list(x.shape)}, got {list(perturbations.shape)}"
             )
-        source = PerturbationSource(given.shape[0], lambda index: given[index])
-    target_fn, _ = ModelRunner(vm, batch_size, softmax=False).start(x, target)
+        source = PerturbationSource.explicit(given)
+    # The perturbed inputs are explained for the classes of the unperturbed ones: resolved once (a callable
+    # target such as ds.targets.Classes is used as given, with no forward).
+    target_fn = ModelRunner(vm, batch_size, softmax=False).resolve(x, target)
     norm = original.flatten(1).norm(dim=1)
     differences = []
     # Blocks of about batch_size perturbed inputs: memory does not grow with the number of samples.

@@ -94,8 +94,7 @@ def _scale_by_max(maps: torch.Tensor) -> torch.Tensor:
 
 def _fixed_target(runner: ModelRunner, x: torch.Tensor, target: TargetLike) -> Any:
     """The target resolved once on the original model: the randomised models explain the same classes."""
-    resolved, _ = runner.start(x, target)
-    return resolved
+    return runner.resolve(x, target)
 
 
 def _resettable(module: nn.Module) -> bool:
@@ -308,10 +307,15 @@ def random_logit(
     explain = make_explainer(method, batch_size, method_config)
     (measure,) = _measures(similarity).values()
     runner = ModelRunner(vm, batch_size, softmax=False)
-    outputs = torch.cat([runner.outputs(chunk) for chunk in x.split(batch_size)])
-    fixed = resolve_target(target, outputs)
+    if isinstance(target, Classes):  # already resolved: one sample's output tells the number of classes
+        fixed, outputs = target, runner.outputs(x[:1])
+    else:
+        outputs = torch.cat([runner.outputs(chunk) for chunk in x.split(batch_size)])
+        fixed = resolve_target(target, outputs)
     if not isinstance(fixed, Classes):
         raise MetricError("the random-logit test needs class targets (None, an int or one class per sample)")
+    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
+        raise MetricError("the random-logit test needs a classifier with a [B, classes] output")
     classes = outputs.shape[1]
     if classes < 2:
         raise MetricError("the random-logit test needs a model with at least 2 classes")
