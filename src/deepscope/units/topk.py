@@ -100,6 +100,20 @@ class TopK:
         if values.ndim != 2 or values.shape[1] != self.units:
             raise ValueError(f"values must be [N, {self.units}], got shape {list(values.shape)}")
         count = values.shape[0]
+        sample_indices = self._checked_samples(sample_indices, count)
+        if positions is not None and positions.shape != values.shape:
+            raise ValueError(
+                f"positions must have the shape of values {list(values.shape)}, got {list(positions.shape)}"
+            )
+        if count == 0:
+            return
+        if positions is not None:
+            positions = positions.detach().to(self.device, torch.int64)
+        self._add(values.detach().to(self.device, self.dtype), sample_indices, positions)
+        self.seen += count
+
+    def _checked_samples(self, sample_indices, count: int) -> torch.Tensor:
+        """``sample_indices`` as ``count`` int64 indices on the reduction's device, or a clear error."""
         sample_indices = torch.as_tensor(sample_indices, device=self.device)
         if sample_indices.is_floating_point() or sample_indices.shape != (count,):
             raise ValueError(
@@ -113,20 +127,54 @@ class TopK:
             and (int(sample_indices.min()) < 0 or int(sample_indices.max()) >= _LOW_BITS)
         ):
             raise ValueError(f"sample indices must lie in 0 .. {_LOW_BITS - 1}")
-        if positions is None:
+        return sample_indices.to(torch.int64)
+
+    def _add(
+        self,
+        values: torch.Tensor,
+        samples: torch.Tensor,
+        positions: torch.Tensor | None,
+        rows_as_positions=False,
+    ) -> None:
+        """Merge checked candidates: ``values [N, units]``, ``samples [N]``, ``positions [N, units]`` (None: no
+        position; with ``rows_as_positions``, ``-2 - row``, the batch row, for :meth:`update_maps` to resolve)."""
+        count = values.shape[0]
+        if self.device.type == "cpu" and count > self.k:
+            # Only entries that rank at least level with a unit's current k-th can enter its top k: anything
+            # not below the k-th value (NaN included, as NaN < x is false). Once the k slots are filled,
+            # these are a few per batch, so the exact (key) order is computed for them alone instead of for
+            # all N x units entries. (On an accelerator this would cost a synchronisation per batch, and the
+            # dense path below is cheap there.)
+            rows, units = (values < self.values[:, -1]).logical_not_().nonzero(as_tuple=True)
+            if rows.numel() == 0:
+                return
+            counts = torch.bincount(units, minlength=self.units)
+            width = int(counts.max())
+            if width < count:
+                order = units.argsort(stable=True)  # grouped by unit, rows still ascending within each
+                rows, units = rows[order], units[order]
+                starts = counts.cumsum(0) - counts
+                rank = torch.arange(rows.numel(), device=self.device) - starts[units]
+                dense_values = torch.full(
+                    (self.units, width), -torch.inf, dtype=self.dtype, device=self.device
+                )
+                dense_samples = torch.full((self.units, width), EMPTY, dtype=torch.int64, device=self.device)
+                dense_positions = torch.full(
+                    (self.units, width), NO_POSITION, dtype=torch.int64, device=self.device
+                )
+                dense_values[units, rank] = values[rows, units]
+                dense_samples[units, rank] = samples[rows]
+                if rows_as_positions:
+                    dense_positions[units, rank] = -2 - rows
+                elif positions is not None:
+                    dense_positions[units, rank] = positions[rows, units]
+                self._select(dense_values, dense_samples, dense_positions)
+                return
+        if rows_as_positions:
+            positions = -2 - torch.arange(count, device=self.device)[:, None].expand(count, self.units)
+        elif positions is None:
             positions = torch.full((count, self.units), NO_POSITION, dtype=torch.int64, device=self.device)
-        elif positions.shape != values.shape:
-            raise ValueError(
-                f"positions must have the shape of values {list(values.shape)}, got {list(positions.shape)}"
-            )
-        if count == 0:
-            return
-        self._select(
-            values.detach().to(self.device, self.dtype).T,
-            sample_indices.to(torch.int64)[None, :].expand(self.units, count),
-            positions.detach().to(self.device, torch.int64).T,
-        )
-        self.seen += count
+        self._select(values.T, samples[None, :].expand(self.units, count), positions.T)
 
     def update_maps(self, activations: torch.Tensor, sample_indices: torch.Tensor) -> None:
         """Add a batch of activations ``[N, units, *spatial]``: each unit's value for a sample is its maximum
@@ -140,14 +188,17 @@ class TopK:
             return
         flat = activations.detach().flatten(2).to(self.device)
         count = flat.shape[0]
+        sample_indices = self._checked_samples(sample_indices, count)
+        if count == 0:
+            return
         # Only the maxima are needed to rank; where each maximum lies is looked up afterwards for the few
         # entries this batch placed in the top k (their batch row travels, encoded as -2 - row, in positions).
-        rows = torch.arange(count, device=self.device)[:, None].expand(count, self.units)
-        self.update(flat.amax(dim=2), sample_indices, -2 - rows)
+        self._add(flat.amax(dim=2).to(self.dtype), sample_indices, None, rows_as_positions=True)
+        self.seen += count
         pending = self.positions <= -2
-        row = (-2 - self.positions).clamp(0, max(count - 1, 0))
+        row = (-2 - self.positions).clamp(0, count - 1)
         unit = torch.arange(self.units, device=self.device)[:, None].expand_as(row)
-        found = flat[row, unit].argmax(dim=2) if count else self.positions
+        found = flat[row, unit].argmax(dim=2)
         self.positions = torch.where(pending, found, self.positions)
 
     def merge(self, other: TopK) -> TopK:
