@@ -77,17 +77,38 @@ class TopK:
         self.units = units
         self.k = k
         self.seen = 0
-        self.values = torch.full((units, k), -torch.inf, dtype=dtype, device=device)
-        self.sample_indices = torch.full((units, k), EMPTY, dtype=torch.int64, device=device)
-        self.positions = torch.full((units, k), NO_POSITION, dtype=torch.int64, device=device)
+        self._values = torch.full((units, k), -torch.inf, dtype=dtype, device=device)
+        self._sample_indices = torch.full((units, k), EMPTY, dtype=torch.int64, device=device)
+        self._positions = torch.full((units, k), NO_POSITION, dtype=torch.int64, device=device)
+        # Candidates not merged yet: (units, values, sample indices, positions), each flat (see _add).
+        self._waiting: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._waiting_count = 0
+
+    @property
+    def values(self) -> torch.Tensor:
+        """``[units, k]`` the best values so far, best first (``-inf`` in empty slots)."""
+        self._flush()
+        return self._values
+
+    @property
+    def sample_indices(self) -> torch.Tensor:
+        """``[units, k]`` the sample index of each value (``EMPTY`` in empty slots)."""
+        self._flush()
+        return self._sample_indices
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """``[units, k]`` where each value was reached (flat spatial index; -1 = none)."""
+        self._flush()
+        return self._positions
 
     @property
     def device(self) -> torch.device:
-        return self.values.device
+        return self._values.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.values.dtype
+        return self._values.dtype
 
     def update(
         self,
@@ -134,47 +155,67 @@ class TopK:
         values: torch.Tensor,
         samples: torch.Tensor,
         positions: torch.Tensor | None,
-        rows_as_positions=False,
+        maps: torch.Tensor | None = None,
     ) -> None:
-        """Merge checked candidates: ``values [N, units]``, ``samples [N]``, ``positions [N, units]`` (None: no
-        position; with ``rows_as_positions``, ``-2 - row``, the batch row, for :meth:`update_maps` to resolve)."""
+        """Merge checked candidates: ``values [N, units]``, ``samples [N]`` and either ``positions [N, units]``,
+        or ``maps [N, units, P]`` whose (first) argmax gives the position of the entries that are kept, or
+        neither (no position)."""
         count = values.shape[0]
         if self.device.type == "cpu" and count > self.k:
             # Only entries that rank at least level with a unit's current k-th can enter its top k: anything
-            # not below the k-th value (NaN included, as NaN < x is false). Once the k slots are filled,
-            # these are a few per batch, so the exact (key) order is computed for them alone instead of for
-            # all N x units entries. (On an accelerator this would cost a synchronisation per batch, and the
-            # dense path below is cheap there.)
-            rows, units = (values < self.values[:, -1]).logical_not_().nonzero(as_tuple=True)
+            # not below the k-th value (NaN included, as NaN < x is false). Once the k slots are filled these
+            # are a few per batch: they wait, flat, and are ranked (exactly, by key) once they are as many as
+            # the k slots, instead of ranking all N x units entries of every batch. Meanwhile the threshold
+            # is a k-th value that is no higher than the true one, so nothing that could enter is left out.
+            # (On an accelerator, counting the candidates would cost a synchronisation per batch; the dense
+            # path below is cheap there.)
+            rows, units = (values < self._values[:, -1]).logical_not_().nonzero(as_tuple=True)
             if rows.numel() == 0:
                 return
-            counts = torch.bincount(units, minlength=self.units)
-            width = int(counts.max())
-            if width < count:
-                order = units.argsort(stable=True)  # grouped by unit, rows still ascending within each
-                rows, units = rows[order], units[order]
-                starts = counts.cumsum(0) - counts
-                rank = torch.arange(rows.numel(), device=self.device) - starts[units]
-                dense_values = torch.full(
-                    (self.units, width), -torch.inf, dtype=self.dtype, device=self.device
-                )
-                dense_samples = torch.full((self.units, width), EMPTY, dtype=torch.int64, device=self.device)
-                dense_positions = torch.full(
-                    (self.units, width), NO_POSITION, dtype=torch.int64, device=self.device
-                )
-                dense_values[units, rank] = values[rows, units]
-                dense_samples[units, rank] = samples[rows]
-                if rows_as_positions:
-                    dense_positions[units, rank] = -2 - rows
-                elif positions is not None:
-                    dense_positions[units, rank] = positions[rows, units]
-                self._select(dense_values, dense_samples, dense_positions)
-                return
-        if rows_as_positions:
+            if maps is not None:
+                found = maps[rows, units].argmax(dim=1)
+            elif positions is not None:
+                found = positions[rows, units]
+            else:
+                found = torch.full_like(rows, NO_POSITION)
+            self._waiting.append((units, values[rows, units], samples[rows], found))
+            self._waiting_count += rows.numel()
+            if self._waiting_count >= self.units * self.k:
+                self._flush()
+            return
+        self._flush()
+        if maps is not None:
+            # Only the maxima are needed to rank; where each maximum lies is looked up afterwards for the few
+            # entries this batch placed in the top k (their batch row travels, encoded as -2 - row).
             positions = -2 - torch.arange(count, device=self.device)[:, None].expand(count, self.units)
         elif positions is None:
             positions = torch.full((count, self.units), NO_POSITION, dtype=torch.int64, device=self.device)
         self._select(values.T, samples[None, :].expand(self.units, count), positions.T)
+        if maps is not None:
+            pending = self._positions <= -2
+            row = (-2 - self._positions).clamp(0, count - 1)
+            unit = torch.arange(self.units, device=self.device)[:, None].expand_as(row)
+            found = maps[row, unit].argmax(dim=2)
+            self._positions = torch.where(pending, found, self._positions)
+
+    def _flush(self) -> None:
+        """Rank the waiting candidates into the top k: laid out densely, one row per unit, then selected."""
+        if not self._waiting:
+            return
+        units, values, samples, positions = (torch.cat(column) for column in zip(*self._waiting, strict=True))
+        self._waiting, self._waiting_count = [], 0
+        counts = torch.bincount(units, minlength=self.units)
+        width = int(counts.max())
+        order = units.argsort()  # grouped by unit (the order within a unit does not matter: keys are unique)
+        units = units[order]
+        rank = torch.arange(len(units), device=self.device) - (counts.cumsum(0) - counts)[units]
+        dense_values = torch.full((self.units, width), -torch.inf, dtype=self.dtype, device=self.device)
+        dense_samples = torch.full((self.units, width), EMPTY, dtype=torch.int64, device=self.device)
+        dense_positions = torch.full((self.units, width), NO_POSITION, dtype=torch.int64, device=self.device)
+        dense_values[units, rank] = values[order]
+        dense_samples[units, rank] = samples[order]
+        dense_positions[units, rank] = positions[order]
+        self._select(dense_values, dense_samples, dense_positions)
 
     def update_maps(self, activations: torch.Tensor, sample_indices: torch.Tensor) -> None:
         """Add a batch of activations ``[N, units, *spatial]``: each unit's value for a sample is its maximum
@@ -191,15 +232,8 @@ class TopK:
         sample_indices = self._checked_samples(sample_indices, count)
         if count == 0:
             return
-        # Only the maxima are needed to rank; where each maximum lies is looked up afterwards for the few
-        # entries this batch placed in the top k (their batch row travels, encoded as -2 - row, in positions).
-        self._add(flat.amax(dim=2).to(self.dtype), sample_indices, None, rows_as_positions=True)
+        self._add(flat.amax(dim=2).to(self.dtype), sample_indices, None, maps=flat)
         self.seen += count
-        pending = self.positions <= -2
-        row = (-2 - self.positions).clamp(0, count - 1)
-        unit = torch.arange(self.units, device=self.device)[:, None].expand_as(row)
-        found = flat[row, unit].argmax(dim=2)
-        self.positions = torch.where(pending, found, self.positions)
 
     def merge(self, other: TopK) -> TopK:
         """Fold in ``other`` (a reduction over other samples) in place and return ``self``."""
@@ -209,6 +243,7 @@ class TopK:
             raise ValueError(
                 f"cannot merge a TopK of {other.units} units, k={other.k} into one of {self.units} units, k={self.k}"
             )
+        self._flush()
         self._select(
             other.values.to(self.device, self.dtype),
             other.sample_indices.to(self.device),
@@ -266,9 +301,9 @@ class TopK:
 
     def _select(self, values: torch.Tensor, samples: torch.Tensor, positions: torch.Tensor) -> None:
         """Keep the best k of the current entries and the candidates (each ``[units, m]``)."""
-        values = torch.cat([self.values, values], dim=1)
-        samples = torch.cat([self.sample_indices, samples], dim=1)
-        positions = torch.cat([self.positions, positions], dim=1)
+        values = torch.cat([self._values, values], dim=1)
+        samples = torch.cat([self._sample_indices, samples], dim=1)
+        positions = torch.cat([self._positions, positions], dim=1)
         if self.dtype in _KEYED_DTYPES:
             chosen = _order_keys(values, samples).topk(min(self.k, values.shape[1]), dim=1).indices
         else:
@@ -276,9 +311,9 @@ class TopK:
             by_sample = samples.argsort(dim=1, stable=True)
             values, samples, positions = (t.gather(1, by_sample) for t in (values, samples, positions))
             chosen = values.argsort(dim=1, descending=True, stable=True)[:, : self.k]
-        self.values = values.gather(1, chosen)
-        self.sample_indices = samples.gather(1, chosen)
-        self.positions = positions.gather(1, chosen)
+        self._values = values.gather(1, chosen)
+        self._sample_indices = samples.gather(1, chosen)
+        self._positions = positions.gather(1, chosen)
 
     def __repr__(self) -> str:
         return f"TopK(units={self.units}, k={self.k}, seen={self.seen}, device={self.device})"
