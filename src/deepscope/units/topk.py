@@ -4,7 +4,9 @@ A :class:`TopK` keeps, for each of ``units`` units, the ``k`` largest values see
 sample each came from and the position (flat index into the unit's spatial map) where it was reached. Memory is
 ``O(units * k)`` whatever the number of samples, and two reductions over disjoint sets of samples merge into
 exactly the reduction over their union, so a dataset can be scanned in shards (threads, processes, Ray tasks) and
-the shards combined in any order and grouping.
+the shards combined in any order and grouping. On the CPU, a batch's entries below a unit's current k-th value
+are dropped at once and the few others wait (fewer than ``units * k`` besides one batch) to be ranked together,
+so a batch costs little more than one comparison per entry.
 
 Order (deterministic, so that every sharding gives the same answer as one pass):
 
