@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -112,6 +111,7 @@ def top_patches(
     reductions: dict[str, TopK] = {}
     selected: dict[str, torch.Tensor | None] = {}
     shapes: dict[str, tuple[int, ...]] = {}
+    ranges: dict[str, tuple[int, int]] = {}  # units that are consecutive channels: (first, count)
     batch: dict[str, torch.Tensor] = {}
 
     def reduce(name: str, activation: torch.Tensor) -> None:
@@ -122,9 +122,14 @@ def top_patches(
                 )
             shapes[name] = tuple(activation.shape[1:])
             selected[name] = _check_units(name, shapes[name], chosen[name], activation.device)
+            listed = chosen[name]
+            if listed is not None and listed == list(range(listed[0], listed[0] + len(listed))):
+                ranges[name] = (listed[0], len(listed))
             count = shapes[name][0] if selected[name] is None else len(selected[name])
             reductions[name] = TopK(count, k, device=activation.device, dtype=activation.dtype)
-        if selected[name] is not None:
+        if name in ranges:
+            activation = activation.narrow(1, *ranges[name])  # a view: no copy
+        elif selected[name] is not None:
             activation = activation.index_select(1, selected[name])
         reductions[name].update_maps(activation, batch["samples"])
 
@@ -139,40 +144,31 @@ def top_patches(
             run(inputs)
 
     fields = receptive_fields(vm, names, example)  # one trace of the model for every layer
-    found = {
-        name: _finish(
-            vm,
-            source,
-            name,
-            shapes[name],
-            selected[name],
-            reductions[name],
-            fields[name],
-            example,
-            crops,
-            projection,
-            fill,
-            batch_size,
+    found: dict[str, TopPatches] = {}
+    windows: dict[str, torch.Tensor] = {}
+    for name in names:
+        found[name], windows[name] = _locate(
+            name, shapes[name], selected[name], reductions[name], fields[name], example
         )
-        for name in names
-    }
+    if crops:
+        _cut_crops(source, found, windows, fill, batch_size)
+    if projection:
+        for name in names:
+            found[name].projections = _project_hits(
+                vm, source, found[name], windows[name], len(shapes[name]) == 3, projection, batch_size
+            )
     return found[names[0]] if single else found
 
 
-def _finish(
-    vm: VisionModel,
-    source: _Source,
+def _locate(
     layer: str,
     shape: tuple[int, ...],
     selected: torch.Tensor | None,
     reduction: TopK,
     field: ReceptiveField | None,
     example: torch.Tensor,
-    crops: bool,
-    projection: str | None,
-    fill: float,
-    batch_size: int,
-) -> TopPatches:
+) -> tuple[TopPatches, torch.Tensor]:
+    """The hits of one layer with their positions and boxes (no pixels yet), and their unclipped windows."""
     values, samples, flat = reduction.result()
     units = selected if selected is not None else torch.arange(shape[0], device=values.device)
     spatial = len(shape) == 3
@@ -191,42 +187,67 @@ def _finish(
         ],
         dim=-1,
     )
-    crop_tensor = projection_tensor = None
-    if crops or projection:
-        flat_samples = samples.flatten().tolist()
-        flat_windows = windows.flatten(0, 1)
-        if crops:
-            unique = sorted(set(flat_samples))
-            pixels = {}
-            for start in range(0, len(unique), batch_size):
-                chunk = unique[start : start + batch_size]
-                for index, image in zip(chunk, source.pixels(chunk), strict=True):
-                    pixels[index] = image
-            crop_tensor = torch.stack(
-                [_crop(pixels[s], w, fill) for s, w in zip(flat_samples, flat_windows, strict=True)]
-            ).unflatten(0, samples.shape)
-        if projection:
-            rows = []
-            flat_units = units[:, None].expand_as(samples).flatten()
-            flat_positions = positions.flatten(0, 1)
-            for start in range(0, len(flat_samples), batch_size):
-                stop = start + batch_size
-                inputs = source.inputs(flat_samples[start:stop])
-                projected = project_units(
-                    vm,
-                    inputs,
-                    layer,
-                    flat_units[start:stop],
-                    flat_positions[start:stop] if spatial else None,
-                    projection,
-                )
-                rows.extend(
-                    _crop(p, w, 0.0) for p, w in zip(projected, flat_windows[start:stop], strict=True)
-                )
-            projection_tensor = torch.stack(rows).unflatten(0, samples.shape)
-    return TopPatches(
-        layer, units, values, samples, positions, boxes, crop_tensor, projection_tensor, field, reduction.seen
-    )
+    hits = TopPatches(layer, units, values, samples, positions, boxes, None, None, field, reduction.seen)
+    return hits, windows
+
+
+def _cut_crops(
+    source: _Source,
+    found: dict[str, TopPatches],
+    windows: dict[str, torch.Tensor],
+    fill: float,
+    batch_size: int,
+) -> None:
+    """Set each layer's ``crops``. Every sample that is a hit of any unit of any layer is read once (in
+    batches of ``batch_size``), and the crops of all hits on that batch are cut from it with two gathers;
+    memory is one batch of pixels besides the crops."""
+    flat_samples = {name: hits.sample_indices.flatten() for name, hits in found.items()}
+    wanted = torch.cat(list(flat_samples.values())).unique()  # sorted
+    out: dict[str, torch.Tensor] = {}
+    for start in range(0, len(wanted), batch_size):
+        chunk = wanted[start : start + batch_size]
+        images = source.pixels(chunk.tolist())
+        for name, samples in flat_samples.items():
+            hit = torch.isin(samples, chunk.to(samples.device)).nonzero().flatten()
+            if hit.numel() == 0:
+                continue
+            rows = torch.searchsorted(chunk.to(samples.device), samples[hit]).to(images.device)
+            pieces = _crop_many(images[rows], windows[name].flatten(0, 1)[hit].to(images.device), fill)
+            if name not in out:
+                out[name] = pieces.new_empty((len(samples), *pieces.shape[1:]))
+            out[name][hit.to(images.device)] = pieces
+    for name, hits in found.items():
+        hits.crops = out[name].unflatten(0, hits.sample_indices.shape)
+
+
+def _project_hits(
+    vm: VisionModel,
+    source: _Source,
+    hits: TopPatches,
+    windows: torch.Tensor,
+    spatial: bool,
+    projection: str,
+    batch_size: int,
+) -> torch.Tensor:
+    """The deconvnet / guided projection of each hit, cut to the hit's window like its crop."""
+    flat_samples = hits.sample_indices.flatten().tolist()
+    flat_units = hits.units[:, None].expand_as(hits.sample_indices).flatten()
+    flat_positions = hits.positions.flatten(0, 1)
+    flat_windows = windows.flatten(0, 1)
+    rows = []
+    for start in range(0, len(flat_samples), batch_size):
+        stop = start + batch_size
+        inputs = source.inputs(flat_samples[start:stop])
+        projected = project_units(
+            vm,
+            inputs,
+            hits.layer,
+            flat_units[start:stop],
+            flat_positions[start:stop] if spatial else None,
+            projection,
+        )
+        rows.append(_crop_many(projected, flat_windows[start:stop].to(projected.device), 0.0))
+    return torch.cat(rows).unflatten(0, hits.sample_indices.shape)
 
 
 def _windows(
@@ -248,16 +269,21 @@ def _windows(
     return windows
 
 
-def _crop(image: torch.Tensor, window: torch.Tensor, fill: float) -> torch.Tensor:
-    """``image[:, top:bottom, left:right]`` with out-of-image parts filled with ``fill``."""
-    top, left, bottom, right = (int(v) for v in window)
-    height, width = image.shape[-2:]
-    margin = (max(0, -left), max(0, right - width), max(0, -top), max(0, bottom - height))
-    if any(margin):
-        image = F.pad(image, margin, value=fill)
-        top, bottom = top + margin[2], bottom + margin[2]
-        left, right = left + margin[0], right + margin[0]
-    return image[:, top:bottom, left:right]
+def _crop_many(images: torch.Tensor, windows: torch.Tensor, fill: float) -> torch.Tensor:
+    """``images[i, :, top:bottom, left:right]`` for each ``windows[i] = (top, left, bottom, right)`` (windows of
+    one size), with the parts outside the image filled with ``fill``: ``[n,C,bottom-top,right-left]``."""
+    count, channels, height, width = images.shape
+    crop_height = int(windows[0, 2] - windows[0, 0])
+    crop_width = int(windows[0, 3] - windows[0, 1])
+    rows = windows[:, :1] + torch.arange(crop_height, device=images.device)
+    columns = windows[:, 1:2] + torch.arange(crop_width, device=images.device)
+    inside = ((rows >= 0) & (rows < height))[:, None, :, None] & ((columns >= 0) & (columns < width))[
+        :, None, None, :
+    ]
+    rows = rows.clamp(0, height - 1)[:, None, :, None].expand(count, channels, crop_height, width)
+    pieces = images.gather(2, rows)
+    columns = columns.clamp(0, width - 1)[:, None, None, :].expand(count, channels, crop_height, crop_width)
+    return pieces.gather(3, columns).masked_fill_(~inside, fill)
 
 
 def _units_per_layer(names: list[str], units: UnitsArgument) -> dict[str, list[int] | None]:

@@ -4,7 +4,9 @@ A :class:`TopK` keeps, for each of ``units`` units, the ``k`` largest values see
 sample each came from and the position (flat index into the unit's spatial map) where it was reached. Memory is
 ``O(units * k)`` whatever the number of samples, and two reductions over disjoint sets of samples merge into
 exactly the reduction over their union, so a dataset can be scanned in shards (threads, processes, Ray tasks) and
-the shards combined in any order and grouping.
+the shards combined in any order and grouping. On the CPU, a batch's entries below a unit's current k-th value
+are dropped at once and the few others wait (fewer than ``units * k`` besides one batch) to be ranked together,
+so a batch costs little more than one comparison per entry.
 
 Order (deterministic, so that every sharding gives the same answer as one pass):
 
@@ -77,17 +79,38 @@ class TopK:
         self.units = units
         self.k = k
         self.seen = 0
-        self.values = torch.full((units, k), -torch.inf, dtype=dtype, device=device)
-        self.sample_indices = torch.full((units, k), EMPTY, dtype=torch.int64, device=device)
-        self.positions = torch.full((units, k), NO_POSITION, dtype=torch.int64, device=device)
+        self._values = torch.full((units, k), -torch.inf, dtype=dtype, device=device)
+        self._sample_indices = torch.full((units, k), EMPTY, dtype=torch.int64, device=device)
+        self._positions = torch.full((units, k), NO_POSITION, dtype=torch.int64, device=device)
+        # Candidates not merged yet: (units, values, sample indices, positions), each flat (see _add).
+        self._waiting: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._waiting_count = 0
+
+    @property
+    def values(self) -> torch.Tensor:
+        """``[units, k]`` the best values so far, best first (``-inf`` in empty slots)."""
+        self._flush()
+        return self._values
+
+    @property
+    def sample_indices(self) -> torch.Tensor:
+        """``[units, k]`` the sample index of each value (``EMPTY`` in empty slots)."""
+        self._flush()
+        return self._sample_indices
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """``[units, k]`` where each value was reached (flat spatial index; -1 = none)."""
+        self._flush()
+        return self._positions
 
     @property
     def device(self) -> torch.device:
-        return self.values.device
+        return self._values.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.values.dtype
+        return self._values.dtype
 
     def update(
         self,
@@ -100,6 +123,20 @@ class TopK:
         if values.ndim != 2 or values.shape[1] != self.units:
             raise ValueError(f"values must be [N, {self.units}], got shape {list(values.shape)}")
         count = values.shape[0]
+        sample_indices = self._checked_samples(sample_indices, count)
+        if positions is not None and positions.shape != values.shape:
+            raise ValueError(
+                f"positions must have the shape of values {list(values.shape)}, got {list(positions.shape)}"
+            )
+        if count == 0:
+            return
+        if positions is not None:
+            positions = positions.detach().to(self.device, torch.int64)
+        self._add(values.detach().to(self.device, self.dtype), sample_indices, positions)
+        self.seen += count
+
+    def _checked_samples(self, sample_indices, count: int) -> torch.Tensor:
+        """``sample_indices`` as ``count`` int64 indices on the reduction's device, or a clear error."""
         sample_indices = torch.as_tensor(sample_indices, device=self.device)
         if sample_indices.is_floating_point() or sample_indices.shape != (count,):
             raise ValueError(
@@ -113,20 +150,74 @@ class TopK:
             and (int(sample_indices.min()) < 0 or int(sample_indices.max()) >= _LOW_BITS)
         ):
             raise ValueError(f"sample indices must lie in 0 .. {_LOW_BITS - 1}")
-        if positions is None:
-            positions = torch.full((count, self.units), NO_POSITION, dtype=torch.int64, device=self.device)
-        elif positions.shape != values.shape:
-            raise ValueError(
-                f"positions must have the shape of values {list(values.shape)}, got {list(positions.shape)}"
-            )
-        if count == 0:
+        return sample_indices.to(torch.int64)
+
+    def _add(
+        self,
+        values: torch.Tensor,
+        samples: torch.Tensor,
+        positions: torch.Tensor | None,
+        maps: torch.Tensor | None = None,
+    ) -> None:
+        """Merge checked candidates: ``values [N, units]``, ``samples [N]`` and either ``positions [N, units]``,
+        or ``maps [N, units, P]`` whose (first) argmax gives the position of the entries that are kept, or
+        neither (no position)."""
+        count = values.shape[0]
+        if self.device.type == "cpu" and count > self.k:
+            # Only entries that rank at least level with a unit's current k-th can enter its top k: anything
+            # not below the k-th value (NaN included, as NaN < x is false). Once the k slots are filled these
+            # are a few per batch: they wait, flat, and are ranked (exactly, by key) once they are as many as
+            # the k slots, instead of ranking all N x units entries of every batch. Meanwhile the threshold
+            # is a k-th value that is no higher than the true one, so nothing that could enter is left out.
+            # (On an accelerator, counting the candidates would cost a synchronisation per batch; the dense
+            # path below is cheap there.)
+            rows, units = (values < self._values[:, -1]).logical_not_().nonzero(as_tuple=True)
+            if rows.numel() == 0:
+                return
+            if maps is not None:
+                found = maps[rows, units].argmax(dim=1)
+            elif positions is not None:
+                found = positions[rows, units]
+            else:
+                found = torch.full_like(rows, NO_POSITION)
+            self._waiting.append((units, values[rows, units], samples[rows], found))
+            self._waiting_count += rows.numel()
+            if self._waiting_count >= self.units * self.k:
+                self._flush()
             return
-        self._select(
-            values.detach().to(self.device, self.dtype).T,
-            sample_indices.to(torch.int64)[None, :].expand(self.units, count),
-            positions.detach().to(self.device, torch.int64).T,
-        )
-        self.seen += count
+        self._flush()
+        if maps is not None:
+            # Only the maxima are needed to rank; where each maximum lies is looked up afterwards for the few
+            # entries this batch placed in the top k (their batch row travels, encoded as -2 - row).
+            positions = -2 - torch.arange(count, device=self.device)[:, None].expand(count, self.units)
+        elif positions is None:
+            positions = torch.full((count, self.units), NO_POSITION, dtype=torch.int64, device=self.device)
+        self._select(values.T, samples[None, :].expand(self.units, count), positions.T)
+        if maps is not None:
+            pending = self._positions <= -2
+            row = (-2 - self._positions).clamp(0, count - 1)
+            unit = torch.arange(self.units, device=self.device)[:, None].expand_as(row)
+            found = maps[row, unit].argmax(dim=2)
+            self._positions = torch.where(pending, found, self._positions)
+
+    def _flush(self) -> None:
+        """Rank the waiting candidates into the top k: laid out densely, one row per unit, then selected."""
+        if not self._waiting:
+            return
+        units, values, samples, positions = (torch.cat(column) for column in zip(*self._waiting, strict=True))
+        self._waiting, self._waiting_count = [], 0
+        counts = torch.bincount(units, minlength=self.units)
+        width = int(counts.max())
+        order = units.argsort()  # grouped by unit (the order within a unit does not matter: keys are unique)
+        units = units[order]
+        rank = torch.arange(len(units), device=self.device) - (counts.cumsum(0) - counts)[units]
+        dense_values = torch.full((self.units, width), -torch.inf, dtype=self.dtype, device=self.device)
+        dense_samples = torch.full((self.units, width), EMPTY, dtype=torch.int64, device=self.device)
+        dense_positions = torch.full((self.units, width), NO_POSITION, dtype=torch.int64, device=self.device)
+        dense_values[units, rank] = values[order]
+        dense_samples[units, rank] = samples[order]
+        dense_positions[units, rank] = positions[order]
+        self._select(dense_values, dense_samples, dense_positions)
 
     def update_maps(self, activations: torch.Tensor, sample_indices: torch.Tensor) -> None:
         """Add a batch of activations ``[N, units, *spatial]``: each unit's value for a sample is its maximum
@@ -140,15 +231,11 @@ class TopK:
             return
         flat = activations.detach().flatten(2).to(self.device)
         count = flat.shape[0]
-        # Only the maxima are needed to rank; where each maximum lies is looked up afterwards for the few
-        # entries this batch placed in the top k (their batch row travels, encoded as -2 - row, in positions).
-        rows = torch.arange(count, device=self.device)[:, None].expand(count, self.units)
-        self.update(flat.amax(dim=2), sample_indices, -2 - rows)
-        pending = self.positions <= -2
-        row = (-2 - self.positions).clamp(0, max(count - 1, 0))
-        unit = torch.arange(self.units, device=self.device)[:, None].expand_as(row)
-        found = flat[row, unit].argmax(dim=2) if count else self.positions
-        self.positions = torch.where(pending, found, self.positions)
+        sample_indices = self._checked_samples(sample_indices, count)
+        if count == 0:
+            return
+        self._add(flat.amax(dim=2).to(self.dtype), sample_indices, None, maps=flat)
+        self.seen += count
 
     def merge(self, other: TopK) -> TopK:
         """Fold in ``other`` (a reduction over other samples) in place and return ``self``."""
@@ -158,6 +245,7 @@ class TopK:
             raise ValueError(
                 f"cannot merge a TopK of {other.units} units, k={other.k} into one of {self.units} units, k={self.k}"
             )
+        self._flush()
         self._select(
             other.values.to(self.device, self.dtype),
             other.sample_indices.to(self.device),
@@ -215,9 +303,9 @@ class TopK:
 
     def _select(self, values: torch.Tensor, samples: torch.Tensor, positions: torch.Tensor) -> None:
         """Keep the best k of the current entries and the candidates (each ``[units, m]``)."""
-        values = torch.cat([self.values, values], dim=1)
-        samples = torch.cat([self.sample_indices, samples], dim=1)
-        positions = torch.cat([self.positions, positions], dim=1)
+        values = torch.cat([self._values, values], dim=1)
+        samples = torch.cat([self._sample_indices, samples], dim=1)
+        positions = torch.cat([self._positions, positions], dim=1)
         if self.dtype in _KEYED_DTYPES:
             chosen = _order_keys(values, samples).topk(min(self.k, values.shape[1]), dim=1).indices
         else:
@@ -225,9 +313,9 @@ class TopK:
             by_sample = samples.argsort(dim=1, stable=True)
             values, samples, positions = (t.gather(1, by_sample) for t in (values, samples, positions))
             chosen = values.argsort(dim=1, descending=True, stable=True)[:, : self.k]
-        self.values = values.gather(1, chosen)
-        self.sample_indices = samples.gather(1, chosen)
-        self.positions = positions.gather(1, chosen)
+        self._values = values.gather(1, chosen)
+        self._sample_indices = samples.gather(1, chosen)
+        self._positions = positions.gather(1, chosen)
 
     def __repr__(self) -> str:
         return f"TopK(units={self.units}, k={self.k}, seen={self.seen}, device={self.device})"
