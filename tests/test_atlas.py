@@ -149,6 +149,27 @@ def test_fast_float_histogram_equals_bincount_of_the_float_bins():
     )
     x = torch.cat([x, torch.tensor([float("inf"), float("nan"), -float("inf")])])
     np.testing.assert_array_equal(float_histogram(x), torch.bincount(float_bins(x), minlength=BINS))
+    # The same bins read independently, in NumPy: the top 12 bits of each float32 as an unsigned integer.
+    reference = np.bincount(x.numpy().astype(np.float32).view(np.uint32) >> 20, minlength=BINS)
+    np.testing.assert_array_equal(float_histogram(x), reference)
+
+
+def test_batched_preprocessing_equals_the_per_image_transform(lenet, efficientnet, photos, digits):
+    from deepscope.zoo.vision_model import _to_mode
+
+    pictures = [_to_mode(photo, "RGB") for photo in photos.values()]
+    cases = [
+        (lenet, digits.images[:100]),  # one size, no resize: a single uint8 batch
+        (efficientnet, [photo.resize((320, 256)) for photo in pictures]),  # one size: batched resize + crop
+        (efficientnet, [photo.crop((0, 0, 250 + 7 * i, 240)) for i, photo in enumerate(pictures)]),  # mixed
+    ]
+    for vm, images in cases:
+        one_by_one = vm.preprocessing.pixel_transform()
+        batched = vm.preprocessing.pixel_batch(images)
+        assert len(batched) == len(images)
+        for image, tensor in zip(images, batched, strict=True):
+            assert torch.equal(tensor, one_by_one(image))  # bit-identical, not merely close
+        assert torch.equal(vm.pixels(images), torch.stack(batched))
 
 
 def test_bin_edges_cover_the_float_line_in_order():

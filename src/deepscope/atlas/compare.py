@@ -315,7 +315,8 @@ def cka(
             grams = []
             for side, (vm, recorder) in enumerate(zip((vm_a, vm_b), recorders, strict=True)):
                 kinds = [kind for kind, *_ in prepared[side]]
-                inputs, _ = _batch_input(vm, kinds, [tensor for _, tensor, *_ in prepared[side]], vm.device)
+                tensors = loaders[side].tensors(kinds, [tensor for _, tensor, *_ in prepared[side]])
+                inputs, _ = _batch_input(vm, kinds, tensors, vm.device)
                 recorder.grams.clear()
                 recorder.active = True
                 try:

@@ -28,7 +28,7 @@ from deepscope.errors import DatasetError, DeepscopeError, ImageError, SpecError
 from deepscope.probe.capture import first_tensor
 from deepscope.probe.layers import find_layers
 from deepscope.probe.state import evaluation_mode
-from deepscope.workspace.store import Run, Store, pack_arrays, unpack_arrays
+from deepscope.workspace.store import Run, Store, pack_arrays, sync_array, unpack_arrays
 from deepscope.zoo.datasets import (
     dataset_fingerprint,
     dataset_name,
@@ -167,10 +167,11 @@ class _Loader:
     def __init__(self, vm: VisionModel, dataset: Dataset):
         self.vm = vm
         self.dataset = dataset
-        self.to_pixels = vm.preprocessing.pixel_transform() if vm.transform is None else None
+        self.to_pixels = vm.transform is None
 
-    def load(self, index: int) -> tuple[str, torch.Tensor | None, int | None, str | None]:
-        """(kind 'pixels' | 'input' | 'skipped', tensor [C,H,W], label, error)."""
+    def load(self, index: int) -> tuple[str, torch.Tensor | np.ndarray | None, int | None, str | None]:
+        """(kind 'pixels' | 'input' | 'skipped', item, label, error): the item is the image's uint8 array
+        for 'pixels' (turned into tensors a batch at a time by :meth:`tensors`), a [C,H,W] tensor for 'input'."""
         item, error = self.fetch(index)
         if error is not None:
             return "skipped", None, None, error
@@ -183,7 +184,9 @@ class _Loader:
         except (ImageError, OSError) as error:
             return None, f"{type(error).__name__}: {error}"
 
-    def prepare(self, item: Any, index: int) -> tuple[str, torch.Tensor | None, int | None, str | None]:
+    def prepare(
+        self, item: Any, index: int
+    ) -> tuple[str, torch.Tensor | np.ndarray | None, int | None, str | None]:
         image, label = split_item(item)
         if isinstance(image, torch.Tensor):
             if image.ndim != 3:
@@ -201,11 +204,20 @@ class _Loader:
             if image.mode != self.vm.image_mode:
                 # The convention of image-folder datasets: grayscale replicated to RGB, alpha dropped.
                 image = image.convert(self.vm.image_mode)
-            if self.to_pixels is None:
+            if not self.to_pixels:
                 return "input", self.vm.transform(image), label, None
-            return "pixels", self.to_pixels(image), label, None
+            # Decoding happens here (a lazily loaded file fails on this sample, not on its batch).
+            return "pixels", np.asarray(image), label, None
         except (ImageError, OSError) as error:
             return "skipped", None, None, f"{type(error).__name__}: {error}"
+
+    def tensors(self, kinds: list[str], items: list[torch.Tensor | np.ndarray]) -> list[torch.Tensor]:
+        """Per-sample [C,H,W] tensors of loaded items; images are preprocessed together, a batch at once."""
+        if set(kinds) == {"pixels"}:
+            return self.vm.preprocessing.pixel_batch(items)
+        if "pixels" in kinds:
+            raise DatasetError("a dataset mixes PIL images and tensors; give one kind of item")
+        return items
 
 
 def _stack(kinds: list[str], tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -380,7 +392,7 @@ class ChunkScanner:
             batch.labels.append(-1 if label is None else label)
         if tensors:
             _check_labels(batch.labels, len(self.plan.classes), batch.indices)
-            batch.inputs, batch.kind = _stack(kinds, tensors), kinds[0]
+            batch.inputs, batch.kind = _stack(kinds, self.loader.tensors(kinds, tensors)), kinds[0]
             batch.labelled = any(label >= 0 for label in batch.labels)
         return batch
 
@@ -502,7 +514,7 @@ def plan_scan(
             break
     else:
         raise DatasetError(f"no sample of {dataset_name(dataset)} could be read")
-    inputs, pixels = _batch_input(vm, [kind], [tensor], vm.device)
+    inputs, pixels = _batch_input(vm, [kind], loader.tensors([kind], [tensor]), vm.device)
 
     module = vm.module
     linear_calls: list[str] = []
@@ -659,7 +671,7 @@ class _Writer:
         for array, values in zip(self.embeddings, result.embeddings, strict=True):
             array[rows] = values
         for array in [*self.arrays.values(), *self.embeddings]:
-            array.flush()
+            sync_array(array)
         chunk_state = ScanState.from_state_dict(result.state, self.layers, self.device)
         self.state.merge(chunk_state)
         confidence = result.probabilities.max(1) if len(rows) else np.zeros(0)
@@ -757,10 +769,21 @@ def scan(
             results = ray_chunks(
                 vm, data if isinstance(data, str) else dataset, plan, pending, address, actors
             )
-        for result in results:
-            writer.commit(result)
-            if bar is not None:
-                bar.update(result.stop - result.start)
+        # Chunk k is written and committed (array rows flushed to disk, then one SQLite transaction) on a
+        # second thread while chunk k + 1 is computed; at most one chunk waits, so memory stays bounded and
+        # the chunks commit in order. The flush is mostly waiting for the disk, which this hides.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepscope-commit") as committer:
+            committing = None
+            try:
+                for result in results:
+                    if committing is not None:
+                        committing.result()
+                    committing = committer.submit(writer.commit, result)
+                    if bar is not None:
+                        bar.update(result.stop - result.start)
+            finally:
+                if committing is not None:
+                    committing.result()
     finally:
         if bar is not None:
             bar.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -43,6 +44,35 @@ class Preprocessing:
             steps.append(T.CenterCrop(self.crop))
         steps.append(T.ToDtype(torch.float32, scale=True))
         return T.Compose(steps)
+
+    def pixel_batch(self, images: Sequence[Image.Image | np.ndarray]) -> list[torch.Tensor]:
+        """Images in ``image_mode`` (PIL, or their uint8 ``np.asarray`` arrays) -> one [C,H,W] float tensor in
+        [0,1] each, equal to :meth:`pixel_transform` of each image.
+
+        Images that share one size are resized, cropped and scaled as one uint8 batch: the same kernels on the
+        same values, without the per-image call overhead of the transform pipeline, which is most of the cost
+        for small images such as 28x28 digits. Images of mixed sizes go one by one.
+
+        >>> import numpy as np
+        >>> digits = [np.zeros((28, 28), np.uint8), np.full((28, 28), 255, np.uint8)]
+        >>> [t.shape for t in Preprocessing(mean=(0.5,), std=(0.5,), image_mode="L").pixel_batch(digits)]
+        [torch.Size([1, 28, 28]), torch.Size([1, 28, 28])]
+        """
+        arrays = [np.asarray(image) for image in images]
+        steps: list[nn.Module] = []
+        if self.resize is not None:
+            steps.append(T.Resize(self.resize, interpolation=self.interpolation, antialias=True))
+        if self.crop is not None:
+            steps.append(T.CenterCrop(self.crop))
+        steps.append(T.ToDtype(torch.float32, scale=True))
+        transform = T.Compose(steps)
+        if len({(array.shape, array.dtype) for array in arrays}) == 1:
+            stacked = np.stack(arrays)
+            batch = torch.from_numpy(
+                np.ascontiguousarray(stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2))
+            )
+            return list(transform(batch).as_subclass(torch.Tensor).unbind(0))
+        return [transform(torch.from_numpy(_chw(array))).as_subclass(torch.Tensor) for array in arrays]
 
 
 @dataclass(eq=False)
@@ -98,14 +128,14 @@ class VisionModel:
             images = [images]
         if not images:
             raise ImageError("no images given")
-        to_pixels = self.preprocessing.pixel_transform()
-        tensors = []
+        converted = []
         for index, image in enumerate(images):
             if not isinstance(image, Image.Image):
                 raise ImageError(
                     f"image {index} is a {type(image).__name__}, not a PIL image; use ds.load_images() first"
                 )
-            tensors.append(to_pixels(_to_mode(image, self.image_mode)))
+            converted.append(_to_mode(image, self.image_mode))
+        tensors = self.preprocessing.pixel_batch(converted)
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) > 1:
             raise ImageError(
@@ -150,6 +180,11 @@ class VisionModel:
     def with_module(self, module: nn.Module) -> VisionModel:
         """The same preprocessing and labels around another module (e.g. a random-init copy)."""
         return replace(self, module=module)
+
+
+def _chw(array: np.ndarray) -> np.ndarray:
+    """An image array [H,W] or [H,W,C] -> a contiguous [C,H,W] copy (what ``ToImage`` makes of a PIL image)."""
+    return np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
 
 
 def _to_mode(image: Image.Image, mode: str) -> Image.Image:
