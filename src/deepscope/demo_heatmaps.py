@@ -94,8 +94,11 @@ def heatmaps_section(report: Report, context) -> None:
         "explaining each photo's top class. Signed maps: red positive, blue negative; CAMs: their positive part. "
         "Methods that expand the batch run with the small settings listed (their defaults follow the papers)."
     )
-    figure = grid(maps, pixels, labels=[vm.label(int(c)) for c in top[:, 0]], cell=112)
-    section.html(f'<div class="scroll">{_image_tag(figure.image)}</div>')
+    labels = [vm.label(int(c)) for c in top[:, 0]]
+    for family in dict.fromkeys(method_info(name).family for name in maps):  # one grid per family, in order
+        chosen = {name: found for name, found in maps.items() if method_info(name).family == family}
+        figure = grid(chosen, pixels, labels=labels, cell=112)
+        section.html(f"<h3>{escape(family)}</h3>" + f'<div class="scroll">{_image_tag(figure.image)}</div>')
     section.table(["method", "family", "settings", "cost (passes)", "time, 5 photos", "reference"], rows)
     for line in skipped:
         section.text(f"Not shown: {line}")
