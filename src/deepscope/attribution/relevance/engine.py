@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from deepscope.attribution.base import MethodError
+from deepscope.attribution.base import MethodError, chunks, target_rows
 from deepscope.attribution.relevance.layers import (
     CONVOLUTIONS,
     LayerSpecError,
@@ -671,18 +671,6 @@ def input_bounds(
     return shaped[0], shaped[1]
 
 
-def _rows_target(target: TargetLike, rows: torch.Tensor, batch: int) -> TargetLike:
-    """The part of ``target`` for the samples ``rows`` of a batch of ``batch``."""
-    if rows.numel() == batch or target is None or isinstance(target, int):
-        return target
-    if isinstance(target, (torch.Tensor, list, tuple)):
-        indices = torch.as_tensor(target).flatten()
-        return indices[rows.to(indices.device)] if indices.numel() == batch else target
-    if hasattr(target, "select"):
-        return target.select(rows)
-    return target  # a callable scoring any batch
-
-
 def propagate(
     model: VisionModel | nn.Module,
     inputs: torch.Tensor,
@@ -703,22 +691,15 @@ def propagate(
     bounds = input_bounds(vm, inputs, low, high) if composite.needs_bounds() else None
     batch = inputs.shape[0]
     size = batch if batch_size is None else batch_size
-    chunks, records = [], []
+    found, records = [], []
     with evaluation_mode(module):
-        for start in range(0, batch, size):
-            rows = torch.arange(start, min(start + size, batch))
-            chunk_bounds = (
-                None if bounds is None else (bounds[0][start : start + size], bounds[1][start : start + size])
-            )
+        for rows in chunks(batch, size, inputs.device):
+            chunk_bounds = None if bounds is None else (bounds[0][rows], bounds[1][rows])
             relevance, records = _propagate_chunk(
-                module,
-                inputs[start : start + size],
-                composite,
-                _rows_target(target, rows, batch),
-                chunk_bounds,
+                module, inputs[rows], composite, target_rows(target, rows, batch), chunk_bounds
             )
-            chunks.append(relevance)
-    return torch.cat(chunks) if len(chunks) > 1 else chunks[0], records
+            found.append(relevance)
+    return torch.cat(found) if len(found) > 1 else found[0], records
 
 
 def _propagate_chunk(
