@@ -34,7 +34,6 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from deepscope.errors import DatasetError, WorkspaceError
-from deepscope.probe.capture import first_tensor
 from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.loaders import load_model
 from deepscope.zoo.vision_model import VisionModel
@@ -205,47 +204,28 @@ class _GramRecorder:
     float64 Gram matrix ``X Xᵀ`` of the flattened activations, at once."""
 
     def __init__(self, module: nn.Module, layers: Sequence[str]):
-        from deepscope.atlas.scan import _split_layer
-
         self.module = module
         self.layers = list(layers)
         self.grams: dict[str, torch.Tensor] = {}
         self.active = False  # two recorders may hook one module (a model compared with itself)
-        self.handles = []
-        self._split = _split_layer
 
     def __enter__(self) -> _GramRecorder:
-        try:
-            for name in self.layers:
-                target, is_input = self._split(name)
-                sub = self.module.get_submodule(target)
-                if is_input:
-                    self.handles.append(sub.register_forward_pre_hook(self._make(name, 1)))
-                else:
-                    self.handles.append(sub.register_forward_hook(self._make(name, 2)))
-        except BaseException:
-            self.__exit__()
-            raise
+        from deepscope.atlas.scan import layer_hooks
+
+        self._hooks = layer_hooks(self.module, self.layers, self._record)
+        self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+        self._hooks.__exit__(*exc_info)
 
-    def _make(self, name: str, position: int):
-        def hook(module, *args) -> None:
-            tensor = first_tensor(args[position - 1])
-            if tensor is None or not self.active:
-                return
-            if name in self.grams:
-                raise DatasetError(
-                    f"layer {name!r} runs more than once per forward pass; choose another layer"
-                )
-            flat = tensor.detach().flatten(1).float()
-            self.grams[name] = (flat @ flat.T).double()
-
-        return hook
+    def _record(self, name: str, tensor: torch.Tensor) -> None:
+        if not self.active:
+            return
+        if name in self.grams:
+            raise DatasetError(f"layer {name!r} runs more than once per forward pass; choose another layer")
+        flat = tensor.detach().flatten(1).float()
+        self.grams[name] = (flat @ flat.T).double()
 
 
 def cka(

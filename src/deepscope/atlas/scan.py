@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -257,6 +258,35 @@ def _thumbnails(pixels: torch.Tensor | None, inputs: torch.Tensor, size: tuple[i
 # hooks
 
 
+@contextmanager
+def layer_hooks(
+    module: nn.Module, layers: Sequence[str], record: Callable[[str, torch.Tensor], None]
+) -> Iterator[None]:
+    """Inside the block, ``record(name, tensor)`` receives each layer's output (its first tensor), or its input
+    for ``NAME:input``, on every forward; the hooks are removed on every exit path."""
+    handles = []
+
+    def deliver(name: str, value: Any) -> None:
+        tensor = first_tensor(value)
+        if tensor is not None:
+            record(name, tensor)
+
+    try:
+        for name in layers:
+            target, is_input = _split_layer(name)
+            sub = module.get_submodule(target)
+            if is_input:
+                handles.append(sub.register_forward_pre_hook(lambda _, inputs, n=name: deliver(n, inputs)))
+            else:
+                handles.append(
+                    sub.register_forward_hook(lambda _, inputs, output, n=name: deliver(n, output))
+                )
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class _Recorder:
     """Scoped hooks that reduce each recorded layer's tensor as soon as it is produced (nothing is kept but
     the pooled [B, units] rows), and check that each layer runs once per forward pass."""
@@ -269,42 +299,14 @@ class _Recorder:
         self.pooled: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
         self.calls: dict[str, int] = dict.fromkeys(layers, 0)
         self.shapes: dict[str, tuple[int, ...]] = {}
-        self.handles: list = []
 
     def __enter__(self) -> _Recorder:
-        try:
-            for name in self.layers:
-                target, is_input = _split_layer(name)
-                sub = self.module.get_submodule(target)
-                if is_input:
-                    self.handles.append(sub.register_forward_pre_hook(self._pre_hook(name)))
-                else:
-                    self.handles.append(sub.register_forward_hook(self._hook(name)))
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
+        self._hooks = layer_hooks(self.module, self.layers, self._record)
+        self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-
-    def _pre_hook(self, name: str) -> Callable:
-        def hook(module, inputs) -> None:
-            tensor = first_tensor(inputs)
-            if tensor is not None:
-                self._record(name, tensor)
-
-        return hook
-
-    def _hook(self, name: str) -> Callable:
-        def hook(module, inputs, output) -> None:
-            tensor = first_tensor(output)
-            if tensor is not None:
-                self._record(name, tensor)
-
-        return hook
+        self._hooks.__exit__(*exc_info)
 
     def _record(self, name: str, tensor: torch.Tensor) -> None:
         self.calls[name] += 1
