@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from deepscope.errors import DatasetError, WorkspaceError
+from deepscope.probe.capture import layer_hooks
 from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.loaders import load_model
 from deepscope.zoo.vision_model import VisionModel
@@ -210,8 +211,6 @@ class _GramRecorder:
         self.active = False  # two recorders may hook one module (a model compared with itself)
 
     def __enter__(self) -> _GramRecorder:
-        from deepscope.atlas.scan import layer_hooks
-
         self._hooks = layer_hooks(self.module, self.layers, self._record)
         self._hooks.__enter__()
         return self

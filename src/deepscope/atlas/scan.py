@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +25,7 @@ from torch.utils.data import Dataset
 
 from deepscope.atlas.reductions import ScanState
 from deepscope.errors import DatasetError, DeepscopeError, ImageError, SpecError
-from deepscope.probe.capture import first_tensor
+from deepscope.probe.capture import INPUT_SUFFIX, first_tensor, layer_hooks, split_layer
 from deepscope.probe.layers import find_layers
 from deepscope.probe.state import evaluation_mode
 from deepscope.workspace.store import Run, Store, pack_arrays, sync_array, unpack_arrays
@@ -40,7 +39,6 @@ from deepscope.zoo.datasets import (
 from deepscope.zoo.loaders import load_model
 from deepscope.zoo.vision_model import VisionModel
 
-INPUT_SUFFIX = ":input"
 ENGINES = ("local", "ray")
 
 
@@ -258,35 +256,6 @@ def _thumbnails(pixels: torch.Tensor | None, inputs: torch.Tensor, size: tuple[i
 # hooks
 
 
-@contextmanager
-def layer_hooks(
-    module: nn.Module, layers: Sequence[str], record: Callable[[str, torch.Tensor], None]
-) -> Iterator[None]:
-    """Inside the block, ``record(name, tensor)`` receives each layer's output (its first tensor), or its input
-    for ``NAME:input``, on every forward; the hooks are removed on every exit path."""
-    handles = []
-
-    def deliver(name: str, value: Any) -> None:
-        tensor = first_tensor(value)
-        if tensor is not None:
-            record(name, tensor)
-
-    try:
-        for name in layers:
-            target, is_input = _split_layer(name)
-            sub = module.get_submodule(target)
-            if is_input:
-                handles.append(sub.register_forward_pre_hook(lambda _, inputs, n=name: deliver(n, inputs)))
-            else:
-                handles.append(
-                    sub.register_forward_hook(lambda _, inputs, output, n=name: deliver(n, output))
-                )
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 class _Recorder:
     """Scoped hooks that reduce each recorded layer's tensor as soon as it is produced (nothing is kept but
     the pooled [B, units] rows), and check that each layer runs once per forward pass."""
@@ -329,12 +298,6 @@ class _Recorder:
         missing = [name for name, count in self.calls.items() if count == 0]
         if missing:
             raise DeepscopeError(f"layers {missing} did not run in the forward pass; record layers that run")
-
-
-def _split_layer(name: str) -> tuple[str, bool]:
-    if name.endswith(INPUT_SUFFIX):
-        return name[: -len(INPUT_SUFFIX)], True
-    return name, False
 
 
 def _units_first(tensor: torch.Tensor) -> torch.Tensor:
@@ -591,7 +554,7 @@ def _requested_layers(vm: VisionModel, layers: str | Sequence[str] | None) -> li
     for pattern in patterns:
         if not isinstance(pattern, str):
             raise TypeError(f"layer names are strings, got {type(pattern).__name__}: {pattern!r}")
-        target, is_input = _split_layer(pattern)
+        target, is_input = split_layer(pattern)
         for name in find_layers(vm, target):
             entry = name + INPUT_SUFFIX if is_input else name
             if entry not in chosen:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -99,23 +100,67 @@ def capture(
     vm = as_vision_model(model)
     names = find_layers(vm, layers)
     recording = Recording(names, gradients)
-    handles: list[RemovableHandle] = []
+    gradient_handles: list[RemovableHandle] = []
 
-    def make_hook(name: str):
-        def hook(module: nn.Module, inputs, output) -> None:
-            tensor = first_tensor(output)
-            if tensor is None:
-                return
-            recording.activations._append(name, tensor.detach() if detach else tensor)
-            if recording.gradients is not None and tensor.requires_grad:
-                handles.append(tensor.register_hook(lambda grad: recording.gradients._append(name, grad)))
-
-        return hook
+    def record(name: str, tensor: torch.Tensor) -> None:
+        recording.activations._append(name, tensor.detach() if detach else tensor)
+        if recording.gradients is not None and tensor.requires_grad:
+            gradient_handles.append(
+                tensor.register_hook(lambda grad: recording.gradients._append(name, grad))
+            )
 
     try:
-        for name in names:
-            handles.append(vm.module.get_submodule(name).register_forward_hook(make_hook(name)))
-        yield recording
+        with layer_hooks(vm.module, names, record):
+            yield recording
+    finally:
+        for handle in gradient_handles:
+            handle.remove()
+
+
+INPUT_SUFFIX = ":input"  # "NAME:input" addresses the input of layer NAME instead of its output
+
+
+def split_layer(name: str) -> tuple[str, bool]:
+    """``("NAME", True)`` for ``"NAME:input"``, ``("NAME", False)`` for a plain layer name."""
+    if name.endswith(INPUT_SUFFIX):
+        return name[: -len(INPUT_SUFFIX)], True
+    return name, False
+
+
+@contextmanager
+def layer_hooks(
+    module: nn.Module, layers: Sequence[str], record: Callable[[str, torch.Tensor], None]
+) -> Iterator[None]:
+    """Inside the block, ``record(name, tensor)`` receives each layer's output (its first tensor), or its input
+    for ``NAME:input``, on every forward of ``module``; the hooks are removed on every exit path. The one
+    place where deepscope hooks layers (``capture``, the units' layer runner and the atlas scan build on it).
+
+    >>> import torch, deepscope as ds
+    >>> vm = ds.load_model("zoo:lenet_mnist")
+    >>> seen = []
+    >>> with layer_hooks(vm.module, ["conv1", "fc3:input"], lambda name, t: seen.append((name, t.shape[1]))):
+    ...     _ = vm(torch.zeros(1, 1, 28, 28))
+    >>> seen
+    [('conv1', 6), ('fc3:input', 84)]
+    """
+    handles = []
+
+    def deliver(name: str, value: Any) -> None:
+        tensor = first_tensor(value)
+        if tensor is not None:
+            record(name, tensor)
+
+    try:
+        for name in layers:
+            target, is_input = split_layer(name)
+            sub = module.get_submodule(target)
+            if is_input:
+                handles.append(sub.register_forward_pre_hook(lambda _, inputs, n=name: deliver(n, inputs)))
+            else:
+                handles.append(
+                    sub.register_forward_hook(lambda _, inputs, output, n=name: deliver(n, output))
+                )
+        yield
     finally:
         for handle in handles:
             handle.remove()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from deepscope.errors import DeepscopeError
-from deepscope.probe.capture import Recording, capture, first_tensor
+from deepscope.probe.capture import Recording, capture, layer_hooks
 from deepscope.probe.layers import get_layer
 from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel
@@ -46,43 +45,33 @@ def layer_runner(
     names = list(dict.fromkeys(layers))
     for name in names:
         get_layer(vm, name)  # clear error with suggestions for a wrong name
-    handles = []
-    with evaluation_mode(vm.module), capture(vm, names, detach=detach) if names else _nothing() as recording:
-        try:
-            if names and not need_output:
-                waiting = set(names)
+    waiting: set[str] = set()
 
-                def make_stop(name: str):
-                    def stop(module: nn.Module, inputs, output) -> None:
-                        waiting.discard(name)
-                        if not waiting:
-                            raise _StopForward
+    def stop(name: str, tensor: torch.Tensor) -> None:
+        waiting.discard(name)
+        if not waiting:
+            raise _StopForward
 
-                    return stop
+    stops = layer_hooks(vm.module, names, stop) if names and not need_output else nullcontext()
+    recorder = capture(vm, names, detach=detach) if names else nullcontext()
+    with evaluation_mode(vm.module), recorder as recording, stops:
 
-                for name in names:
-                    handles.append(vm.module.get_submodule(name).register_forward_hook(make_stop(name)))
+        def run(x: torch.Tensor) -> LayerRun:
+            if recording is not None:
+                recording.clear()
+                waiting.update(names)
+            output = None
+            with suppress(_StopForward):
+                output = vm.module(x)
+            activations = {name: _single(recording, name) for name in names} if recording else {}
+            if need_output and not isinstance(output, torch.Tensor):
+                raise DeepscopeError(
+                    f"{vm.name} returns a {type(output).__name__}, not a tensor of scores; "
+                    "use a layer objective instead of logit:..."
+                )
+            return LayerRun(activations, output)
 
-            def run(x: torch.Tensor) -> LayerRun:
-                if recording is not None:
-                    recording.clear()
-                    if handles:
-                        waiting.update(names)
-                output = None
-                with suppress(_StopForward):
-                    output = vm.module(x)
-                activations = {name: _single(recording, name) for name in names} if recording else {}
-                if need_output and not isinstance(output, torch.Tensor):
-                    raise DeepscopeError(
-                        f"{vm.name} returns a {type(output).__name__}, not a tensor of scores; "
-                        "use a layer objective instead of logit:..."
-                    )
-                return LayerRun(activations, output)
-
-            yield run
-        finally:
-            for handle in handles:
-                handle.remove()
+        yield run
 
 
 @contextmanager
@@ -97,24 +86,18 @@ def streaming_runner(
         get_layer(vm, name)
     waiting: set[str] = set()
     calls: dict[str, int] = {}
-    handles = []
 
-    def make_hook(name: str):
-        def hook(module: nn.Module, inputs, output) -> None:
-            calls[name] = calls.get(name, 0) + 1
-            if calls[name] > 1:
-                raise DeepscopeError(
-                    f"layer {name!r} runs more than once in one forward pass (a module reused); choose a layer "
-                    "that runs once, such as the module around it"
-                )
-            tensor = first_tensor(output)
-            if tensor is not None:
-                on_output(name, tensor)
-            waiting.discard(name)
-            if not waiting:
-                raise _StopForward
-
-        return hook
+    def record(name: str, tensor: torch.Tensor) -> None:
+        calls[name] = calls.get(name, 0) + 1
+        if calls[name] > 1:
+            raise DeepscopeError(
+                f"layer {name!r} runs more than once in one forward pass (a module reused); choose a layer "
+                "that runs once, such as the module around it"
+            )
+        on_output(name, tensor)
+        waiting.discard(name)
+        if not waiting:
+            raise _StopForward
 
     def run(x: torch.Tensor) -> None:
         waiting.update(names)
@@ -124,19 +107,8 @@ def streaming_runner(
         if waiting:
             raise DeepscopeError(f"layer(s) {', '.join(sorted(waiting))} did not run in the forward pass")
 
-    with evaluation_mode(vm.module):
-        try:
-            for name in names:
-                handles.append(vm.module.get_submodule(name).register_forward_hook(make_hook(name)))
-            yield run
-        finally:
-            for handle in handles:
-                handle.remove()
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None
+    with evaluation_mode(vm.module), layer_hooks(vm.module, names, record):
+        yield run
 
 
 def _single(recording: Recording, name: str) -> torch.Tensor:
