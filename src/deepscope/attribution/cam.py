@@ -256,7 +256,7 @@ class ScoreCAM(LayerMethod):
         batch = inputs.shape[0]
         context = self.context or SharedContext(self.vm, inputs)
         self.prepare(inputs, context)
-        size = self.batch_size or self.default_batch_size
+        size = self.chunk_size(inputs)
         # The clean forward: the layer's activations and the target (top-1 class when None).
         reader = _Activations(self)
         clean = run_shared([reader], inputs, target, size, context)[0]

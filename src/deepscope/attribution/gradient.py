@@ -185,7 +185,7 @@ class IntegratedGradients(Attribution):
 
     def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
         inputs = inputs.to(self.vm.device)
-        size = self.batch_size or self.default_batch_size
+        size = self.chunk_size(inputs)
         batch = inputs.shape[0]
         target = fixed_target(self.vm, inputs, target, size, self.passes)
         baseline = baseline_like(self.baseline, inputs)
@@ -248,7 +248,7 @@ class SmoothGrad(Attribution):
 
     def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
         inputs = inputs.to(self.vm.device)
-        size = self.batch_size or self.default_batch_size
+        size = self.chunk_size(inputs)
         batch = inputs.shape[0]
         target = fixed_target(self.vm, inputs, target, size, self.passes)
         flat = inputs.flatten(1)
@@ -289,11 +289,17 @@ class ReluRule:
 
 
 class _ModifiedRelu(torch.autograd.Function):
-    """``y = relu(x)`` (or ``hardtanh(x, 0, upper)``) whose backward applies ``state.rule``."""
+    """``y = relu(x)`` (or ``hardtanh(x, 0, upper)``), in place when the call was, whose backward applies
+    ``state.rule``. The backward costs one fused masking kernel, as a plain ReLU's does, plus one in-place
+    rectification for the guided rule."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, upper: float | None, state: ReluRule) -> torch.Tensor:
-        y = torch.relu(x) if upper is None else F.hardtanh(x, 0.0, upper)
+    def forward(ctx, x: torch.Tensor, upper: float | None, inplace: bool, state: ReluRule) -> torch.Tensor:
+        if inplace:
+            y = x.relu_() if upper is None else F.hardtanh_(x, 0.0, upper)
+            ctx.mark_dirty(x)
+        else:
+            y = torch.relu(x) if upper is None else F.hardtanh(x, 0.0, upper)
         ctx.save_for_backward(y)
         ctx.upper, ctx.state = upper, state
         return y
@@ -303,11 +309,15 @@ class _ModifiedRelu(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         rule = ctx.state.rule
         if rule == "deconvnet":  # Zeiler & Fergus: the backward signal is rectified, the forward mask ignored
-            return grad.clamp(min=0), None, None
-        passes = y > 0 if ctx.upper is None else (y > 0) & (y < ctx.upper)
+            return grad.clamp(min=0), None, None, None
+        # grad where the unit passed its input (0 < y, and y < upper for ReLU6), else 0; y > 0 iff x > 0
+        if ctx.upper is None:
+            masked = torch.ops.aten.threshold_backward(grad, y, 0.0)
+        else:
+            masked = torch.ops.aten.hardtanh_backward(grad, y, 0.0, ctx.upper)
         if rule == "guided":  # Springenberg et al.: forward mask and rectified backward signal
-            grad = grad.clamp(min=0)
-        return grad * passes, None, None
+            masked = masked.clamp_(min=0)
+        return masked, None, None, None
 
 
 _RELU = {torch.relu, torch.Tensor.relu, F.relu}
@@ -328,10 +338,7 @@ class _InterceptRelus(TorchFunctionMode):
         if not isinstance(x, torch.Tensor) or not x.requires_grad:
             return func(*args, **kwargs)
         self.state.count += 1
-        y = _ModifiedRelu.apply(x, upper, self.state)
-        if inplace:  # keep in-place semantics for callers that ignore the return value
-            return x.copy_(y)
-        return y
+        return _ModifiedRelu.apply(x, upper, inplace, self.state)
 
 
 def _relu_call(func, args: tuple, kwargs: dict) -> tuple[torch.Tensor, float | None, bool] | None:

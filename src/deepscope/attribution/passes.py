@@ -16,7 +16,15 @@ from typing import Any, ClassVar
 
 import torch
 
-from deepscope.attribution.base import Attribution, MethodError, PassCount, chunks, target_rows, target_scores
+from deepscope.attribution.base import (
+    Attribution,
+    MethodError,
+    PassCount,
+    chunk_size,
+    chunks,
+    target_rows,
+    target_scores,
+)
 from deepscope.attribution.layers import Tap, default_layer, parse_layer, probe, taps
 from deepscope.attribution.targets import Classes, TargetLike
 from deepscope.zoo.vision_model import VisionModel
@@ -114,7 +122,8 @@ def run_shared(
     between_backwards: Callable[[], None] | None = None,
 ) -> list[torch.Tensor]:
     """Run ``methods`` on one forward and one backward per sub-batch of ``batch_size`` (all at once by
-    default) and return each method's maps, in order. Each method's ``passes`` records the shared cost.
+    default; capped on the CPU by :func:`~deepscope.attribution.base.chunk_size`) and return each method's
+    maps, in order. Each method's ``passes`` records the shared cost.
     ``forward_context`` is entered around each forward (guided backpropagation modifies ReLUs there);
     ``between_backwards``, when given, splits the backward in two: layer gradients first, then the callback,
     then the input gradient (guided Grad-CAM: a plain backward to the layer, a guided one to the input)."""
@@ -136,7 +145,7 @@ def run_shared(
     layers = {name: parse_layer(vm, name) for name in layer_names | gradient_layers}
 
     batch = inputs.shape[0]
-    size = batch_size or batch
+    size = chunk_size(batch_size or batch, inputs)
     results: list[list[torch.Tensor]] = [[] for _ in methods]
     input_size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
     with taps(vm, layers, input_size) as tapped:
@@ -205,15 +214,19 @@ def _forward_backward(
     forward_context: Callable[[], AbstractContextManager],
     between_backwards: Callable[[], None] | None,
 ) -> Pass:
-    for tap in tapped.values():
-        tap.reset()
     x = chunk.detach().requires_grad_(input_gradient)
+
+    def forward(inputs: torch.Tensor) -> Any:
+        for tap in tapped.values():
+            tap.reset()
+        with forward_context():
+            return vm.module(inputs)
+
     backward = input_gradient or bool(gradient_layers)
     # no_grad rather than inference_mode when nothing is differentiated: tapped outputs keep their version
     # counters, so a later in-place change to them is caught.
     with torch.enable_grad() if backward else torch.no_grad():
-        with forward_context():
-            output = vm.module(x)
+        output = vm.in_fast_layout(forward, x)
         scores, resolved = target_scores(target_rows(target, rows, batch), output, len(rows))
         for tap in tapped.values():
             tap.check(vm, chunk)
@@ -235,7 +248,7 @@ def _forward_backward(
                 grads = torch.autograd.grad(scores.sum(), wrt, allow_unused=True)
             pass_.backwards = 2 if two_phases else 1
             if input_gradient:
-                pass_.input_gradient = _required(grads[0], "the input", vm).detach()
+                pass_.input_gradient = _required(grads[0], "the input", vm).detach().contiguous()
                 grads = grads[1:]
             for name, grad in zip(names, grads, strict=True):
                 pass_.gradients[name] = tapped[name].as_map(_required(grad, f"layer {name!r}", vm).detach())
@@ -330,7 +343,7 @@ def perturbed_scores(
     with torch.inference_mode(), kept_buffers(vm):
         for points in chunks(total, batch_size, device):
             inputs, rows = build(points)
-            scores.append(score(vm.module(inputs), rows))
+            scores.append(score(vm.in_fast_layout(vm.module, inputs), rows))
             passes.add(len(points), batch, backward=False)
     return torch.cat(scores) if scores else torch.empty(0, device=device)
 

@@ -94,7 +94,7 @@ class Occlusion(Attribution):
         batch, _, height, width = inputs.shape
         (kh, kw), (sh, sw) = self.geometry(height, width)
         fill = baseline_like(self.fill, inputs, "fill")
-        size = self.batch_size or self.default_batch_size
+        size = self.chunk_size(inputs)
         clean, target = clean_scores(self.vm, inputs, target, size, self.passes)
         windows = [
             (top, left)
@@ -199,7 +199,7 @@ class RISE(Attribution):
     def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
         inputs = inputs.to(self.vm.device)
         batch, _, height, width = inputs.shape
-        size = self.batch_size or self.default_batch_size
+        size = self.chunk_size(inputs)
         _, target = clean_scores(self.vm, inputs, target, size, self.passes, self.probabilities)
         grids, shifts = self.grids(height, width, inputs.device)
         total = torch.zeros(batch, 1, height, width, dtype=inputs.dtype, device=inputs.device)
@@ -404,7 +404,7 @@ class PredictionDifference(Attribution):
                 "prediction_difference explains a class probability: target must be None, a class index or "
                 "one class index per sample"
             )
-        size = self.batch_size or self.default_batch_size
+        size = self.chunk_size(inputs)
         clean, target = clean_scores(self.vm, inputs, target, size, self.passes, probabilities=True)
         windows = [(top, left) for top in self.positions(height) for left in self.positions(width)]
         k, draws = self.window, self.samples

@@ -126,7 +126,7 @@ class AttentionRollout(Attribution):
             )
         inputs = inputs.to(self.vm.device)
         batch, _, height, width = inputs.shape
-        size = self.batch_size or self.default_batch_size
+        size = self.chunk_size(inputs)
         maps = []
         for rows in chunks(batch, size, inputs.device):
             recorder = _RecordAttention(FUSIONS[self.head_fusion])

@@ -3,10 +3,9 @@ and turning a method name into an explanation function.
 
 Cost model: a perturbation metric costs one forward per perturbed input and nothing else. Perturbed inputs are
 built on the fly, ``batch_size`` at a time, on the model's device, and go through the model under
-``torch.inference_mode()``; only the target scores are kept. On the CPU a chunk holds at most
-``CPU_CHUNK_ELEMENTS`` input values (16 images of 3 x 224 x 224): larger chunks outgrow the caches and cost more
-per image (EfficientNet-Lite0 forwards took about twice as long per image in chunks of 64 as in chunks of 8-16),
-while small inputs (28 x 28 digits) still go ``batch_size`` at a time.
+``torch.inference_mode()``; only the target scores are kept. On the CPU a chunk holds at most 8 images of
+3 x 224 x 224 (``deepscope.attribution.base.chunk_size``, shared with the heat-map methods): larger chunks outgrow
+the caches and cost more per image, while small inputs (28 x 28 digits) still go ``batch_size`` at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepscope.attribution.base import check_inputs
+from deepscope.attribution.base import check_inputs, chunk_size
 from deepscope.attribution.targets import TargetLike, resolve_target
 from deepscope.errors import DeepscopeError
 from deepscope.probe.state import evaluation_mode
@@ -35,15 +34,6 @@ Explainer = Callable[[VisionModel, torch.Tensor, Any], torch.Tensor]
 ReplacementLike = str | float | torch.Tensor
 REPLACEMENTS = ("black", "mean", "uniform", "blur")
 DEFAULT_BATCH_SIZE = 64
-CPU_CHUNK_ELEMENTS = 16 * 3 * 224 * 224
-
-
-def chunk_size(batch_size: int, inputs: torch.Tensor) -> int:
-    """How many of ``inputs`` go through the model at once: ``batch_size``, and on the CPU no more than
-    ``CPU_CHUNK_ELEMENTS`` values (results do not depend on it: every input is scored on its own)."""
-    if inputs.device.type != "cpu":
-        return batch_size
-    return max(1, min(batch_size, CPU_CHUNK_ELEMENTS // max(1, inputs[0].numel())))
 
 
 def check_batch_size(batch_size: int) -> int:
@@ -95,20 +85,11 @@ class ModelRunner:
         self.module = self.vm.module
         self.batch_size = check_batch_size(batch_size)
         self.softmax = softmax
-        # Convolutions run faster on channels-last images (1.3-2x for EfficientNet-Lite0 on CPU, same values up
-        # to float rounding). A model that calls .view() on a channels-last feature map cannot take them; it
-        # gets the standard layout from then on.
-        self.channels_last = True
         self.step = self.batch_size  # inputs per forward of perturbed inputs, fitted to them by start/resolve
 
     def outputs(self, inputs: torch.Tensor) -> Any:
         with torch.inference_mode(), evaluation_mode(self.module):
-            if self.channels_last and inputs.ndim == 4 and inputs.shape[1] > 1:
-                try:
-                    return self.module(inputs.contiguous(memory_format=torch.channels_last))
-                except RuntimeError:
-                    self.channels_last = False
-            return self.module(inputs.contiguous())
+            return self.vm.in_fast_layout(self.module, inputs)
 
     def start(
         self, x: torch.Tensor, target: TargetLike
