@@ -117,9 +117,9 @@ def throughput(repeats: int, device: str):
             ds.atlas.scan(efficientnet, crop_set, out=out, batch_size=batch)
 
     timings = best_of(repeats, {"bare": bare_efficientnet, "scan": scan_efficientnet})
-    from deepscope.atlas.scan import _weighted_layers
+    from deepscope.atlas.scan import default_layers
 
-    layers = len(_weighted_layers(efficientnet.module)) + 1
+    layers = len(default_layers(efficientnet.module)) + 1
     yield (
         f"EfficientNet-Lite0, 192 photo crops (load + preprocess + forward), {layers} layers recorded",
         timings,

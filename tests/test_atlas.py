@@ -737,3 +737,49 @@ def test_a_scan_on_cuda_equals_the_scan_on_the_cpu(lenet, tmp_path):
         assert abs(on_gpu.activation_histogram(layer).mean - on_cpu.activation_histogram(layer).mean) < 1e-3
     result = ds.atlas.cka(lenet.with_module(gpu_module), lenet, "mnist5k:test", samples=256, batch_size=128)
     np.testing.assert_allclose(np.diagonal(result.matrix), 1.0, atol=1e-3)
+
+
+class Flattening(torch.nn.Module):
+    """Conv layers, then a head that flattens with .view() (which refuses a channels-last map) or .reshape()."""
+
+    def __init__(self, view: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(6, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 3)
+        self.view = view
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(x.view(x.shape[0], -1) if self.view else x.reshape(x.shape[0], -1))
+
+
+def test_a_model_that_refuses_channels_last_maps_scans_the_same(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(40, 3, 8, 8, generator=generator), torch.arange(40) % 3)
+    viewing, reshaping = ds.as_vision_model(Flattening(True)), ds.as_vision_model(Flattening(False))
+    refused = ds.atlas.scan(viewing, data, out=tmp_path / "view", batch_size=16, thumbnail_size=0)
+    taken = ds.atlas.scan(reshaping, data, out=tmp_path / "reshape", batch_size=16, thumbnail_size=0)
+    assert not viewing.channels_last and reshaping.channels_last
+    np.testing.assert_array_equal(refused.predictions, taken.predictions)
+    for layer in refused.layers:
+        np.testing.assert_allclose(refused.embeddings(layer), taken.embeddings(layer), rtol=1e-5, atol=1e-6)
+        stats, other = refused.unit_statistics(layer), taken.unit_statistics(layer)
+        for key in stats:
+            np.testing.assert_allclose(stats[key], other[key], rtol=1e-5, atol=1e-6)
+        assert refused.activation_histogram(layer).total == taken.activation_histogram(layer).total
+
+
+def test_large_models_are_recorded_block_by_block():
+    import torchvision
+
+    from deepscope.atlas.scan import default_layers
+
+    resnet = default_layers(torchvision.models.resnet18())
+    assert resnet == ["conv1"] + [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)] + ["fc"]
+    lite0 = default_layers(ds.load_model("zoo:efficientnet_lite0").module)
+    assert lite0 == ["_conv_stem"] + [f"_blocks.{i}" for i in range(16)] + ["_conv_head", "_fc"]
+    # small models and large ones without blocks keep every convolution and linear layer
+    assert default_layers(ds.load_model("zoo:lenet_mnist").module) == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert len(default_layers(torchvision.models.vgg19())) == 19

@@ -240,7 +240,7 @@ def cka(
     """Linear CKA between every recorded layer of two models on the same data, from their full (flattened)
     activations, by the minibatch estimator (Nguyen et al. 2021; see the module docstring). Each model reads the
     images through its own preprocessing; both run in eval mode and are left as found. Layers default to those
-    a scan records (embedding, then every conv / linear output); ``samples`` limits the data to its first
+    a scan records (embedding, then every conv / linear output, or each block's for large models); ``samples`` limits the data to its first
     ``samples`` items; a last batch of fewer than 4 samples is left out.
 
     >>> import deepscope as ds

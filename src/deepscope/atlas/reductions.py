@@ -48,9 +48,17 @@ def bin_edges() -> np.ndarray:
 
 def float_bins(x: torch.Tensor) -> torch.Tensor:
     """The bin of every element of ``x`` (flattened), int32 in [0, BINS)."""
-    bits = x.detach().to(torch.float32).contiguous().view(torch.int32).flatten()
+    bits = _flat(x.detach().to(torch.float32)).view(torch.int32)
     # The shift allocates the only temporary; the mask is applied in place on it.
     return torch.bitwise_right_shift(bits, SHIFT).bitwise_and_(BINS - 1)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """The elements of ``x`` as one dimension, in memory order: a view (no copy) for standard and channels-last
+    layouts, which is all an order-free reduction needs."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).reshape(-1)
+    return x.reshape(-1)
 
 
 def float_histogram(x: torch.Tensor) -> torch.Tensor:
@@ -176,7 +184,7 @@ class ScanState:
         self.topk = TopK(total, k, device=device)
         self.confusion = torch.zeros(classes, classes, dtype=torch.int64, device=device)
         self.samples = 0
-        self._batch: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.names)
+        self._batch: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * len(self.names)
         self._waiting: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._waiting_rows = 0
 
@@ -184,11 +192,11 @@ class ScanState:
         """One layer's output of the current batch in unit-first layout ``[B, U, *spatial]`` and its spatial
         mean ``[B, U]``."""
         values = output.detach()
-        self.counts[position] += float_histogram(values)
         # The maximum without its position: finding the argmax costs several times more on CPU, and the
         # position of a unit's top samples can be found again later by running just those k samples.
-        peak = values.flatten(2).amax(2) if values.ndim > 2 else values
-        self._batch[position] = (peak.float(), pooled)
+        peak = values.amax(tuple(range(2, values.ndim))) if values.ndim > 2 else values
+        # Counted at end_batch, so that a forward run again (another memory layout) replaces what it added.
+        self._batch[position] = (peak.float(), pooled, float_histogram(values))
 
     def end_batch(self, sample_indices: torch.Tensor) -> None:
         """Close the batch (every layer must have been added). Its per-unit values ``[B, units]`` wait, and
@@ -200,6 +208,8 @@ class ScanState:
             raise RuntimeError(f"layers {missing} were not recorded in this batch")
         peaks = torch.cat([entry[0] for entry in self._batch], dim=1)
         pooled = torch.cat([entry[1] for entry in self._batch], dim=1)
+        for position, entry in enumerate(self._batch):
+            self.counts[position] += entry[2]
         self._batch = [None] * len(self.names)
         self._waiting.append((peaks, pooled, sample_indices))
         self._waiting_rows += int(peaks.shape[0])

@@ -266,6 +266,7 @@ class _Recorder:
         self.state = state
         self.positions = {name: position for position, name in enumerate(self.layers)}
         self.pooled: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+        self.current: dict[str, torch.Tensor] = {}  # the pooled rows of the batch being recorded
         self.calls: dict[str, int] = dict.fromkeys(layers, 0)
         self.shapes: dict[str, tuple[int, ...]] = {}
 
@@ -286,18 +287,28 @@ class _Recorder:
             )
         self.shapes[name] = tuple(tensor.shape[1:])
         units_first = _units_first(tensor.detach())
-        pooled = (units_first.flatten(2).mean(2) if units_first.ndim > 2 else units_first).float()
-        self.pooled[name].append(pooled)
+        spatial = tuple(range(2, units_first.ndim))
+        pooled = (units_first.mean(spatial) if spatial else units_first).float()
+        self.current[name] = pooled
         if self.state is not None:
             self.state.add_layer(self.positions[name], units_first, pooled)
 
     def new_batch(self) -> None:
         self.calls = dict.fromkeys(self.layers, 0)
+        self.current = {}
 
-    def check_ran(self) -> None:
+    def forward(self, inputs: torch.Tensor) -> Any:
+        """The model's output for a new batch, its layers recorded."""
+        self.new_batch()
+        return self.module(inputs)
+
+    def end_batch(self) -> None:
+        """Check that every layer ran in the batch's forward and keep its pooled rows."""
         missing = [name for name, count in self.calls.items() if count == 0]
         if missing:
             raise DeepscopeError(f"layers {missing} did not run in the forward pass; record layers that run")
+        for name, pooled in self.current.items():
+            self.pooled[name].append(pooled)
 
 
 def _units_first(tensor: torch.Tensor) -> torch.Tensor:
@@ -395,9 +406,8 @@ class ChunkScanner:
                     pixels, inputs = inputs, self.vm.normalize(inputs)
                 index_tensor = torch.tensor(batch.indices, dtype=torch.int64, device=self.device)
                 label_tensor = torch.tensor(batch.labels, dtype=torch.int64, device=self.device)
-                recorder.new_batch()
-                logits = _logits(self.vm.module(inputs))
-                recorder.check_ran()
+                logits = _logits(self.vm.in_fast_layout(recorder.forward, inputs))
+                recorder.end_batch()
                 state.end_batch(index_tensor)
                 batch_probabilities = logits.float().softmax(1)
                 batch_predicted = batch_probabilities.argmax(1)
@@ -507,7 +517,7 @@ def plan_scan(
         )
     if layers is None:
         embedding = linear_calls[-1] + INPUT_SUFFIX
-        chosen = [embedding] + [name for name in _weighted_layers(module) if recorder.calls.get(name)]
+        chosen = [embedding] + [name for name in default_layers(module) if recorder.calls.get(name)]
         probe = _Recorder(module, [embedding], None)
         with evaluation_mode(module), torch.inference_mode(), probe:
             probe.new_batch()
@@ -546,7 +556,7 @@ def plan_scan(
 
 def _requested_layers(vm: VisionModel, layers: str | Sequence[str] | None) -> list[str]:
     if layers is None:
-        return _weighted_layers(vm.module)
+        return default_layers(vm.module)
     patterns = [layers] if isinstance(layers, str) else list(layers)
     if not patterns:
         raise ValueError("layers is empty; give layer names or globs, or None for the defaults")
@@ -560,6 +570,41 @@ def _requested_layers(vm: VisionModel, layers: str | Sequence[str] | None) -> li
             if entry not in chosen:
                 chosen.append(entry)
     return chosen
+
+
+# A model with more conv / linear layers than this is recorded block by block (see default_layers).
+MAX_DEFAULT_LAYERS = 16
+
+
+def default_layers(module: nn.Module) -> list[str]:
+    """The layers a scan records when none are named (after the embedding), in definition order.
+
+    A small model: every convolution and linear layer. A model with more than ``MAX_DEFAULT_LAYERS`` of them:
+    its blocks, i.e. the items of its ``nn.Sequential`` / ``nn.ModuleList`` containers that hold two or more
+    such layers and are not containers themselves (ResNet's ``layer1.0``, EfficientNet's ``_blocks.3``, a
+    ViT's encoder layers), and the convolution and linear layers outside every block (stem, head, classifier).
+    A large model without blocks keeps every layer. On EfficientNet-Lite0 that is 19 layers instead of 51: the
+    atlas shows one row per block, and the scan's histograms skip the widest maps (the expanded ones inside
+    each block).
+    """
+    weighted = _weighted_layers(module)
+    if len(weighted) <= MAX_DEFAULT_LAYERS:
+        return weighted
+    containers = (nn.Sequential, nn.ModuleList)
+    blocks: list[str] = []
+    for name, sub in module.named_modules():  # parents before children
+        if not isinstance(sub, containers) or any(name.startswith(block + ".") for block in blocks):
+            continue
+        for child, item in sub.named_children():
+            path = f"{name}.{child}" if name else child
+            inside = [layer for layer in weighted if layer == path or layer.startswith(path + ".")]
+            if not isinstance(item, containers) and len(inside) >= 2:
+                blocks.append(path)
+    if not blocks:
+        return weighted
+    outside = [layer for layer in weighted if not any(layer.startswith(b + ".") for b in blocks)]
+    order = {name: position for position, (name, _) in enumerate(module.named_modules())}
+    return sorted(blocks + outside, key=order.__getitem__)
 
 
 def _weighted_layers(module: nn.Module) -> list[str]:
@@ -684,7 +729,7 @@ def scan(
 
     ``layers=None`` records the embedding — the input of the last ``nn.Linear`` the model calls, found with
     hooks on a probe pass, so no architecture is special-cased — and every convolution and linear layer's
-    output. Otherwise ``layers`` are names or globs (``NAME:input`` records a module's input); the first is the
+    output, or for a model with more than 16 of those, each block's output (:func:`default_layers`). Otherwise ``layers`` are names or globs (``NAME:input`` records a module's input); the first is the
     embedding. The model runs in eval mode (restored after) and is otherwise left as found.
 
     ``batch_size`` samples go through the model at once (the memory knob); ``chunk_size`` samples make one

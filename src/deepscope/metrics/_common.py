@@ -134,10 +134,13 @@ class ModelRunner:
         """Scores of ``count`` perturbed inputs; ``build(begin, end)`` makes the inputs for items ``begin`` to
         ``end - 1`` and says which sample of the user's batch each one belongs to."""
         scores = torch.empty(count, device=device)
-        for begin in range(0, count, self.step):
-            end = min(begin + self.step, count)
-            inputs, rows = build(begin, end)
-            scores[begin:end] = self.score(self.outputs(inputs), target, rows, batch).to(device)
+        # the modes are set once for all chunks (entering eval mode walks every submodule)
+        with torch.inference_mode(), evaluation_mode(self.module):
+            for begin in range(0, count, self.step):
+                end = min(begin + self.step, count)
+                inputs, rows = build(begin, end)
+                output = self.vm.in_fast_layout(self.module, inputs)
+                scores[begin:end] = self.score(output, target, rows, batch).to(device)
         return scores
 
 
