@@ -29,6 +29,9 @@ NO_POSITION = -1
 # Value dtypes that float32 holds exactly: their order is read from one int64 key per entry.
 _KEYED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _LOW_BITS = (1 << 32) - 1
+# Candidates wait until there are this many (or units x k, if more) before they are ranked: each ranking costs a
+# few tensor operations whatever its size, and the waiting list is a few hundred KiB at most.
+WAITING_MIN = 8192
 
 
 def _order_keys(values: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
@@ -163,11 +166,12 @@ class TopK:
         or ``maps [N, units, P]`` whose (first) argmax gives the position of the entries that are kept, or
         neither (no position)."""
         count = values.shape[0]
-        if self.device.type == "cpu" and count > self.k:
+        if self.device.type == "cpu" and count > self.k and self.seen >= self.k:
             # Only entries that rank at least level with a unit's current k-th can enter its top k: anything
-            # not below the k-th value (NaN included, as NaN < x is false). Once the k slots are filled these
-            # are a few per batch: they wait, flat, and are ranked (exactly, by key) once they are as many as
-            # the k slots, instead of ranking all N x units entries of every batch. Meanwhile the threshold
+            # not below the k-th value (NaN included, as NaN < x is false). Once the k slots are filled (before,
+            # the dense path below is cheaper: every entry would be a candidate) these are a few per batch: they
+            # wait, flat, and are ranked (exactly, by key) once they are as many as the k slots or WAITING_MIN,
+            # instead of ranking all N x units entries of every batch. Meanwhile the threshold
             # is a k-th value that is no higher than the true one, so nothing that could enter is left out.
             # (On an accelerator, counting the candidates would cost a synchronisation per batch; the dense
             # path below is cheap there.)
@@ -182,7 +186,7 @@ class TopK:
                 found = torch.full_like(rows, NO_POSITION)
             self._waiting.append((units, values[rows, units], samples[rows], found))
             self._waiting_count += rows.numel()
-            if self._waiting_count >= self.units * self.k:
+            if self._waiting_count >= max(self.units * self.k, WAITING_MIN):
                 self._flush()
             return
         self._flush()
