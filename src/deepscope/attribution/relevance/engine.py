@@ -683,7 +683,8 @@ def propagate(
     """Relevance of every input entry for ``target`` under ``composite``, and the rule each layer got.
 
     Runs the model in eval mode (each module's own flag restored afterwards) with one forward and one backward
-    pass per chunk of ``batch_size`` samples. The model is not modified.
+    pass per chunk of ``batch_size`` samples, images channels-last where the model takes them. The model is not
+    modified.
     """
     vm = as_vision_model(model)
     module = vm.module
@@ -695,10 +696,13 @@ def propagate(
     with evaluation_mode(module):
         for rows in chunks(batch, size, inputs.device):
             chunk_bounds = None if bounds is None else (bounds[0][rows], bounds[1][rows])
-            relevance, records = _propagate_chunk(
-                module, inputs[rows], composite, target_rows(target, rows, batch), chunk_bounds
+            relevance, records = vm.in_fast_layout(
+                lambda x, rows=rows, chunk_bounds=chunk_bounds: _propagate_chunk(
+                    module, x, composite, target_rows(target, rows, batch), chunk_bounds
+                ),
+                inputs[rows],
             )
-            found.append(relevance)
+            found.append(relevance.contiguous())
     return torch.cat(found) if len(found) > 1 else found[0], records
 
 
@@ -709,6 +713,7 @@ def _propagate_chunk(
     target: TargetLike,
     bounds: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> tuple[torch.Tensor, list[LayerRule]]:
+    # the input keeps the memory layout it comes in (see VisionModel.in_fast_layout)
     leaf = inputs.detach().requires_grad_()
     tracer = _RelevanceTracer(module, composite, bounds)
     with torch.enable_grad():
