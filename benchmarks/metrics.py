@@ -79,7 +79,7 @@ def cases(name: str, vm, x, y, maps):
     target = ds.targets.Classes(y)
     # Both libraries at their default batch_size (64). Quantus's counts samples and perturbs them step after
     # step, so it sends min(64, samples) inputs per forward; ours counts perturbed inputs, which it builds for
-    # all steps at once, so it sends 64 (on the CPU at most 16 images of 224 x 224, which run faster per image
+    # all steps at once, so it sends 64 (on the CPU at most 8 images of 224 x 224, which run faster per image
     # than 64 do). --batch-size sets ours.
     bs = BATCH_SIZE
     xs, ys, maps_np = x.cpu().numpy(), y.cpu().numpy(), maps.cpu().numpy()
