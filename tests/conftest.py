@@ -118,3 +118,25 @@ def vgg11_bn() -> nn.Module:
 
     torch.manual_seed(0)
     return _randomise_batch_norm(torchvision.models.vgg11_bn().eval(), torch.Generator().manual_seed(2))
+
+
+class _Flattening(nn.Module):
+    """Conv layers, then a head that flattens its [B,4,8,8] map with .view() (which refuses a channels-last map)
+    or with .reshape() (which takes any layout)."""
+
+    def __init__(self, view: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+        self.view = view
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(x.view(x.shape[0], -1) if self.view else x.reshape(x.shape[0], -1))
+
+
+@pytest.fixture
+def flattening() -> type[nn.Module]:
+    """``flattening(view=True)``: a model that cannot take channels-last feature maps (same weights either way)."""
+    return _Flattening

@@ -739,26 +739,10 @@ def test_a_scan_on_cuda_equals_the_scan_on_the_cpu(lenet, tmp_path):
     np.testing.assert_allclose(np.diagonal(result.matrix), 1.0, atol=1e-3)
 
 
-class Flattening(torch.nn.Module):
-    """Conv layers, then a head that flattens with .view() (which refuses a channels-last map) or .reshape()."""
-
-    def __init__(self, view: bool):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv1 = torch.nn.Conv2d(3, 6, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(6, 4, 3, padding=1)
-        self.fc = torch.nn.Linear(4 * 8 * 8, 3)
-        self.view = view
-
-    def forward(self, x):
-        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
-        return self.fc(x.view(x.shape[0], -1) if self.view else x.reshape(x.shape[0], -1))
-
-
-def test_a_model_that_refuses_channels_last_maps_scans_the_same(tmp_path):
+def test_a_model_that_refuses_channels_last_maps_scans_the_same(tmp_path, flattening):
     generator = torch.Generator().manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(40, 3, 8, 8, generator=generator), torch.arange(40) % 3)
-    viewing, reshaping = ds.as_vision_model(Flattening(True)), ds.as_vision_model(Flattening(False))
+    viewing, reshaping = ds.as_vision_model(flattening(view=True)), ds.as_vision_model(flattening(view=False))
     refused = ds.atlas.scan(viewing, data, out=tmp_path / "view", batch_size=16, thumbnail_size=0)
     taken = ds.atlas.scan(reshaping, data, out=tmp_path / "reshape", batch_size=16, thumbnail_size=0)
     assert not viewing.channels_last and reshaping.channels_last

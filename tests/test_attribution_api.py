@@ -160,29 +160,13 @@ def test_sub_batches_do_not_change_the_maps(name, config):
     torch.testing.assert_close(pieces, whole, rtol=1e-4, atol=1e-5 * float(whole.abs().max()))
 
 
-class Flattening(nn.Module):
-    """A conv net whose head flattens its feature map with .view() (which refuses a channels-last map) or with
-    .reshape() (which takes any layout)."""
-
-    def __init__(self, view: bool):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv1, self.conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 4, 3, padding=1)
-        self.fc = nn.Linear(4 * 8 * 8, 5)
-        self.view = view
-
-    def forward(self, x):
-        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
-        return self.fc(x.view(x.shape[0], -1) if self.view else x.reshape(x.shape[0], -1))
-
-
 @pytest.mark.parametrize(
     "name", ["saliency", "integrated_gradients", "grad_cam", "guided_backprop", "occlusion"]
 )
-def test_models_that_refuse_channels_last_maps_get_the_same_maps(name):
+def test_models_that_refuse_channels_last_maps_get_the_same_maps(name, flattening):
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    viewing = ds.as_vision_model(Flattening(view=True))
-    reshaping = ds.as_vision_model(Flattening(view=False))
+    viewing = ds.as_vision_model(flattening(view=True))
+    reshaping = ds.as_vision_model(flattening(view=False))
     config = {"integrated_gradients": {"steps": 4}, "occlusion": {"window": 4, "stride": 4}}.get(name, {})
     refused = ds.attribute(viewing, x, name, target=2, **config)
     assert not viewing.channels_last  # the first forward fell back to the standard layout

@@ -293,13 +293,10 @@ class _Recorder:
         if self.state is not None:
             self.state.add_layer(self.positions[name], units_first, pooled)
 
-    def new_batch(self) -> None:
-        self.calls = dict.fromkeys(self.layers, 0)
-        self.current = {}
-
     def forward(self, inputs: torch.Tensor) -> Any:
         """The model's output for a new batch, its layers recorded."""
-        self.new_batch()
+        self.calls = dict.fromkeys(self.layers, 0)
+        self.current = {}
         return self.module(inputs)
 
     def end_batch(self) -> None:
@@ -505,8 +502,7 @@ def plan_scan(
         requested = _requested_layers(vm, layers)
         recorder = _Recorder(module, requested, None)
         with evaluation_mode(module), torch.inference_mode(), recorder:
-            recorder.new_batch()
-            logits = _logits(module(inputs))
+            logits = _logits(recorder.forward(inputs))
     finally:
         for handle in handles:
             handle.remove()
@@ -520,8 +516,7 @@ def plan_scan(
         chosen = [embedding] + [name for name in default_layers(module) if recorder.calls.get(name)]
         probe = _Recorder(module, [embedding], None)
         with evaluation_mode(module), torch.inference_mode(), probe:
-            probe.new_batch()
-            module(inputs)
+            probe.forward(inputs)
         shapes = {**recorder.shapes, **probe.shapes}
     else:
         chosen = requested
@@ -729,8 +724,9 @@ def scan(
 
     ``layers=None`` records the embedding — the input of the last ``nn.Linear`` the model calls, found with
     hooks on a probe pass, so no architecture is special-cased — and every convolution and linear layer's
-    output, or for a model with more than 16 of those, each block's output (:func:`default_layers`). Otherwise ``layers`` are names or globs (``NAME:input`` records a module's input); the first is the
-    embedding. The model runs in eval mode (restored after) and is otherwise left as found.
+    output, or for a model with more than 16 of those, each block's output (:func:`default_layers`). Otherwise
+    ``layers`` are names or globs (``NAME:input`` records a module's input); the first is the embedding. The
+    model runs in eval mode (restored after) and is otherwise left as found.
 
     ``batch_size`` samples go through the model at once (the memory knob); ``chunk_size`` samples make one
     committed unit of work (what a resumed scan may redo, what a Ray actor computes per call); ``k`` top samples

@@ -40,13 +40,17 @@ class Preprocessing:
 
     def pixel_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """PIL image -> [C,H,W] float tensor in [0,1] (no normalisation)."""
-        steps: list[nn.Module] = [T.ToImage()]
+        return T.Compose([T.ToImage(), *self._tensor_steps()])
+
+    def _tensor_steps(self) -> list[nn.Module]:
+        """Resize, crop and scale to [0,1] of uint8 image tensors ([C,H,W] or a [B,C,H,W] batch)."""
+        steps: list[nn.Module] = []
         if self.resize is not None:
             steps.append(T.Resize(self.resize, interpolation=self.interpolation, antialias=True))
         if self.crop is not None:
             steps.append(T.CenterCrop(self.crop))
         steps.append(T.ToDtype(torch.float32, scale=True))
-        return T.Compose(steps)
+        return steps
 
     def pixel_batch(self, images: Sequence[Image.Image | np.ndarray]) -> list[torch.Tensor]:
         """Images in ``image_mode`` (PIL, or their uint8 ``np.asarray`` arrays) -> one [C,H,W] float tensor in
@@ -62,13 +66,7 @@ class Preprocessing:
         [torch.Size([1, 28, 28]), torch.Size([1, 28, 28])]
         """
         arrays = [np.asarray(image) for image in images]
-        steps: list[nn.Module] = []
-        if self.resize is not None:
-            steps.append(T.Resize(self.resize, interpolation=self.interpolation, antialias=True))
-        if self.crop is not None:
-            steps.append(T.CenterCrop(self.crop))
-        steps.append(T.ToDtype(torch.float32, scale=True))
-        transform = T.Compose(steps)
+        transform = T.Compose(self._tensor_steps())
         if len({(array.shape, array.dtype) for array in arrays}) == 1:
             stacked = np.stack(arrays)
             batch = torch.from_numpy(
