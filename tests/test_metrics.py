@@ -133,13 +133,19 @@ def test_replacements(lenet):
 
 
 class Counting(nn.Module):
+    """Records each call (batch size, inference mode, training flag) with a forward pre-hook: a model with hooks
+    runs as it is, not as its forward-only copy (VisionModel.forward_only), so every call is seen."""
+
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
         self.calls: list[tuple[int, bool, bool]] = []
+        self.register_forward_pre_hook(self._record)
+
+    def _record(self, module: nn.Module, inputs: tuple[torch.Tensor]) -> None:
+        self.calls.append((inputs[0].shape[0], torch.is_inference_mode_enabled(), self.training))
 
     def forward(self, x):
-        self.calls.append((x.shape[0], torch.is_inference_mode_enabled(), self.training))
         return self.inner(x)
 
 

@@ -343,7 +343,7 @@ def perturbed_scores(
     with torch.inference_mode(), kept_buffers(vm):
         for points in chunks(total, batch_size, device):
             inputs, rows = build(points)
-            scores.append(score(vm.in_fast_layout(vm.module, inputs), rows))
+            scores.append(score(vm.forward_only(inputs), rows))
             passes.add(len(points), batch, backward=False)
     return torch.cat(scores) if scores else torch.empty(0, device=device)
 

@@ -89,7 +89,7 @@ class ModelRunner:
 
     def outputs(self, inputs: torch.Tensor) -> Any:
         with torch.inference_mode(), evaluation_mode(self.module):
-            return self.vm.in_fast_layout(self.module, inputs)
+            return self.vm.forward_only(inputs)
 
     def start(
         self, x: torch.Tensor, target: TargetLike
@@ -139,7 +139,7 @@ class ModelRunner:
             for begin in range(0, count, self.step):
                 end = min(begin + self.step, count)
                 inputs, rows = build(begin, end)
-                output = self.vm.in_fast_layout(self.module, inputs)
+                output = self.vm.forward_only(inputs)
                 scores[begin:end] = self.score(output, target, rows, batch).to(device)
         return scores
 

@@ -1,0 +1,183 @@
+"""The forward-only copy (deepscope.zoo.inference): the same function as the model, less work, the model untouched."""
+
+import warnings
+
+import pytest
+import torch
+from torch import fx, nn
+
+import deepscope as ds
+from deepscope.zoo import inference
+from deepscope.zoo.inference import fold_for_inference
+
+
+def modules_of(graph_module: fx.GraphModule) -> list[type]:
+    return [
+        type(graph_module.get_submodule(node.target))
+        for node in graph_module.graph.nodes
+        if node.op == "call_module"
+    ]
+
+
+def test_efficientnet_folds_every_batch_norm_and_depthwise_padding(efficientnet, unchanged):
+    module = efficientnet.module
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with unchanged(module), torch.inference_mode():
+        folded = fold_for_inference(module)
+        expected, got = module(x), folded(x)
+    kinds = modules_of(folded)
+    assert nn.BatchNorm2d not in kinds and nn.ReLU6 not in kinds
+    # what stays: the stem's uneven padding in front of a dense convolution (cheaper than a 4x4 kernel)
+    assert kinds.count(nn.ZeroPad2d) == 1
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    assert sum(p.numel() for p in module.parameters()) == sum(
+        p.numel() for p in efficientnet.module.parameters()
+    )
+
+
+def test_folding_is_exact_in_float64_on_a_hand_built_network():
+    class SamePadded(nn.Conv2d):
+        """A Conv2d subclass with its padding module in front, as TensorFlow ports write 'same' convolutions."""
+
+        def __init__(self, *args, padding: tuple[int, int, int, int], **kwargs):
+            super().__init__(*args, **kwargs)
+            self.static_padding = nn.ZeroPad2d(padding)
+
+        def forward(self, x):
+            return nn.functional.conv2d(
+                self.static_padding(x), self.weight, self.bias, self.stride, 0, 1, self.groups
+            )
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=True)
+            self.stem_norm = nn.BatchNorm2d(8)
+            self.depthwise = SamePadded(8, 8, 3, stride=2, groups=8, bias=False, padding=(0, 1, 0, 1))
+            self.depthwise_norm = nn.BatchNorm2d(8)
+            self.wide = SamePadded(8, 8, 5, groups=8, bias=False, padding=(2, 1, 1, 2))  # uneven both ways
+            self.skip_conv = nn.Conv2d(8, 8, 1)
+            self.skip_norm = nn.BatchNorm2d(8)
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = torch.relu(self.stem_norm(self.stem(x)))
+            x = nn.functional.relu6(self.depthwise_norm(self.depthwise(x)))
+            x = self.wide(x)
+            y = self.skip_conv(x)
+            x = self.skip_norm(y) + y  # the conv output is used twice: its norm must not be folded
+            return self.head(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = Net().double()
+    for norm in (net.stem_norm, net.depthwise_norm, net.skip_norm):
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-0.5, 0.5)
+    net.eval()
+    folded = fold_for_inference(net)
+    kinds = modules_of(folded)
+    assert kinds.count(nn.BatchNorm2d) == 1  # the skip connection's
+    assert nn.ZeroPad2d not in kinds
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    torch.testing.assert_close(folded(x), net(x), rtol=1e-12, atol=1e-12)
+
+
+def test_models_without_anything_to_fold_or_untraceable_run_as_they_are():
+    class ValueBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(3, 3, 3), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            if x.sum() > 0:  # control flow on a value: fx cannot trace it
+                x = -x
+            return self.norm(self.conv(x)).flatten(1)
+
+    plain = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten()).eval()
+    assert fold_for_inference(plain) is None  # nothing to fold
+    assert fold_for_inference(ValueBranch().eval()) is None
+
+
+def test_lenet_pools_by_pairwise_maxima_exactly(lenet):
+    folded = fold_for_inference(lenet.module)
+    assert nn.MaxPool2d not in modules_of(folded)
+    x = lenet.preprocess(ds.datasets.mnist5k("test").images[:16])
+    x[0, 0, 3, 3] = float("nan")  # NaN goes through a max as it does through the pooling kernel
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), lenet.module(x), rtol=0, atol=0, equal_nan=True)
+
+
+def test_forward_only_uses_the_copy_only_where_it_may_and_follows_the_weights(efficientnet, monkeypatch):
+    vm = ds.VisionModel(efficientnet.module, "lite0")
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    folds = []
+    original = inference.fold_for_inference
+    monkeypatch.setattr(
+        "deepscope.zoo.vision_model.fold_for_inference", lambda m: folds.append(1) or original(m)
+    )
+    with torch.inference_mode():
+        expected = vm.module(x)
+        torch.testing.assert_close(vm.forward_only(x), expected, rtol=1e-4, atol=1e-4)
+        vm.forward_only(x)
+        assert len(folds) == 1  # made once, kept while the parameters stay as they are
+    classifier = vm.module._fc
+    saved = classifier.bias.detach().clone()
+    try:
+        with torch.no_grad():
+            classifier.bias.add_(1.0)  # an in-place change of a parameter makes a new copy
+        with torch.inference_mode():
+            torch.testing.assert_close(vm.forward_only(x), expected + 1.0, rtol=1e-4, atol=1e-4)
+        assert len(folds) == 2
+        # a hook on the model, or train mode, must see the model's own forward: no copy is made or used
+        seen = []
+        handle = classifier.register_forward_hook(lambda *args: seen.append(1))
+        with torch.inference_mode():
+            vm.forward_only(x)
+        handle.remove()
+        assert seen == [1] and len(folds) == 2
+        vm.module.train()
+        with torch.inference_mode():
+            vm.forward_only(x)
+        assert len(folds) == 2
+    finally:
+        vm.module.eval()
+        with torch.no_grad():
+            classifier.bias.copy_(saved)
+
+
+def test_tracing_leaves_side_effects_of_the_model_code_on_a_copy(vgg11_bn):
+    class Counting(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, []
+
+        def forward(self, x):
+            self.calls.append(x.shape)
+            return self.inner(x)
+
+    counting = Counting(vgg11_bn).eval()
+    with torch.inference_mode():
+        ds.VisionModel(counting, "counted").forward_only(torch.randn(2, 3, 64, 64))
+    # the model ran twice (the check of the copy on one image, then not again: the copy ran the batch)
+    assert counting.calls == [torch.Size([1, 3, 64, 64])]
+
+
+def test_a_copy_that_computes_something_else_is_not_used(efficientnet, monkeypatch):
+    def broken(module):
+        folded = inference.fold_for_inference(module)
+        folded._folded_0_bias.add_(1.0)
+        return folded
+
+    monkeypatch.setattr("deepscope.zoo.vision_model.fold_for_inference", broken)
+    vm = ds.VisionModel(efficientnet.module, "lite0")
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode(), pytest.warns(RuntimeWarning, match="computes something else"):
+        got = vm.forward_only(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(got, efficientnet.module(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.inference_mode():
+            vm.forward_only(x)  # decided once per state of the parameters
