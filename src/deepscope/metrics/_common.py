@@ -88,8 +88,9 @@ class ModelRunner:
         self.step = self.batch_size  # inputs per forward of perturbed inputs, fitted to them by start/resolve
 
     def outputs(self, inputs: torch.Tensor) -> Any:
+        """The model's output for unperturbed inputs (a forward or two: not worth a forward-only copy)."""
         with torch.inference_mode(), evaluation_mode(self.module):
-            return self.vm.forward_only(inputs)
+            return self.vm.in_fast_layout(self.module, inputs)
 
     def start(
         self, x: torch.Tensor, target: TargetLike
@@ -261,7 +262,12 @@ def make_explainer(
     if callable(method):
         if config:
             raise MetricError("method_config applies to registry methods; close over the settings instead")
-        return method
+
+        def explain_in_fast_layout(vm: VisionModel, inputs: torch.Tensor, target: Any) -> torch.Tensor:
+            # the inputs in the layout the model runs fastest in, as for the registry's methods
+            return vm.in_fast_layout(lambda laid_out: method(vm, laid_out, target), inputs)
+
+        return explain_in_fast_layout
     if not isinstance(method, str):
         raise MetricError(f"method must be a registry name or a callable, got {type(method).__name__}")
     from deepscope.attribution.base import attribute, method_info

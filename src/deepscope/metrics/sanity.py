@@ -28,7 +28,7 @@ from deepscope.metrics._common import (
     make_explainer,
     prepare,
 )
-from deepscope.metrics.similarity import SIMILARITIES
+from deepscope.metrics.similarity import SIMILARITIES, against
 from deepscope.probe.layers import find_layers
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
@@ -75,15 +75,25 @@ def _measures(similarity: Similarity | Sequence[Similarity]) -> dict[str, Callab
     return measures
 
 
-def _compare(
-    original: torch.Tensor, new: torch.Tensor, measures: dict[str, Callable], absolute: bool, normalize: bool
-) -> dict[str, torch.Tensor]:
-    a, b = original, new.to(original.device)
+def _comparison(
+    original: torch.Tensor, measures: dict[str, Callable], absolute: bool, normalize: bool
+) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """``maps -> {measure: [B]}``: the similarity of new maps to the original ones, the original's side of each
+    measure prepared once."""
+    reference = _scaled(original, absolute, normalize)
+    prepared = {name: against(reference, measure) for name, measure in measures.items()}
+
+    def compare(maps: torch.Tensor) -> dict[str, torch.Tensor]:
+        new = _scaled(maps.to(original.device), absolute, normalize)
+        return {name: measure(new).double().cpu() for name, measure in prepared.items()}
+
+    return compare
+
+
+def _scaled(maps: torch.Tensor, absolute: bool, normalize: bool) -> torch.Tensor:
     if absolute:
-        a, b = a.abs(), b.abs()
-    if normalize:
-        a, b = _scale_by_max(a), _scale_by_max(b)
-    return {name: measure(a, b).double().cpu() for name, measure in measures.items()}
+        maps = maps.abs()
+    return _scale_by_max(maps) if normalize else maps
 
 
 def _scale_by_max(maps: torch.Tensor) -> torch.Tensor:
@@ -236,6 +246,7 @@ def randomization(
     trained = copy.deepcopy(copy_vm.module.state_dict()) if order == "independent" else None
     scores: dict[str, list[torch.Tensor]] = {name: [] for name in measures}
     kept = []
+    compare = _comparison(original, measures, absolute, normalize)
     for modules in plan:
         if trained is not None:
             copy_vm.module.load_state_dict(trained)
@@ -243,7 +254,7 @@ def randomization(
         maps = check_maps(x, explain(copy_vm, x, fixed)).detach()
         if keep_maps:
             kept.append(maps)
-        for measure, values in _compare(original, maps, measures, absolute, normalize).items():
+        for measure, values in compare(maps).items():
             scores[measure].append(values)
     return Randomization(
         layers=names,
@@ -331,4 +342,4 @@ def random_logit(
         if bool(((off < 0) | (off >= classes)).any()):
             raise MetricError(f"off_target out of range for a model with {classes} classes")
     maps = check_maps(x, explain(vm, x, Classes(off)))
-    return _compare(original, maps, {"similarity": measure}, absolute, normalize)["similarity"]
+    return _comparison(original, {"similarity": measure}, absolute, normalize)(maps)["similarity"]

@@ -6,6 +6,8 @@ maps' device and return one value per pair ``[B]``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -21,14 +23,17 @@ def _pairs(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..N along the last dimension of ``[B,N]``; tied values share their average rank (as scipy's
-    ``rankdata``)."""
-    sorted_values, order = values.sort(dim=1, stable=True)
+    """Ranks 1..N (float64) along the last dimension of ``[B,N]``; tied values share their average rank (as
+    scipy's ``rankdata``)."""
+    # The order among tied values does not matter (they share one rank), so the sort need not be stable.
+    sorted_values, order = values.sort(dim=1)
     count = values.shape[1]
     new_group = torch.ones_like(sorted_values, dtype=torch.bool)
     new_group[:, 1:] = sorted_values[:, 1:] != sorted_values[:, :-1]
-    group = new_group.long().cumsum(1) - 1
     positions = torch.arange(count, device=values.device, dtype=torch.float64).expand_as(sorted_values)
+    if bool(new_group.all()):  # no ties (maps of real-valued gradients): the rank is the sorted position
+        return torch.empty_like(positions).scatter_(1, order, positions + 1)
+    group = new_group.long().cumsum(1) - 1
     first = torch.full_like(sorted_values, float(count)).scatter_reduce(1, group, positions, "amin")
     last = torch.full_like(sorted_values, -1.0).scatter_reduce(1, group, positions, "amax")
     sorted_ranks = (first.gather(1, group) + last.gather(1, group)) / 2 + 1
@@ -54,6 +59,23 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     a, b = _pairs(a, b)
     return pearson(average_ranks(a.flatten(1)), average_ranks(b.flatten(1)))
+
+
+def against(
+    reference: torch.Tensor, measure: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> Callable:
+    """``maps -> measure(reference, maps)``, for comparing many batches of maps with one reference (the
+    randomisation test compares the maps of every randomised model with the original ones): Spearman ranks the
+    reference once."""
+    if measure is not spearman:
+        return lambda maps: measure(reference, maps)
+    reference_ranks = average_ranks(reference.detach().double().flatten(1))
+
+    def compare(maps: torch.Tensor) -> torch.Tensor:
+        b = _pairs(reference, maps)[1]
+        return pearson(reference_ranks, average_ranks(b.flatten(1)))
+
+    return compare
 
 
 def ssim(
