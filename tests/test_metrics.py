@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -377,6 +379,38 @@ def test_infidelity_square_perturbations_and_max_sensitivity_on_smooth_maps(lene
     assert constant.abs().max() == 0
     moving = ds.metrics.max_sensitivity(lenet, x, maps, target, method=gradient, radius=0.5, samples=4)
     assert bool((moving > 0).all())
+
+
+def test_a_callable_method_on_a_colour_model_runs_channels_last_with_the_same_results(vgg11_bn):
+    seen = []
+
+    def recording_gradient(model, inputs, target):
+        seen.append(inputs.is_contiguous(memory_format=torch.channels_last))
+        return gradient(model, inputs, target)
+
+    # float64, so that the two layouts' different float rounding does not reorder the ranks of near-equal values
+    model = copy.deepcopy(vgg11_bn).double()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    results = {}
+    for layout in ("fast", "standard"):
+        vm = ds.VisionModel(model, "vgg")
+        vm.channels_last = layout == "fast"
+        target = ds.metrics.fixed_target(vm, x)
+        maps = gradient(vm, x, target)
+        noise = (
+            torch.randn(2, *x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.1
+        )
+        results[layout] = (
+            ds.metrics.max_sensitivity(vm, x, maps, target, method=recording_gradient, perturbations=noise),
+            ds.metrics.random_logit(vm, x, maps, target, method=recording_gradient, similarity="spearman"),
+            ds.metrics.randomization(
+                vm, x, maps, target, method=recording_gradient, layers=["classifier.6", "classifier.3"]
+            ).similarity["spearman"],
+        )
+        assert set(seen) == {layout == "fast"}
+        seen.clear()
+    for fast, standard in zip(*results.values(), strict=True):
+        torch.testing.assert_close(fast, standard, rtol=1e-9, atol=1e-9)
 
 
 # ---- the model left as found, errors ----

@@ -264,8 +264,10 @@ def make_explainer(
             raise MetricError("method_config applies to registry methods; close over the settings instead")
 
         def explain_in_fast_layout(vm: VisionModel, inputs: torch.Tensor, target: Any) -> torch.Tensor:
-            # the inputs in the layout the model runs fastest in, as for the registry's methods
-            return vm.in_fast_layout(lambda laid_out: method(vm, laid_out, target), inputs)
+            # the inputs in the layout the model runs fastest in, as for the registry's methods; the maps back in
+            # the standard one
+            maps = vm.in_fast_layout(lambda laid_out: method(vm, laid_out, target), inputs)
+            return maps.contiguous() if isinstance(maps, torch.Tensor) else maps
 
         return explain_in_fast_layout
     if not isinstance(method, str):

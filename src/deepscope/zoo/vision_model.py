@@ -227,8 +227,11 @@ class VisionModel:
         return top.values, top.indices
 
     def with_module(self, module: nn.Module) -> VisionModel:
-        """The same preprocessing and labels around another module (e.g. a random-init copy)."""
-        return replace(self, module=module)
+        """The same preprocessing and labels around another module (e.g. a random-init copy), which keeps to the
+        standard layout if this one had to (see :meth:`in_fast_layout`)."""
+        other = replace(self, module=module)
+        other.channels_last = self.channels_last
+        return other
 
 
 def _inference_state(module: nn.Module) -> tuple | None:
