@@ -230,15 +230,17 @@ def main() -> None:
         "read the same items with the same preprocessing (VisionModel.preprocess / pixel_batch) and batch size."
     )
 
-    print(
-        "\n| peak memory of a scan (LeNet, MNIST) | anonymous RSS growth (MB) | tracemalloc peak (MB) | file-backed output pages (MB) |"
-    )
-    print("|---|---:|---:|---:|")
-    for row in memory():
+    if not args.skip_memory:
         print(
-            f"| {row['n']:,d} samples | {row['anon_growth_mb']:.1f} | {row['tracemalloc_peak_mb']:.1f} | "
-            f"{row['file_growth_mb']:.1f} |"
+            "\n| peak memory of a scan (LeNet, MNIST) | anonymous RSS growth (MB) | tracemalloc peak (MB) "
+            "| file-backed output pages (MB) |"
         )
+        print("|---|---:|---:|---:|")
+        for row in memory():
+            print(
+                f"| {row['n']:,d} samples | {row['anon_growth_mb']:.1f} | {row['tracemalloc_peak_mb']:.1f} | "
+                f"{row['file_growth_mb']:.1f} |"
+            )
 
     if not args.skip_tsne:
         alone, ours = tsne_overhead(max(args.repeats - 1, 1))
