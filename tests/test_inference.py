@@ -84,6 +84,22 @@ def test_folding_is_exact_in_float64_on_a_hand_built_network():
     torch.testing.assert_close(folded(x), net(x), rtol=1e-12, atol=1e-12)
 
 
+def test_an_uneven_padding_before_a_computed_kernel_stays_a_padding():
+    class Computed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+            self.weight = nn.Parameter(torch.randn(4, 1, 3, 3))
+            self.norm = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            # the kernel is computed in the forward (as a weight parametrisation does), not a tensor of the model
+            return self.norm(nn.functional.conv2d(self.pad(x), self.weight * 2.0, None, 2, 0, 1, 4))
+
+    # nothing folds (the norm follows a computed kernel too), so the model runs as it is
+    assert fold_for_inference(Computed().eval()) is None
+
+
 def test_models_without_anything_to_fold_or_untraceable_run_as_they_are():
     class ValueBranch(nn.Module):
         def __init__(self):

@@ -145,8 +145,10 @@ def _fold_paddings(graph_module: fx.GraphModule) -> int:
             continue
         arguments = list(node.args)
         if left != right or top != bottom:
+            if not isinstance(weight_node, fx.Node) or weight_node.op != "get_attr":
+                continue  # a kernel computed in the forward (a parametrisation) cannot be grown here
             weight = _attribute(graph_module, weight_node).detach()
-            if _pair(arguments[5]) != (1, 1) or weight.shape[1] != 1 or weight_node.op != "get_attr":
+            if _pair(arguments[5]) != (1, 1) or weight.shape[1] != 1:
                 continue
             grown = F.pad(
                 weight,
@@ -160,7 +162,7 @@ def _fold_paddings(graph_module: fx.GraphModule) -> int:
         arguments[4] = (max(top, bottom), max(left, right))
         node.args = tuple(arguments)
         graph.erase_node(source)
-        if not weight_node.users:
+        if isinstance(weight_node, fx.Node) and not weight_node.users:
             graph.erase_node(weight_node)
         folded += 1
     return folded
