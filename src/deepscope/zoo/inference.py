@@ -20,6 +20,7 @@ control flow on tensor values) or that has nothing to fold runs as it is.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,12 +57,28 @@ def _attribute(graph_module: fx.GraphModule, node: fx.Node) -> torch.Tensor:
     return getattr(graph_module.get_submodule(holder), name)
 
 
+def _called_module(graph_module: fx.GraphModule, node: object, *kinds: type[nn.Module]) -> nn.Module | None:
+    """The module ``node`` calls when it is exactly one of ``kinds`` (a subclass may compute something else)."""
+    if not isinstance(node, fx.Node) or node.op != "call_module":
+        return None
+    module = graph_module.get_submodule(node.target)
+    return module if type(module) in kinds else None
+
+
+def _replace_by_call(graph: fx.Graph, node: fx.Node, function: Callable, arguments: tuple) -> None:
+    """``node`` becomes a call of ``function`` (inserted in its place), for every one of its users."""
+    with graph.inserting_before(node):
+        replacement = graph.call_function(function, arguments)
+    node.replace_all_uses_with(replacement)
+    graph.erase_node(node)
+
+
 def _conv_arguments(graph_module: fx.GraphModule, node: fx.Node) -> list | None:
     """[input, weight, bias, stride, padding, dilation, groups] of a 2D convolution node whose weight and bias
     are tensors of the model, or None."""
     if node.op == "call_module":
-        conv = graph_module.get_submodule(node.target)
-        if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        conv = _called_module(graph_module, node, nn.Conv2d)
+        if conv is None or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             return None
         bias = None if conv.bias is None else conv.bias.detach()
         return [
@@ -89,11 +106,14 @@ def _conv_arguments(graph_module: fx.GraphModule, node: fx.Node) -> list | None:
 def _fold_batch_norms(graph_module: fx.GraphModule) -> int:
     graph, folded = graph_module.graph, 0
     for node in list(graph.nodes):
-        if node.op != "call_module" or type(graph_module.get_submodule(node.target)) is not nn.BatchNorm2d:
-            continue
-        norm = graph_module.get_submodule(node.target)
-        source = node.args[0]
-        if not isinstance(source, fx.Node) or len(source.users) != 1 or norm.running_var is None:
+        norm = _called_module(graph_module, node, nn.BatchNorm2d)
+        source = node.args[0] if norm is not None else None
+        if (
+            norm is None
+            or not isinstance(source, fx.Node)
+            or len(source.users) != 1
+            or norm.running_var is None
+        ):
             continue
         arguments = _conv_arguments(graph_module, source)
         if arguments is None:
@@ -112,9 +132,7 @@ def _fold_batch_norms(graph_module: fx.GraphModule) -> int:
         graph_module.register_buffer(names[1], shift.to(weight.dtype))
         with graph.inserting_before(node):
             tensors = [graph.get_attr(name) for name in names]
-            conv = graph.call_function(torch.conv2d, (arguments[0], *tensors, *arguments[3:]))
-        node.replace_all_uses_with(conv)
-        graph.erase_node(node)
+        _replace_by_call(graph, node, torch.conv2d, (arguments[0], *tensors, *arguments[3:]))
         old = [argument for argument in source.args[1:3] if isinstance(argument, fx.Node)]
         graph.erase_node(source)
         for attribute in old:
@@ -138,9 +156,10 @@ def _fold_paddings(graph_module: fx.GraphModule) -> int:
         source, weight_node = node.args[0], node.args[1]
         if _pair(node.args[4]) != (0, 0) or not isinstance(source, fx.Node) or len(source.users) != 1:
             continue
-        if source.op != "call_module" or type(graph_module.get_submodule(source.target)) is not nn.ZeroPad2d:
+        padding = _called_module(graph_module, source, nn.ZeroPad2d)
+        if padding is None:
             continue
-        left, right, top, bottom = graph_module.get_submodule(source.target).padding
+        left, right, top, bottom = padding.padding
         if min(left, right, top, bottom) < 0:
             continue
         arguments = list(node.args)
@@ -180,9 +199,9 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
 def _pools_as_maxima(graph_module: fx.GraphModule) -> int:
     graph, changed = graph_module.graph, 0
     for node in list(graph.nodes):
-        if node.op != "call_module" or type(graph_module.get_submodule(node.target)) is not nn.MaxPool2d:
+        pool = _called_module(graph_module, node, nn.MaxPool2d)
+        if pool is None:
             continue
-        pool = graph_module.get_submodule(node.target)
         stride = pool.kernel_size if pool.stride is None else pool.stride
         if (
             _pair(pool.kernel_size) != (2, 2)
@@ -193,10 +212,7 @@ def _pools_as_maxima(graph_module: fx.GraphModule) -> int:
             or pool.return_indices
         ):
             continue
-        with graph.inserting_before(node):
-            replacement = graph.call_function(max_pool_2x2, (node.args[0],))
-        node.replace_all_uses_with(replacement)
-        graph.erase_node(node)
+        _replace_by_call(graph, node, max_pool_2x2, (node.args[0],))
         changed += 1
     return changed
 
@@ -205,24 +221,18 @@ def _activations_in_place(graph_module: fx.GraphModule) -> int:
     """ReLU / ReLU6 modules whose input is a convolution's output used by nothing else write into it."""
     graph, changed = graph_module.graph, 0
     for node in list(graph.nodes):
-        if node.op != "call_module":
-            continue
-        activation = graph_module.get_submodule(node.target)
-        if type(activation) not in (nn.ReLU, nn.ReLU6):
-            continue
-        source = node.args[0]
+        activation = _called_module(graph_module, node, nn.ReLU, nn.ReLU6)
+        source = node.args[0] if activation is not None else None
         if (
-            not isinstance(source, fx.Node)
+            activation is None
+            or not isinstance(source, fx.Node)
             or len(source.users) != 1
             or _conv_arguments(graph_module, source) is None
         ):
             continue
-        with graph.inserting_before(node):
-            if type(activation) is nn.ReLU6:
-                replacement = graph.call_function(F.hardtanh, (source, 0.0, 6.0, True))
-            else:
-                replacement = graph.call_function(F.relu, (source, True))
-        node.replace_all_uses_with(replacement)
-        graph.erase_node(node)
+        if type(activation) is nn.ReLU6:
+            _replace_by_call(graph, node, F.hardtanh, (source, 0.0, 6.0, True))
+        else:
+            _replace_by_call(graph, node, F.relu, (source, True))
         changed += 1
     return changed
