@@ -755,6 +755,23 @@ def test_a_model_that_refuses_channels_last_maps_scans_the_same(tmp_path, flatte
         assert refused.activation_histogram(layer).total == taken.activation_histogram(layer).total
 
 
+def test_a_scan_through_hooks_equals_the_scan_through_the_folded_copy(lenet, tmp_path):
+    """The scan records layers with taps in the forward-only copy; a hook of the user's on the model makes it
+    record with hooks on the model instead. LeNet's copy computes the same floats, so the scans are equal."""
+    digits = ds.datasets.mnist5k("test").subset(range(300))
+    vm = ds.VisionModel(lenet.module, "lenet", lenet.preprocessing, lenet.labels)
+    through_copy = ds.atlas.scan(vm, digits, out=tmp_path / "copy", batch_size=64, chunk_size=100)
+    assert any(module is not vm.module for _, module in vm._inference.values())
+    hooked = copy.deepcopy(lenet.module)
+    batches = []
+    hooked.register_forward_pre_hook(lambda module, inputs: batches.append(inputs[0].shape[0]))
+    through_hooks = ds.atlas.scan(
+        lenet.with_module(hooked), digits, out=tmp_path / "hooks", batch_size=64, chunk_size=100
+    )
+    assert sorted(batches) == [1] + [36] * 3 + [64] * 3  # the probe sample, then every batch of 3 chunks
+    assert_same_scan(through_copy, through_hooks)
+
+
 def test_large_models_are_recorded_block_by_block():
     import torchvision
 

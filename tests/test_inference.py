@@ -7,7 +7,9 @@ import torch
 from torch import fx, nn
 
 import deepscope as ds
+from deepscope.errors import DeepscopeError
 from deepscope.zoo import inference
+from deepscope.zoo.hooks import layer_hooks
 from deepscope.zoo.inference import fold_for_inference
 
 
@@ -131,7 +133,8 @@ def test_forward_only_uses_the_copy_only_where_it_may_and_follows_the_weights(ef
     folds = []
     original = inference.fold_for_inference
     monkeypatch.setattr(
-        "deepscope.zoo.vision_model.fold_for_inference", lambda m: folds.append(1) or original(m)
+        "deepscope.zoo.vision_model.fold_for_inference",
+        lambda m, layers: folds.append(1) or original(m, layers),
     )
     with torch.inference_mode():
         expected = vm.module(x)
@@ -181,8 +184,8 @@ def test_tracing_leaves_side_effects_of_the_model_code_on_a_copy(vgg11_bn):
 
 
 def test_a_copy_that_computes_something_else_is_not_used(efficientnet, monkeypatch):
-    def broken(module):
-        folded = inference.fold_for_inference(module)
+    def broken(module, layers):
+        folded = inference.fold_for_inference(module, layers)
         folded._folded_0_bias.add_(1.0)
         return folded
 
@@ -197,3 +200,146 @@ def test_a_copy_that_computes_something_else_is_not_used(efficientnet, monkeypat
         warnings.simplefilter("error")
         with torch.inference_mode():
             vm.forward_only(x)  # decided once per state of the parameters
+
+
+# --------------------------------------------------------------------------------------------------------------
+# recording layers in the copy
+
+
+def recorded_by_hooks(module: nn.Module, layers: list[str], x: torch.Tensor) -> tuple:
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    with layer_hooks(module, layers, lambda name, t: seen[name].append(t.clone())):
+        output = module(x)
+    return output, seen
+
+
+def recorded_by_taps(copy: fx.GraphModule, layers: list[str], x: torch.Tensor) -> tuple:
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    copy.get_submodule(inference.TAPS).record = lambda name, t: seen[name].append(t.clone())
+    return copy(x), seen
+
+
+def test_taps_in_the_copy_see_what_hooks_on_the_model_see(efficientnet, unchanged):
+    module = efficientnet.module
+    # a block (traced through), a convolution whose batch norm would otherwise fold into it, an input
+    layers = ["_blocks.3", "_conv_stem", "_blocks.10._project_conv", "_fc:input", "_conv_head"]
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    with unchanged(module), torch.inference_mode():
+        copy = fold_for_inference(module, layers)
+        expected, hooked = recorded_by_hooks(module, layers, x)
+        got, tapped = recorded_by_taps(copy, layers, x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    for name in layers:
+        assert len(tapped[name]) == 1
+        want = hooked[name][0]
+        torch.testing.assert_close(tapped[name][0], want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    # the recorded convolutions keep their batch norms; every other one is folded
+    kinds = modules_of(copy)
+    assert kinds.count(nn.BatchNorm2d) == 3 and kinds.count(inference.Taps) == len(layers)
+
+
+def test_lenet_taps_are_exact(lenet):
+    layers = ["fc3:input", "conv1", "conv2", "fc1", "fc2", "fc3"]
+    x = lenet.preprocess(ds.datasets.mnist5k("test").images[:32])
+    with torch.inference_mode():
+        expected, hooked = recorded_by_hooks(lenet.module, layers, x)
+        got, tapped = recorded_by_taps(fold_for_inference(lenet.module, layers), layers, x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    for name in layers:
+        torch.testing.assert_close(tapped[name], hooked[name], rtol=0, atol=0)
+
+
+def test_layers_the_trace_cannot_tap_once_mean_no_copy():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm, self.act = nn.Conv2d(3, 3, 3), nn.BatchNorm2d(3), nn.ReLU()
+            self.attention = nn.MultiheadAttention(3, 1, batch_first=True)
+
+        def forward(self, x):
+            x = self.act(self.norm(self.conv(x)))
+            x = self.act(x)  # one module called twice
+            tokens = x.flatten(2).transpose(1, 2)
+            return self.attention(tokens, tokens, tokens)[0].mean(1)
+
+    model = Shared().eval()
+    assert (
+        fold_for_inference(model, ["norm"]) is not None
+    )  # the norm folds into the conv, its output is tapped
+    assert fold_for_inference(model, ["act"]) is None  # called twice
+    assert fold_for_inference(model, ["attention.out_proj"]) is None  # inside a module fx keeps whole
+    vm = ds.VisionModel(model, "shared")
+    with torch.inference_mode(), pytest.raises(DeepscopeError, match="runs more than once"):
+        vm.forward_only(torch.randn(2, 3, 8, 8), ["act"], lambda name, t: None)
+    # MultiheadAttention reads out_proj's weights without calling it: hooks do not see it run either
+    with torch.inference_mode(), pytest.raises(DeepscopeError, match="did not run"):
+        vm.forward_only(torch.randn(2, 3, 8, 8), ["attention.out_proj"], lambda name, t: None)
+
+
+def test_forward_only_records_each_layer_once_through_the_copy_or_hooks(lenet):
+    layers = ["conv2", "fc3:input"]
+    x = lenet.preprocess(ds.datasets.mnist5k("test").images[:8])
+    vm = ds.VisionModel(lenet.module, "lenet", lenet.preprocessing)
+    seen: list[tuple[str, torch.Tensor]] = []
+    with torch.inference_mode():
+        vm.forward_only(x, layers, lambda name, t: seen.append((name, t.clone())))
+        assert vm._inference[tuple(layers)][1] is not vm.module  # the copy ran
+        handle = vm.module.register_forward_pre_hook(lambda *args: None)
+        try:
+            vm.forward_only(x, layers, lambda name, t: seen.append((name, t.clone())))
+        finally:
+            handle.remove()
+    assert [name for name, _ in seen] == layers * 2
+    for (_, tapped), (_, hooked) in zip(seen[:2], seen[2:], strict=True):
+        torch.testing.assert_close(tapped, hooked, rtol=0, atol=0)
+    with torch.inference_mode(), pytest.raises(ValueError, match="record"):
+        vm.forward_only(x, layers)
+
+
+def test_tracing_leaves_modules_run_by_other_threads_alone(vgg11_bn):
+    """fx patches nn.Module for every thread while it traces; another thread that runs the same model (whose
+    parameters the copy shares) or a torchvision transform must get plain results meanwhile."""
+    import threading
+
+    from torchvision.transforms import v2 as T
+
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    resize = T.Resize(16, antialias=True)
+    with torch.inference_mode():
+        expected, expected_small = vgg11_bn(x), resize(x)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def run_the_model():
+        try:
+            with torch.inference_mode():
+                while not stop.is_set():
+                    torch.testing.assert_close(vgg11_bn(x), expected)
+                    torch.testing.assert_close(resize(x), expected_small)
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    worker = threading.Thread(target=run_the_model)
+    worker.start()
+    try:
+        for _ in range(20):
+            assert fold_for_inference(vgg11_bn, ["features.4"]) is not None
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors, errors[0]
+
+
+def test_a_model_pickles_without_its_copies(lenet):
+    import pickle
+
+    vm = ds.VisionModel(lenet.module, "lenet", lenet.preprocessing)
+    with torch.inference_mode():
+        vm.forward_only(torch.zeros(2, 1, 28, 28), ["conv1"], lambda name, t: None)
+    assert vm._inference
+    again = pickle.loads(pickle.dumps(vm))  # what a Ray actor receives
+    assert again._inference == {} and vm._inference
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            again.forward_only(torch.ones(2, 1, 28, 28)), vm.module(torch.ones(2, 1, 28, 28))
+        )

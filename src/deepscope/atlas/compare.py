@@ -34,8 +34,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from deepscope.errors import DatasetError, WorkspaceError
-from deepscope.probe.capture import layer_hooks
 from deepscope.probe.state import evaluation_mode
+from deepscope.zoo.hooks import layer_hooks
 from deepscope.zoo.loaders import load_model
 from deepscope.zoo.vision_model import VisionModel
 

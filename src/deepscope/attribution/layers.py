@@ -29,9 +29,9 @@ from torch.utils.hooks import RemovableHandle
 
 from deepscope.attribution.base import MethodError, PassCount
 from deepscope.errors import LayerNotFoundError
-from deepscope.probe.capture import first_tensor
 from deepscope.probe.layers import get_layer
 from deepscope.probe.state import evaluation_mode
+from deepscope.zoo.hooks import first_tensor
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 MAX_PREFIX_TOKENS = 8

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import nn
@@ -12,6 +11,7 @@ from torch.utils.hooks import RemovableHandle
 
 from deepscope.errors import DeepscopeError
 from deepscope.probe.layers import find_layers
+from deepscope.zoo.hooks import layer_hooks
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 
@@ -115,63 +115,3 @@ def capture(
     finally:
         for handle in gradient_handles:
             handle.remove()
-
-
-INPUT_SUFFIX = ":input"  # "NAME:input" addresses the input of layer NAME instead of its output
-
-
-def split_layer(name: str) -> tuple[str, bool]:
-    """``("NAME", True)`` for ``"NAME:input"``, ``("NAME", False)`` for a plain layer name."""
-    if name.endswith(INPUT_SUFFIX):
-        return name[: -len(INPUT_SUFFIX)], True
-    return name, False
-
-
-@contextmanager
-def layer_hooks(
-    module: nn.Module, layers: Sequence[str], record: Callable[[str, torch.Tensor], None]
-) -> Iterator[None]:
-    """Inside the block, ``record(name, tensor)`` receives each layer's output (its first tensor), or its input
-    for ``NAME:input``, on every forward of ``module``; the hooks are removed on every exit path. The one
-    place where deepscope hooks layers (``capture``, the units' layer runner and the atlas scan build on it).
-
-    >>> import torch, deepscope as ds
-    >>> vm = ds.load_model("zoo:lenet_mnist")
-    >>> seen = []
-    >>> with layer_hooks(vm.module, ["conv1", "fc3:input"], lambda name, t: seen.append((name, t.shape[1]))):
-    ...     _ = vm(torch.zeros(1, 1, 28, 28))
-    >>> seen
-    [('conv1', 6), ('fc3:input', 84)]
-    """
-    handles = []
-
-    def deliver(name: str, value: Any) -> None:
-        tensor = first_tensor(value)
-        if tensor is not None:
-            record(name, tensor)
-
-    try:
-        for name in layers:
-            target, is_input = split_layer(name)
-            sub = module.get_submodule(target)
-            if is_input:
-                handles.append(sub.register_forward_pre_hook(lambda _, inputs, n=name: deliver(n, inputs)))
-            else:
-                handles.append(
-                    sub.register_forward_hook(lambda _, inputs, output, n=name: deliver(n, output))
-                )
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def first_tensor(output) -> torch.Tensor | None:
-    """The tensor a layer produced: the output itself, or the first tensor of a tuple/list output."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        for item in output:
-            if isinstance(item, torch.Tensor):
-                return item
-    return None

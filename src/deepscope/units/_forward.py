@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from deepscope.errors import DeepscopeError
-from deepscope.probe.capture import Recording, capture, layer_hooks
+from deepscope.probe.capture import Recording, capture
 from deepscope.probe.layers import get_layer
 from deepscope.probe.state import evaluation_mode
+from deepscope.zoo.hooks import layer_hooks
 from deepscope.zoo.vision_model import VisionModel
 
 

@@ -354,36 +354,36 @@ class Store:
         row = self.connection.execute("SELECT state FROM run_state WHERE run_id=?", (run_id,)).fetchone()
         return None if row is None else unpack_arrays(row[0])
 
-    def commit_chunk(
+    def commit_chunks(
         self,
         run_id: int,
         *,
-        chunk: int,
-        start: int,
-        stop: int,
-        samples: Sequence[tuple[int, str, int | None, str, str | None]],
+        chunks: Sequence[tuple[int, int, int, Sequence[tuple[int, str, int | None, str, str | None]]]],
         predictions: Sequence[tuple[int, int, float, int | None]],
         state: Mapping[str, np.ndarray],
     ) -> None:
-        """Make a chunk count: its sample rows, prediction rows and the run's new merged state, atomically.
-        The chunk's array rows must already be written and flushed."""
-        scanned = sum(1 for s in samples if s[3] == "ok")
+        """Make chunks count, atomically: per chunk ``(chunk, start, stop, samples)`` its sample rows, then the
+        prediction rows of them all and the run's new merged state. The chunks' array rows must already be
+        written and flushed."""
+        now = time.time()
         with self.transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO samples (idx, source, label, status, error) VALUES (?,?,?,?,?)",
-                samples,
-            )
+            for chunk, start, stop, samples in chunks:
+                db.executemany(
+                    "INSERT OR REPLACE INTO samples (idx, source, label, status, error) VALUES (?,?,?,?,?)",
+                    samples,
+                )
+                scanned = sum(1 for s in samples if s[3] == "ok")
+                db.execute(
+                    "INSERT INTO chunks (run_id, chunk, start, stop, scanned, skipped, committed_at) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    (run_id, chunk, start, stop, scanned, len(samples) - scanned, now),
+                )
             db.executemany(
                 "INSERT OR REPLACE INTO predictions (run_id, idx, predicted, confidence, label) VALUES (?,?,?,?,?)",
                 [(run_id, *row) for row in predictions],
             )
             db.execute(
                 "INSERT OR REPLACE INTO run_state (run_id, state) VALUES (?, ?)", (run_id, pack_arrays(state))
-            )
-            db.execute(
-                "INSERT INTO chunks (run_id, chunk, start, stop, scanned, skipped, committed_at) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (run_id, chunk, start, stop, scanned, len(samples) - scanned, time.time()),
             )
 
     def finish_run(self, run_id: int) -> None:

@@ -15,30 +15,103 @@ The copy is a ``torch.fx`` trace of a copy of the model's modules that shares ev
 (only the folded kernels are new tensors), so that Python side effects of the model's code while it is traced
 (counters, caches) land on the copy; nothing of the user's model changes. A model that fx cannot trace (Python
 control flow on tensor values) or that has nothing to fold runs as it is.
+
+A pass that also reads some layers (a dataset scan) cannot hook the copy's modules: folded ones are gone. Instead
+the trace places a call of :class:`Taps` wherever such a layer hands over its output (or receives its input), in
+the order hooks would fire, before any fold: a recorded tensor then has a second user, so nothing is folded into
+it or overwrites it, and it is the same tensor the model's hook would see.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from deepscope.zoo.hooks import INPUT_SUFFIX, first_tensor
+
 _CONV_FUNCTIONS = (torch.conv2d, F.conv2d)
 _CONV_DEFAULTS = (None, None, None, 1, 0, 1, 1)  # input, weight, bias, stride, padding, dilation, groups
 
 
-def fold_for_inference(module: nn.Module) -> fx.GraphModule | None:
+TAPS = "_deepscope_taps"  # the name of the Taps module in a traced copy
+
+
+class Taps(nn.Module):
+    """What a traced copy calls where the model's recorded layers produce their tensors: ``taps(name, value)``
+    hands ``value``'s tensor (its first tensor if a tuple) to ``record(name, tensor)``, as a hook would."""
+
+    _is_impure = True  # fx's dead-code elimination must keep these calls, which return nothing
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record: Callable[[str, torch.Tensor], None] | None = None
+
+    def forward(self, name: str, value: object) -> None:
+        tensor = first_tensor(value)
+        if tensor is not None and self.record is not None:
+            self.record(name, tensor)
+
+
+class _TappingTracer(fx.Tracer):
+    """Traces like ``fx.symbolic_trace`` and calls the ``Taps`` module where each of ``layers`` (module names,
+    ``NAME:input`` for a module's input) is called, also inside modules that are traced through.
+
+    While fx traces, it patches ``nn.Module.__call__`` and ``__getattr__`` for every thread. Module calls and
+    attribute reads from other threads (a scan's loader running torchvision transforms, a server thread running
+    the same model, whose parameters the copy shares) pass through untouched here instead of being traced.
+    """
+
+    def __init__(self, layers: Sequence[str]):
+        super().__init__()
+        self.layers = set(layers)
+        self.tapped: list[str] = []
+        self.thread = threading.get_ident()
+
+    def call_module(self, module: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> object:
+        if threading.get_ident() != self.thread:
+            return forward(*args, **kwargs)
+        name = self.path_of_module(module)
+        self._tap(name + INPUT_SUFFIX, args)
+        output = super().call_module(module, forward, args, kwargs)
+        self._tap(name, output)
+        return output
+
+    def getattr(self, attr: str, attr_val: object, parameter_proxy_cache: dict) -> object:
+        if threading.get_ident() != self.thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def _tap(self, name: str, value: object) -> None:
+        if name in self.layers:
+            self.create_proxy("call_module", TAPS, (name, value), {})
+            self.tapped.append(name)
+
+
+def fold_for_inference(module: nn.Module, layers: Sequence[str] = ()) -> fx.GraphModule | None:
     """A traced copy of ``module`` (in eval mode, which it must be in) with batch norms folded into the
     convolutions before them, zero paddings into the convolutions after them, 2x2 max pooling as pairwise maxima
     and ReLU / ReLU6 in place on convolution outputs; None when fx cannot trace the model or it has none of
-    these to change."""
+    these to change.
+
+    With ``layers``, the copy's ``Taps`` module (``copy.get_submodule(TAPS)``) receives each of them once per
+    forward; None as well when one of them is not called exactly once in the trace (a module fx keeps whole
+    hides its submodules; a module reused is recorded with hooks, which report it).
+    """
     shared = {id(tensor): tensor for tensor in [*module.parameters(), *module.buffers()]}
+    tracer = _TappingTracer(layers)
     try:
-        graph_module = fx.symbolic_trace(copy.deepcopy(module, shared))
+        root = copy.deepcopy(module, shared)
+        graph = tracer.trace(root)
+        root.add_module(TAPS, Taps())  # after tracing: a Sequential would call it as one of its layers
+        graph_module = fx.GraphModule(root, graph, type(root).__name__)
     except Exception:  # any failure to copy or trace (control flow on values...) means: run as is
+        return None
+    if sorted(tracer.tapped) != sorted(set(layers)):
         return None
     if not _fold_batch_norms(graph_module) + _fold_paddings(graph_module) + _pools_as_maxima(graph_module):
         return None

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -14,12 +15,16 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 from torchvision.transforms import v2 as T
 
-from deepscope.errors import ImageError
-from deepscope.zoo.inference import fold_for_inference
+from deepscope.errors import DeepscopeError, ImageError
+from deepscope.zoo.hooks import layer_hooks
+from deepscope.zoo.inference import TAPS, fold_for_inference
 
 Out = TypeVar("Out")
 
 Size = tuple[int, int]
+
+# Forward-only copies kept per model (one per set of recorded layers): each holds its own folded kernels.
+MAX_INFERENCE_COPIES = 4
 
 
 @dataclass(frozen=True)
@@ -100,11 +105,17 @@ class VisionModel:
     transform: Callable[[Image.Image], torch.Tensor] | None = None
     # False once the module has refused a channels-last input (see in_fast_layout).
     channels_last: bool = field(default=True, init=False, repr=False)
-    # The module's state (see _inference_state) and the forward-only copy made for it (see forward_only).
-    _inference: tuple[tuple, nn.Module] | None = field(default=None, init=False, repr=False)
+    # Recorded layers -> the module's state (see _inference_state) and the forward-only copy made for both.
+    _inference: dict[tuple[str, ...], tuple[tuple, nn.Module]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
+
+    def __getstate__(self) -> dict:
+        """Pickled (for a Ray actor, say) without its forward-only copies, which are remade where they are used."""
+        return {**self.__dict__, "_inference": {}}
 
     def in_fast_layout(self, forward: Callable[[torch.Tensor], Out], x: torch.Tensor) -> Out:
         """``forward(x)`` with the images ``x`` in the memory layout convolutions run fastest in: channels-last
@@ -120,23 +131,71 @@ class VisionModel:
                 self.channels_last = False
         return forward(x.contiguous())
 
-    def forward_only(self, x: torch.Tensor):
-        """The module's output for ``x`` where nothing else is needed (no gradient, no activation): the forward of
-        the perturbation metrics and methods. In eval mode and without hooks on the module, it runs the copy of
-        :func:`deepscope.zoo.inference.fold_for_inference` (batch norms and paddings folded into convolutions,
-        2x faster on EfficientNet-Lite0), made once per state of the parameters; otherwise the module itself. In
-        the fast layout either way; equal to ``self.module(x)`` up to float rounding. Call it under
-        ``torch.inference_mode()``.
-        """
-        return self.in_fast_layout(self._forward_only_module(x), x)
+    def forward_only(
+        self,
+        x: torch.Tensor,
+        layers: Sequence[str] = (),
+        record: Callable[[str, torch.Tensor], None] | None = None,
+    ):
+        """The module's output for ``x`` where nothing else is needed (no gradient): the forward of the
+        perturbation metrics and methods, and of a dataset scan. In eval mode and without hooks on the module, it
+        runs the copy of :func:`deepscope.zoo.inference.fold_for_inference` (batch norms and paddings folded into
+        convolutions, 2x faster on EfficientNet-Lite0), made once per state of the parameters and set of
+        ``layers``; otherwise the module itself. In the fast layout either way; equal to ``self.module(x)`` up to
+        float rounding. Call it under ``torch.inference_mode()``.
 
-    def _forward_only_module(self, x: torch.Tensor) -> nn.Module:
+        With ``layers``, ``record(name, tensor)`` receives each one's output (its input for ``NAME:input``) the
+        moment it is produced, exactly as from :func:`~deepscope.zoo.hooks.layer_hooks` on the module, and
+        exactly once per call: a layer that runs twice or not at all raises :class:`DeepscopeError`.
+
+        >>> import torch, deepscope as ds
+        >>> vm = ds.load_model("zoo:lenet_mnist")
+        >>> seen = {}
+        >>> with torch.inference_mode():
+        ...     logits = vm.forward_only(torch.zeros(2, 1, 28, 28), ["conv2", "fc3:input"], seen.__setitem__)
+        >>> logits.shape, {name: tuple(t.shape) for name, t in seen.items()}
+        (torch.Size([2, 10]), {'conv2': (2, 16, 10, 10), 'fc3:input': (2, 84)})
+        """
+        layers = tuple(layers)
+        module = self._forward_only_module(x, layers)
+        if not layers:
+            return self.in_fast_layout(module, x)
+        if record is None:
+            raise ValueError("forward_only: layers need a record(name, tensor) callback")
+
+        def recorded(inputs: torch.Tensor):
+            calls = dict.fromkeys(layers, 0)
+
+            def deliver(name: str, tensor: torch.Tensor) -> None:
+                calls[name] += 1
+                if calls[name] > 1:
+                    raise DeepscopeError(
+                        f"layer {name!r} runs more than once in one forward pass (a module reused); choose a "
+                        "layer that runs once, such as the module around it"
+                    )
+                record(name, tensor)
+
+            with _recording(self.module, module, layers, deliver):
+                output = module(inputs)
+            missing = [name for name, count in calls.items() if not count]
+            if missing:
+                raise DeepscopeError(f"layers {missing} did not run in the forward pass of {self.name}")
+            return output
+
+        # A retry in the standard layout starts the counts afresh; record receives those layers again.
+        return self.in_fast_layout(recorded, x)
+
+    def _forward_only_module(self, x: torch.Tensor, layers: tuple[str, ...]) -> nn.Module:
         state = _inference_state(self.module)
         if state is None:
             return self.module
-        if self._inference is None or self._inference[0] != state:
-            folded = fold_for_inference(self.module)
-            if folded is not None and not _same_outputs(folded(x[:1]), self.module(x[:1])):
+        cached = self._inference.get(layers)
+        if cached is None or cached[0] != state:
+            folded = fold_for_inference(self.module, layers)
+            if folded is not None and not _same_outputs(
+                _recorded_run(folded, self.module, layers, x[:1]),
+                _recorded_run(self.module, self.module, layers, x[:1]),
+            ):
                 warnings.warn(
                     f"the folded forward-only copy of {self.name} computes something else than the model; "
                     "deepscope runs the model as it is (please report this model)",
@@ -144,8 +203,11 @@ class VisionModel:
                     stacklevel=3,
                 )
                 folded = None
-            self._inference = (state, folded if folded is not None else self.module)
-        return self._inference[1]
+            self._inference.pop(layers, None)
+            while len(self._inference) >= MAX_INFERENCE_COPIES:
+                del self._inference[next(iter(self._inference))]  # the least recently made
+            self._inference[layers] = (state, folded if folded is not None else self.module)
+        return self._inference[layers][1]
 
     @property
     def input_size(self) -> Size | None:
@@ -248,8 +310,33 @@ def _inference_state(module: nn.Module) -> tuple | None:
     return tuple((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in tensors)
 
 
+@contextmanager
+def _recording(
+    model: nn.Module, module: nn.Module, layers: Sequence[str], record: Callable[[str, torch.Tensor], None]
+) -> Iterator[None]:
+    """Inside the block, ``module`` (the model, or a copy of it with taps) hands ``layers`` to ``record``."""
+    if module is model or not layers:
+        with layer_hooks(model, layers, record):
+            yield
+        return
+    taps = module.get_submodule(TAPS)
+    taps.record = record
+    try:
+        yield
+    finally:
+        taps.record = None
+
+
+def _recorded_run(module: nn.Module, model: nn.Module, layers: Sequence[str], x: torch.Tensor) -> tuple:
+    """(output, every tensor each layer recorded, copied when recorded) of ``module``, the model or its copy."""
+    recorded: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    with _recording(model, module, layers, lambda name, tensor: recorded[name].append(tensor.clone())):
+        output = module(x)
+    return output, recorded
+
+
 def _same_outputs(folded: object, original: object) -> bool:
-    """The folded copy's output matches the model's within float rounding (same structure, every float tensor
+    """The folded copy's output (and recorded tensors) match the model's within float rounding (same structure, every float tensor
     within 1e-3 of the largest value)."""
     folded_leaves, folded_spec = tree_flatten(folded)
     original_leaves, original_spec = tree_flatten(original)
