@@ -614,6 +614,31 @@ def test_a_killed_scan_resumes_and_equals_an_uninterrupted_one(lenet, tmp_path, 
     assert_same_scan(resumed, reference)
 
 
+def test_a_scan_stopped_by_an_error_keeps_its_finished_chunks(lenet, tmp_path):
+    class Failing(torch.utils.data.Dataset):
+        name = "failing-digits"
+
+        def __init__(self):
+            self.digits = ds.datasets.mnist5k("test")
+
+        def __len__(self):
+            return 500
+
+        def __getitem__(self, index):
+            if index == 250:
+                raise RuntimeError("the storage went away")
+            return self.digits[index]
+
+    with pytest.raises(RuntimeError, match="storage went away"):
+        ds.atlas.scan(lenet, Failing(), out=tmp_path, chunk_size=100, batch_size=50)
+    with sqlite3.connect(tmp_path / "workspace.sqlite") as connection:
+        chunks = connection.execute("SELECT chunk FROM chunks ORDER BY chunk").fetchall()
+    assert chunks == [(0,), (1,)]  # chunk 1 was waiting for its commit when chunk 2 failed
+    stopped = ds.atlas.open(tmp_path)
+    assert not stopped.complete
+    np.testing.assert_array_equal(stopped.indices, np.arange(200))
+
+
 def assert_same_scan(a: ds.atlas.Workspace, b: ds.atlas.Workspace) -> None:
     np.testing.assert_array_equal(a.indices, b.indices)
     np.testing.assert_array_equal(a.predictions, b.predictions)

@@ -44,7 +44,7 @@ ENGINES = ("local", "ray")
 
 # Seconds between the starts of two commits of finished chunks, and how many finished chunks may wait for one.
 COMMIT_INTERVAL = 0.5
-MAX_WAITING_CHUNKS = 8
+MAX_WAITING_CHUNKS = 2
 
 
 @dataclass(frozen=True)
