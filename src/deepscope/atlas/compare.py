@@ -35,7 +35,6 @@ from torch.utils.data import Dataset
 
 from deepscope.errors import DatasetError, WorkspaceError
 from deepscope.probe.state import evaluation_mode
-from deepscope.zoo.hooks import layer_hooks
 from deepscope.zoo.loaders import load_model
 from deepscope.zoo.vision_model import VisionModel
 
@@ -200,31 +199,17 @@ class CKA:
     batch_size: int
 
 
-class _GramRecorder:
-    """Scoped forward hooks that turn each layer's output (or input, for ``NAME:input``) into the batch's
-    float64 Gram matrix ``X Xᵀ`` of the flattened activations, at once."""
+def _layer_grams(vm: VisionModel, layers: Sequence[str], inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each layer's float64 Gram matrix ``X Xᵀ`` of the batch's flattened activations (its output, or its input
+    for ``NAME:input``), made the moment the forward-only pass produces it (nothing else is kept)."""
+    grams: dict[str, torch.Tensor] = {}
 
-    def __init__(self, module: nn.Module, layers: Sequence[str]):
-        self.module = module
-        self.layers = list(layers)
-        self.grams: dict[str, torch.Tensor] = {}
-        self.active = False  # two recorders may hook one module (a model compared with itself)
-
-    def __enter__(self) -> _GramRecorder:
-        self._hooks = layer_hooks(self.module, self.layers, self._record)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._hooks.__exit__(*exc_info)
-
-    def _record(self, name: str, tensor: torch.Tensor) -> None:
-        if not self.active:
-            return
-        if name in self.grams:
-            raise DatasetError(f"layer {name!r} runs more than once per forward pass; choose another layer")
+    def record(name: str, tensor: torch.Tensor) -> None:
         flat = tensor.detach().flatten(1).float()
-        self.grams[name] = (flat @ flat.T).double()
+        grams[name] = (flat @ flat.T).double()
+
+    vm.forward_only(inputs, layers, record)
+    return grams
 
 
 def cka(
@@ -270,14 +255,7 @@ def cka(
     self_a = torch.zeros(len(names_a), dtype=torch.float64)
     self_b = torch.zeros(len(names_b), dtype=torch.float64)
     used = 0
-    recorders = (_GramRecorder(vm_a.module, names_a), _GramRecorder(vm_b.module, names_b))
-    with (
-        evaluation_mode(vm_a.module),
-        evaluation_mode(vm_b.module),
-        torch.inference_mode(),
-        recorders[0],
-        recorders[1],
-    ):
+    with evaluation_mode(vm_a.module), evaluation_mode(vm_b.module), torch.inference_mode():
         for start in range(0, total, batch_size):
             items = [loaders[0].fetch(index) for index in range(start, min(start + batch_size, total))]
             prepared = [[], []]
@@ -292,17 +270,11 @@ def cka(
             if len(prepared[0]) < 4:
                 continue
             grams = []
-            for side, (vm, recorder) in enumerate(zip((vm_a, vm_b), recorders, strict=True)):
+            for side, (vm, names) in enumerate(((vm_a, names_a), (vm_b, names_b))):
                 kinds = [kind for kind, *_ in prepared[side]]
                 tensors = loaders[side].tensors(kinds, [tensor for _, tensor, *_ in prepared[side]])
                 inputs, _ = _batch_input(vm, kinds, tensors, vm.device)
-                recorder.grams.clear()
-                recorder.active = True
-                try:
-                    vm.module(inputs)
-                finally:
-                    recorder.active = False
-                grams.append({name: gram.cpu() for name, gram in recorder.grams.items()})
+                grams.append({name: gram.cpu() for name, gram in _layer_grams(vm, names, inputs).items()})
             hsic_a = [hsic_unbiased(grams[0][name], grams[0][name]) for name in names_a]
             hsic_b = [hsic_unbiased(grams[1][name], grams[1][name]) for name in names_b]
             self_a += torch.stack(hsic_a)

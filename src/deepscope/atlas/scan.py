@@ -258,7 +258,7 @@ def _thumbnails(pixels: torch.Tensor | None, inputs: torch.Tensor, size: tuple[i
 
 
 # --------------------------------------------------------------------------------------------------------------
-# hooks
+# recording layers
 
 
 class _Recorder:

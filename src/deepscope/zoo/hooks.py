@@ -25,8 +25,9 @@ def layer_hooks(
     module: nn.Module, layers: Sequence[str], record: Callable[[str, torch.Tensor], None]
 ) -> Iterator[None]:
     """Inside the block, ``record(name, tensor)`` receives each layer's output (its first tensor), or its input
-    for ``NAME:input``, on every forward of ``module``; the hooks are removed on every exit path. The one
-    place where deepscope hooks layers (``capture``, the units' layer runner and the atlas scan build on it).
+    for ``NAME:input``, on every forward of ``module``; the hooks are removed on every exit path. ``capture``,
+    the units' layer runner and :meth:`VisionModel.forward_only` (where no forward-only copy with taps can stand
+    in for the model) build on it.
 
     >>> import torch, deepscope as ds
     >>> vm = ds.load_model("zoo:lenet_mnist")
