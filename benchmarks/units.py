@@ -6,7 +6,8 @@
    for a mid-network channel and for a class logit (where stopping the forward pass early cannot help).
    Target: >= 1.0x.
 2. ``top_patches`` throughput over a dataset against the model's bare forward pass over the same batches
-   (eval mode, ``torch.inference_mode``). Target: >= 0.85x.
+   (eval mode, ``torch.inference_mode``). Target: >= 0.85x. The pass runs ``VisionModel.forward_only`` (the
+   folded channels-last copy with its layers tapped), the bare loop the model as it is.
 
 Run: ``flock /tmp/deepscope-bench.lock python benchmarks/units.py [--device cuda] [--threads N]
 [--only featurevis|top_patches]``.

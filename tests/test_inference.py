@@ -343,3 +343,22 @@ def test_a_model_pickles_without_its_copies(lenet):
         torch.testing.assert_close(
             again.forward_only(torch.ones(2, 1, 28, 28)), vm.module(torch.ones(2, 1, 28, 28))
         )
+
+
+def test_a_model_that_refuses_channels_last_hands_each_layer_over_once(flattening):
+    """The model fails part-way in channels-last (a .view() of a map); the layout is settled on one image before
+    anything is recorded, so the layers before the failure are not handed over twice."""
+    viewing, reshaping = ds.as_vision_model(flattening(view=True)), ds.as_vision_model(flattening(view=False))
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    seen: dict[str, list[torch.Tensor]] = {"conv1": [], "conv2": []}
+    with torch.inference_mode():
+        output = viewing.forward_only(x, ["conv1", "conv2"], lambda name, t: seen[name].append(t))
+        expected = reshaping.module(x)
+    assert not viewing.channels_last and reshaping.channels_last
+    assert [len(calls) for calls in seen.values()] == [1, 1]
+    torch.testing.assert_close(output, expected)
+    top = ds.units.top_patches(viewing, x, "conv2", k=2, crops=False)
+    same = ds.units.top_patches(reshaping, x, "conv2", k=2, crops=False)
+    torch.testing.assert_close(top.values, same.values)
+    torch.testing.assert_close(top.sample_indices, same.sample_indices)
+    torch.testing.assert_close(top.positions, same.positions)

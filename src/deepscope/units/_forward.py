@@ -81,20 +81,15 @@ def streaming_runner(
 ) -> Iterator[Callable[[torch.Tensor], None]]:
     """Like :func:`layer_runner`, but each layer's output goes to ``on_output(name, tensor)`` the moment it is
     produced and is not kept, so a reduction needs no more memory than the forward pass itself; the pass stops
-    once every layer has run. Eval mode inside, every hook removed on exit."""
+    once every layer has run. It is :meth:`VisionModel.forward_only` (the folded copy with the layers tapped,
+    channels-last), so call it under ``torch.inference_mode()``; each layer must run exactly once. Eval mode
+    inside, the model left as found."""
     names = list(dict.fromkeys(layers))
     for name in names:
         get_layer(vm, name)
     waiting: set[str] = set()
-    calls: dict[str, int] = {}
 
     def record(name: str, tensor: torch.Tensor) -> None:
-        calls[name] = calls.get(name, 0) + 1
-        if calls[name] > 1:
-            raise DeepscopeError(
-                f"layer {name!r} runs more than once in one forward pass (a module reused); choose a layer "
-                "that runs once, such as the module around it"
-            )
         on_output(name, tensor)
         waiting.discard(name)
         if not waiting:
@@ -102,13 +97,10 @@ def streaming_runner(
 
     def run(x: torch.Tensor) -> None:
         waiting.update(names)
-        calls.clear()
         with suppress(_StopForward):
-            vm.module(x)
-        if waiting:
-            raise DeepscopeError(f"layer(s) {', '.join(sorted(waiting))} did not run in the forward pass")
+            vm.forward_only(x, names, record)
 
-    with evaluation_mode(vm.module), layer_hooks(vm.module, names, record):
+    with evaluation_mode(vm.module):
         yield run
 
 

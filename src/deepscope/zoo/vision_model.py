@@ -105,6 +105,8 @@ class VisionModel:
     transform: Callable[[Image.Image], torch.Tensor] | None = None
     # False once the module has refused a channels-last input (see in_fast_layout).
     channels_last: bool = field(default=True, init=False, repr=False)
+    # True once a channels-last forward of the module has run through (see in_fast_layout).
+    channels_last_works: bool = field(default=False, init=False, repr=False)
     # Recorded layers -> the module's state (see _inference_state) and the forward-only copy made for both.
     _inference: dict[tuple[str, ...], tuple[tuple, nn.Module]] = field(
         default_factory=dict, init=False, repr=False
@@ -124,12 +126,18 @@ class VisionModel:
         through the change of layout. A model that cannot take channels-last feature maps (a ``.view()`` of
         one raises) gets the standard layout, from then on.
         """
-        if self.channels_last and x.ndim == 4 and x.shape[1] > 1:
+        if self._channels_last_for(x):
             try:
-                return forward(x.contiguous(memory_format=torch.channels_last))
+                output = forward(x.contiguous(memory_format=torch.channels_last))
             except RuntimeError:
                 self.channels_last = False
+            else:
+                self.channels_last_works = True
+                return output
         return forward(x.contiguous())
+
+    def _channels_last_for(self, x: torch.Tensor) -> bool:
+        return self.channels_last and x.ndim == 4 and x.shape[1] > 1
 
     def forward_only(
         self,
@@ -162,6 +170,10 @@ class VisionModel:
             return self.in_fast_layout(module, x)
         if record is None:
             raise ValueError("forward_only: layers need a record(name, tensor) callback")
+        if self._channels_last_for(x) and not self.channels_last_works:
+            # Settle the layout on one image first: a model that refuses channels-last maps fails part-way, and
+            # the retry in the standard layout would hand the layers before the failure to record twice.
+            self.in_fast_layout(module, x[:1])
 
         def recorded(inputs: torch.Tensor):
             calls = dict.fromkeys(layers, 0)
@@ -182,7 +194,6 @@ class VisionModel:
                 raise DeepscopeError(f"layers {missing} did not run in the forward pass of {self.name}")
             return output
 
-        # A retry in the standard layout starts the counts afresh; record receives those layers again.
         return self.in_fast_layout(recorded, x)
 
     def _forward_only_module(self, x: torch.Tensor, layers: tuple[str, ...]) -> nn.Module:
