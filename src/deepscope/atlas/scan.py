@@ -44,7 +44,7 @@ ENGINES = ("local", "ray")
 
 # Seconds between the starts of two commits of finished chunks, and how many finished chunks may wait for one.
 COMMIT_INTERVAL = 0.5
-MAX_WAITING_CHUNKS = 2
+MAX_WAITING_CHUNKS = 8
 
 
 @dataclass(frozen=True)
@@ -656,32 +656,46 @@ class _Writer:
             for record in store.layers(run.id)
         ]
 
-    def commit(self, results: Sequence[ChunkResult]) -> None:
-        """Write the chunks' rows, flush every array once, then record the chunks in one transaction."""
+    def write(self, result: ChunkResult) -> _Written:
+        """Put a chunk's rows into the memory-mapped arrays (the page cache: nothing of them waits in memory) and
+        its reductions into the run's; both count once :meth:`commit` has recorded the chunk."""
+        rows = result.indices
+        self.arrays["predictions"][rows] = result.predicted
+        self.arrays["labels"][rows] = result.labels
+        self.arrays["probabilities"][rows] = result.probabilities
+        if result.thumbnails is not None and "thumbnails" in self.arrays:
+            self.arrays["thumbnails"][rows] = result.thumbnails
+        for array, values in zip(self.embeddings, result.embeddings, strict=True):
+            array[rows] = values
+        self.state.merge(ScanState.from_state_dict(result.state, self.layers, self.device))
+        confidence = result.probabilities.max(1) if len(rows) else np.zeros(0, np.float32)
+        return _Written(
+            (result.chunk, result.start, result.stop, result.samples),
+            (rows, result.predicted, confidence, result.labels),
+        )
+
+    def commit(self, chunks: Sequence[_Written], state: dict[str, np.ndarray]) -> None:
+        """Flush every array once, then record the written chunks and ``state`` (the run's reductions over every
+        chunk written so far) in one transaction."""
         predictions: list[tuple[int, int, float, int | None]] = []
-        for result in results:
-            rows = result.indices
-            self.arrays["predictions"][rows] = result.predicted
-            self.arrays["labels"][rows] = result.labels
-            self.arrays["probabilities"][rows] = result.probabilities
-            if result.thumbnails is not None and "thumbnails" in self.arrays:
-                self.arrays["thumbnails"][rows] = result.thumbnails
-            for array, values in zip(self.embeddings, result.embeddings, strict=True):
-                array[rows] = values
-            self.state.merge(ScanState.from_state_dict(result.state, self.layers, self.device))
-            confidence = result.probabilities.max(1) if len(rows) else np.zeros(0)
-            labels = [None if label < 0 else label for label in result.labels.tolist()]
-            predictions += zip(
-                rows.tolist(), result.predicted.tolist(), confidence.tolist(), labels, strict=True
-            )
+        for written in chunks:
+            rows, predicted, confidence, labels = (array.tolist() for array in written.predictions)
+            known = [None if label < 0 else label for label in labels]
+            predictions += zip(rows, predicted, confidence, known, strict=True)
         for array in [*self.arrays.values(), *self.embeddings]:
             sync_array(array)
         self.store.commit_chunks(
-            self.run.id,
-            chunks=[(result.chunk, result.start, result.stop, result.samples) for result in results],
-            predictions=predictions,
-            state=self.state.state_dict(),
+            self.run.id, chunks=[written.chunk for written in chunks], predictions=predictions, state=state
         )
+
+
+@dataclass
+class _Written:
+    """A chunk whose rows are in the arrays, waiting for its commit: (chunk, start, stop, sample rows) and its
+    (indices, predicted, confidence, labels) arrays."""
+
+    chunk: tuple[int, int, int, list[tuple[int, str, int | None, str, str | None]]]
+    predictions: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -765,30 +779,31 @@ def scan(
             results = ray_chunks(
                 vm, data if isinstance(data, str) else dataset, plan, pending, address, actors
             )
-        # Finished chunks are written and committed (array rows flushed to disk, then one SQLite transaction) on a
-        # second thread while the next ones are computed, in order. A commit starts once the previous one is done
-        # and COMMIT_INTERVAL has passed since it started, with every chunk finished by then, so that a fast
-        # model commits a few times a second, not per chunk; at most MAX_WAITING_CHUNKS wait, which bounds
-        # memory. The flush is mostly waiting for the disk, which the thread hides.
+        # Each finished chunk's rows go into the arrays and its reductions into the run's at once; a second
+        # thread makes them durable and commits them (flush, then one SQLite transaction) while the next ones are
+        # computed, in order. A commit starts once the previous one is done and COMMIT_INTERVAL has passed since
+        # it started, with every chunk written by then, so that a fast model commits a few times a second, not
+        # per chunk; at most MAX_WAITING_CHUNKS wait (their sample and prediction records), which bounds memory.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepscope-commit") as committer:
             committing, started, waiting = None, float("-inf"), []
             try:
                 for result in results:
-                    waiting.append(result)
+                    waiting.append(writer.write(result))
                     idle = committing is None or committing.done()
                     due = idle and time.monotonic() - started >= COMMIT_INTERVAL
                     if due or len(waiting) >= MAX_WAITING_CHUNKS:
                         if committing is not None:
                             committing.result()
-                        committing, started = committer.submit(writer.commit, waiting), time.monotonic()
-                        waiting = []
+                        snapshot = writer.state.state_dict()  # the waiting chunks are all merged into it
+                        committing = committer.submit(writer.commit, waiting, snapshot)
+                        started, waiting = time.monotonic(), []
                     if bar is not None:
                         bar.update(result.stop - result.start)
             finally:  # also when stopped: the finished chunks are kept
                 if committing is not None:
                     committing.result()
                 if waiting:
-                    writer.commit(waiting)
+                    writer.commit(waiting, writer.state.state_dict())
     finally:
         if bar is not None:
             bar.close()
