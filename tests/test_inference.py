@@ -215,8 +215,8 @@ def recorded_by_hooks(module: nn.Module, layers: list[str], x: torch.Tensor) -> 
 
 def recorded_by_taps(copy: fx.GraphModule, layers: list[str], x: torch.Tensor) -> tuple:
     seen: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    copy.get_submodule(inference.TAPS).record = lambda name, t: seen[name].append(t.clone())
-    return copy(x), seen
+    with copy.get_submodule(inference.TAPS).recording(lambda name, t: seen[name].append(t.clone())):
+        return copy(x), seen
 
 
 def test_taps_in_the_copy_see_what_hooks_on_the_model_see(efficientnet, unchanged):
@@ -362,3 +362,33 @@ def test_a_model_that_refuses_channels_last_hands_each_layer_over_once(flattenin
     torch.testing.assert_close(top.values, same.values)
     torch.testing.assert_close(top.sample_indices, same.sample_indices)
     torch.testing.assert_close(top.positions, same.positions)
+
+
+def test_threads_sharing_a_copy_each_get_their_own_layers(lenet):
+    import threading
+
+    vm = ds.VisionModel(lenet.module, "lenet", lenet.preprocessing)
+    layers = ["conv1", "fc3:input"]
+    images = lenet.preprocess(ds.datasets.mnist5k("test").images[:16]).split(8)
+    with torch.inference_mode():
+        expected = [recorded_by_hooks(lenet.module, layers, x)[1] for x in images]
+        vm.forward_only(images[0], layers, lambda name, t: None)  # the copy, made once, shared below
+    errors: list[BaseException] = []
+
+    def work(side: int) -> None:
+        try:
+            with torch.inference_mode():
+                for _ in range(30):
+                    seen: dict[str, torch.Tensor] = {}
+                    vm.forward_only(images[side], layers, seen.__setitem__)
+                    for name in layers:
+                        torch.testing.assert_close(seen[name], expected[side][name][0], rtol=0, atol=0)
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(side,)) for side in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[0]

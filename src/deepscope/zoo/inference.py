@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -43,18 +44,29 @@ TAPS = "_deepscope_taps"  # the name of the Taps module in a traced copy
 
 class Taps(nn.Module):
     """What a traced copy calls where the model's recorded layers produce their tensors: ``taps(name, value)``
-    hands ``value``'s tensor (its first tensor if a tuple) to ``record(name, tensor)``, as a hook would."""
+    hands ``value``'s tensor (its first tensor if a tuple) to the ``record(name, tensor)`` set for the calling
+    thread with :meth:`recording`, so that threads sharing one copy each get their own layers."""
 
     _is_impure = True  # fx's dead-code elimination must keep these calls, which return nothing
 
     def __init__(self) -> None:
         super().__init__()
-        self.record: Callable[[str, torch.Tensor], None] | None = None
+        self.records: dict[int, Callable[[str, torch.Tensor], None]] = {}  # thread id -> record
+
+    @contextmanager
+    def recording(self, record: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+        thread = threading.get_ident()
+        self.records[thread] = record
+        try:
+            yield
+        finally:
+            del self.records[thread]
 
     def forward(self, name: str, value: object) -> None:
+        record = self.records.get(threading.get_ident())
         tensor = first_tensor(value)
-        if tensor is not None and self.record is not None:
-            self.record(name, tensor)
+        if tensor is not None and record is not None:
+            record(name, tensor)
 
 
 class _TappingTracer(fx.Tracer):

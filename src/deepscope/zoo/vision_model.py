@@ -330,12 +330,8 @@ def _recording(
         with layer_hooks(model, layers, record):
             yield
         return
-    taps = module.get_submodule(TAPS)
-    taps.record = record
-    try:
+    with module.get_submodule(TAPS).recording(record):
         yield
-    finally:
-        taps.record = None
 
 
 def _recorded_run(module: nn.Module, model: nn.Module, layers: Sequence[str], x: torch.Tensor) -> tuple:
@@ -347,8 +343,8 @@ def _recorded_run(module: nn.Module, model: nn.Module, layers: Sequence[str], x:
 
 
 def _same_outputs(folded: object, original: object) -> bool:
-    """The folded copy's output (and recorded tensors) match the model's within float rounding (same structure, every float tensor
-    within 1e-3 of the largest value)."""
+    """The folded copy's output and recorded tensors match the model's within float rounding (same structure,
+    every float tensor within 1e-3 of the largest value)."""
     folded_leaves, folded_spec = tree_flatten(folded)
     original_leaves, original_spec = tree_flatten(original)
     if folded_spec != original_spec:
