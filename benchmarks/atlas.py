@@ -1,4 +1,5 @@
-"""Dataset atlas: scan throughput against the bare forward pass, peak memory at two dataset sizes, t-SNE overhead.
+"""Dataset atlas: scan throughput against the bare forward pass, the LeNet scan step by step, peak memory at three
+dataset sizes, t-SNE overhead.
 
     flock /tmp/deepscope-bench.lock python benchmarks/atlas.py [--repeats 3]
 
@@ -16,7 +17,10 @@ Every ratio is measured within one run, the two sides interleaved, best time of 
    reported are the growth of anonymous resident memory during the scan (sampled every 2 ms), the tracemalloc
    peak of Python/NumPy allocations made by the scan, and the file-backed pages of the memory-mapped output
    arrays.
-3. t-SNE of the 5,000 LeNet embeddings: ``ws.layout('tsne')`` (read embeddings, openTSNE, store) versus
+3. LeNet's scan step by step: from the bare loop to the forward-only copy with the reductions the issue asks of
+   every layer (histogram of all values, per-unit maximum and mean), then adding the scan's other parts one at a
+   time, down to ``ds.atlas.scan`` itself.
+4. t-SNE of the 5,000 LeNet embeddings: ``ws.layout('tsne')`` (read embeddings, openTSNE, store) versus
    ``openTSNE.TSNE(...).fit`` alone with the same parameters.
 """
 
@@ -150,6 +154,76 @@ def throughput(repeats: int, device: str):
     )
 
 
+def lenet_steps(repeats: int, device: str) -> dict[str, float]:
+    """Where a LeNet scan of MNIST-5k spends its time: the bare loop, then the scan built up step by step from
+    its own parts (private ones included), each step timed as a whole."""
+    from deepscope.atlas.reductions import ScanState, float_histogram
+    from deepscope.atlas.scan import ChunkScanner, _Recorder, plan_scan
+
+    lenet = on(ds.load_model("zoo:lenet_mnist"), device)
+    digits = ds.datasets.mnist5k()
+    batch = 64
+    plan = plan_scan(lenet, digits, None, batch_size=batch, chunk_size=512, k=16, thumbnail_size=32)
+    layers = list(plan.layers)
+    scanner = ChunkScanner(lenet, digits, plan)
+
+    def required(name: str, tensor: torch.Tensor) -> None:  # what the issue asks of every layer
+        float_histogram(tensor)
+        if tensor.ndim > 2:
+            tensor.amax((2, 3))
+            tensor.mean((2, 3))
+
+    def bare():
+        with torch.inference_mode():
+            for start in range(0, len(digits), batch):
+                lenet.module(lenet.preprocess(digits.images[start : start + batch]))
+        synchronize(device)
+
+    def reductions():
+        with torch.inference_mode():
+            for start in range(0, len(digits), batch):
+                lenet.forward_only(lenet.preprocess(digits.images[start : start + batch]), layers, required)
+        synchronize(device)
+
+    def loaded():
+        with torch.inference_mode():
+            for start in range(0, len(digits), batch):
+                loaded = scanner._load_batch(start, min(start + batch, len(digits)))
+                lenet.forward_only(lenet.normalize(loaded.inputs.to(device)), layers, required)
+        synchronize(device)
+
+    def recorded():
+        with torch.inference_mode():
+            for chunk in range(plan.n_chunks):
+                first, stop = plan.bounds(chunk)
+                state = ScanState(list(zip(plan.layers, plan.units, strict=True)), 10, plan.k, lenet.device)
+                recorder = _Recorder(lenet, layers, state)
+                for start in range(first, stop, batch):
+                    loaded = scanner._load_batch(start, min(start + batch, stop))
+                    recorder.forward(lenet.normalize(loaded.inputs.to(device)))
+                    recorder.end_batch()
+                    state.end_batch(torch.tensor(loaded.indices, device=lenet.device))
+                state.state_dict()
+
+    def chunks():
+        for chunk in range(plan.n_chunks):
+            scanner.scan_chunk(chunk)
+
+    def scan():
+        with tempfile.TemporaryDirectory() as out:
+            ds.atlas.scan(lenet, digits, out=out, batch_size=batch)
+
+    steps = {
+        "bare loop: module(vm.preprocess(batch))": bare,
+        "+ the forward-only copy, tapped: histogram, max and mean of every layer": reductions,
+        "+ items read one by one through the Dataset (labels, sources, skips)": loaded,
+        "+ pooled embeddings, unit statistics, top-16 per unit": recorded,
+        "+ predictions, confusion matrix, thumbnails: ChunkScanner.scan_chunk": chunks,
+        "+ workspace: rows written, flushed, SQLite commits (ds.atlas.scan)": scan,
+    }
+    return {name: value for name, value in best_of(repeats, steps).items() if not name.endswith("_cpu")}
+
+
 MEMORY_CHILD = r"""
 import json, os, sys, tempfile, threading, time, tracemalloc
 import deepscope as ds
@@ -255,6 +329,13 @@ def main() -> None:
         "read the same items with the same preprocessing (VisionModel.preprocess / pixel_batch) and batch size; "
         "forward_only is the folded channels-last copy the scan runs, without recording anything."
     )
+
+    steps = lenet_steps(max(args.repeats, 5), args.device)
+    bare = next(iter(steps.values()))
+    print("\n| LeNet-5 over MNIST-5k, step by step (batch 64) | time (s) | bare / this |")
+    print("|---|---:|---:|")
+    for name, seconds in steps.items():
+        print(f"| {name} | {seconds:.3f} | {bare / seconds:.2f}x |")
 
     if not args.skip_memory:
         print(
