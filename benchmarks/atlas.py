@@ -67,22 +67,29 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def forward_loop(forward, items, batch: int, device: str):
+    """A timed function: ``forward(items[start : start + batch])`` for every batch, under inference mode."""
+
+    def run():
+        with torch.inference_mode():
+            for start in range(0, len(items), batch):
+                forward(items[start : start + batch])
+        synchronize(device)
+
+    return run
+
+
 def throughput(repeats: int, device: str):
     lenet = on(ds.load_model("zoo:lenet_mnist"), device)
     digits = ds.datasets.mnist5k()
     batch = 64
 
-    def bare_pil():
-        with torch.inference_mode():
-            for start in range(0, len(digits), batch):
-                lenet.module(lenet.preprocess(digits.images[start : start + batch]))
-        synchronize(device)
-
-    def folded_pil():
-        with torch.inference_mode():
-            for start in range(0, len(digits), batch):
-                lenet.forward_only(lenet.preprocess(digits.images[start : start + batch]))
-        synchronize(device)
+    bare_pil = forward_loop(
+        lambda images: lenet.module(lenet.preprocess(images)), digits.images, batch, device
+    )
+    folded_pil = forward_loop(
+        lambda images: lenet.forward_only(lenet.preprocess(images)), digits.images, batch, device
+    )
 
     def scan_pil():
         with tempfile.TemporaryDirectory() as out:
@@ -94,17 +101,8 @@ def throughput(repeats: int, device: str):
     tensors = lenet.preprocess(digits.images)
     labelled = torch.utils.data.TensorDataset(tensors, digits.labels)
 
-    def bare_tensor():
-        with torch.inference_mode():
-            for start in range(0, len(tensors), batch):
-                lenet.module(tensors[start : start + batch].to(device))
-        synchronize(device)
-
-    def folded_tensor():
-        with torch.inference_mode():
-            for start in range(0, len(tensors), batch):
-                lenet.forward_only(tensors[start : start + batch].to(device))
-        synchronize(device)
+    bare_tensor = forward_loop(lambda x: lenet.module(x.to(device)), tensors, batch, device)
+    folded_tensor = forward_loop(lambda x: lenet.forward_only(x.to(device)), tensors, batch, device)
 
     def scan_tensor():
         with tempfile.TemporaryDirectory() as out:
@@ -126,17 +124,12 @@ def throughput(repeats: int, device: str):
     crop_set = ds.datasets.UnlabelledImages(crops, [f"crop{i}" for i in range(len(crops))], "crops")
     batch = 32
 
-    def bare_efficientnet():
-        with torch.inference_mode():
-            for start in range(0, len(crops), batch):
-                efficientnet.module(efficientnet.preprocess(crops[start : start + batch]))
-        synchronize(device)
-
-    def folded_efficientnet():
-        with torch.inference_mode():
-            for start in range(0, len(crops), batch):
-                efficientnet.forward_only(efficientnet.preprocess(crops[start : start + batch]))
-        synchronize(device)
+    bare_efficientnet = forward_loop(
+        lambda images: efficientnet.module(efficientnet.preprocess(images)), crops, batch, device
+    )
+    folded_efficientnet = forward_loop(
+        lambda images: efficientnet.forward_only(efficientnet.preprocess(images)), crops, batch, device
+    )
 
     def scan_efficientnet():
         with tempfile.TemporaryDirectory() as out:
@@ -173,17 +166,13 @@ def lenet_steps(repeats: int, device: str) -> dict[str, float]:
             tensor.amax((2, 3))
             tensor.mean((2, 3))
 
-    def bare():
-        with torch.inference_mode():
-            for start in range(0, len(digits), batch):
-                lenet.module(lenet.preprocess(digits.images[start : start + batch]))
-        synchronize(device)
-
-    def reductions():
-        with torch.inference_mode():
-            for start in range(0, len(digits), batch):
-                lenet.forward_only(lenet.preprocess(digits.images[start : start + batch]), layers, required)
-        synchronize(device)
+    bare = forward_loop(lambda images: lenet.module(lenet.preprocess(images)), digits.images, batch, device)
+    reductions = forward_loop(
+        lambda images: lenet.forward_only(lenet.preprocess(images), layers, required),
+        digits.images,
+        batch,
+        device,
+    )
 
     def loaded():
         with torch.inference_mode():
