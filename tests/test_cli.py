@@ -45,6 +45,21 @@ def test_models_and_graph_commands():
     assert "_blocks" in summary.output and "1x320x7x7" in summary.output and "traced by fx" in summary.output
 
 
+def test_help_texts_survive_rich_markup():
+    """Typer renders help with rich markup, which silently drops what looks like a style tag, e.g. the
+    ``[ray]`` of ``pip install 'deepscope[ray]'``; such brackets must be escaped."""
+    import typer.main
+    from rich.text import Text
+
+    group = typer.main.get_command(cli.app)
+    texts = [group.help or ""]
+    for command in group.commands.values():
+        texts += [command.help or ""] + [getattr(param, "help", None) or "" for param in command.params]
+    assert any("[" in text for text in texts)  # the check below has brackets to look at
+    for text in texts:
+        assert Text.from_markup(text).plain == text.replace("\\[", "["), text
+
+
 def test_demo_writes_a_self_contained_page(tmp_path):
     result = runner.invoke(cli.app, ["demo", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output

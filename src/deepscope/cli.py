@@ -280,7 +280,8 @@ def scan_command(
         list[str] | None,
         typer.Option("--layer", help="Layer to record (repeatable, globs, NAME:input); first = embedding"),
     ] = None,
-    engine: Annotated[str, typer.Option(help="local, or ray (pip install 'deepscope[ray]')")] = "local",
+    # The bracket is escaped: rich markup would take [ray] for a style tag and drop it.
+    engine: Annotated[str, typer.Option(help=r"local, or ray (pip install 'deepscope\[ray]')")] = "local",
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (engine=ray); default: a local Ray")
     ] = None,
