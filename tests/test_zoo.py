@@ -178,6 +178,18 @@ def test_bad_specs_name_the_problem(spec, message):
         ds.load_model(spec)
 
 
+def test_overrides_the_model_cannot_take_are_named_at_load(tmp_path):
+    with pytest.raises(SpecError, match=r"lenet_mnist\?size=32: the model fails on a \[1, 1, 32, 32\] input"):
+        ds.load_model("zoo:lenet_mnist?size=32")
+    with pytest.raises(SpecError, match=r"\[1, 1, 224, 224\] input.*3 channels, but got 1"):
+        ds.load_model("zoo:efficientnet_lite0?mean=0.5&std=0.25")
+    names = tmp_path / "names.txt"
+    names.write_text("zero\none\ntwo\n")
+    with pytest.raises(SpecError, match="the labels name 3 classes but the model scores 10"):
+        ds.load_model(f"zoo:lenet_mnist?labels={names}")
+    assert ds.load_model("zoo:efficientnet_lite0?size=160").input_size == (160, 160)  # global pooling: fine
+
+
 def test_a_file_that_is_not_torchscript(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_text("hello")

@@ -129,7 +129,10 @@ def load_model(spec: str | nn.Module | VisionModel, **overrides) -> VisionModel:
     model = SCHEMES[scheme](name, options)
     if options:
         raise SpecError(f"unknown option(s) {', '.join(sorted(options))} in model spec {spec!r}")
-    return _apply_overrides(model, general)
+    model = _apply_overrides(model, general)
+    if general:
+        _check_overrides(model, spec)
+    return model
 
 
 def _load_zoo(name: str, options: dict[str, str]) -> VisionModel:
@@ -282,6 +285,27 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise SpecError(f"option {option}={text!r} must be comma-separated numbers") from None
+
+
+def _check_overrides(model: VisionModel, spec: str) -> None:
+    """Run the model once on a blank input of the size and channels its overridden preprocessing makes, so that a
+    ``size``, ``mean``/``std`` or ``labels`` file the model cannot take fails here, named, instead of deep inside
+    a later forward pass. Without a fixed input size (no crop) only the labels can be checked, on first use."""
+    if model.input_size is None:
+        return
+    blank = torch.zeros(1, model.preprocessing.channels, *model.input_size, device=model.device)
+    try:
+        with torch.inference_mode():
+            output = model.module(blank)
+    except Exception as error:  # whatever the model raises, it cannot take this input
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise SpecError(
+            f"{spec}: the model fails on a {list(blank.shape)} input, which its preprocessing makes "
+            f"({type(error).__name__}: {reason}); give a size=, mean= and std= it was built for"
+        ) from error
+    width = output.shape[-1] if isinstance(output, torch.Tensor) and output.ndim == 2 else None
+    if model.labels is not None and width is not None and width != len(model.labels):
+        raise SpecError(f"{spec}: the labels name {len(model.labels)} classes but the model scores {width}")
 
 
 def _apply_overrides(model: VisionModel, general: dict[str, str]) -> VisionModel:
