@@ -22,7 +22,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 import deepscope as ds
 from deepscope.atlas.reductions import BINS, bin_edges
-from deepscope.errors import DatasetError, LayerNotFoundError, SpecError, WorkspaceError
+from deepscope.errors import DatasetError, DeepscopeError, LayerNotFoundError, SpecError, WorkspaceError
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -431,6 +431,11 @@ def test_photos_without_labels_and_data_spec_errors(efficientnet, tmp_path):
         ds.load_dataset("mnist5k:val")
     with pytest.raises(DatasetError, match="no length"):
         ds.load_dataset(Stream())
+    misnamed = ds.as_vision_model(
+        efficientnet.module, preprocessing=efficientnet.preprocessing, labels=["a", "b"]
+    )
+    with pytest.raises(DeepscopeError, match="has 2 class names but scores 1000 classes"):
+        ds.atlas.scan(misnamed, "samples", out=tmp_path / "misnamed")
 
 
 def test_any_torch_dataset_through_a_python_spec(lenet, tmp_path, monkeypatch):

@@ -515,9 +515,15 @@ def plan_scan(
     missing = [name for name in chosen if name not in shapes]
     if missing:
         raise DeepscopeError(f"layers {missing} did not run in a forward pass of {vm.name}")
-    classes = list(vm.labels) if vm.labels is not None else []
-    if len(classes) != logits.shape[1]:
+    if vm.labels is None:
         classes = [str(i) for i in range(logits.shape[1])]
+    elif len(vm.labels) == logits.shape[1]:
+        classes = list(vm.labels)
+    else:
+        raise DeepscopeError(
+            f"{vm.name} has {len(vm.labels)} class names but scores {logits.shape[1]} classes; "
+            "give it the names of its outputs (or none)"
+        )
     thumbnail = None
     if thumbnail_size > 0:
         picture = pixels if pixels is not None else inputs
