@@ -743,6 +743,10 @@ def test_cli_scan_and_compare(tmp_path, digits):
     # fc2 of scan a and fc2 of scan b are the same layer: CKA 1
     row = next(line for line in compared.output.splitlines() if line.startswith("fc2 "))
     assert row.split()[1] == "1.000"
+    swapped = runner.invoke(cli.app, ["compare", str(tmp_path / "b"), str(tmp_path / "a")])
+    lines = swapped.output.splitlines()
+    header = lines[lines.index("linear CKA (rows: A, columns: B)") + 1]
+    assert header.split() == ["fc3:input", "conv1", "conv2", "fc1", "fc2", "fc3"]  # whole names
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -343,10 +343,11 @@ def compare_command(
     typer.echo(f"B: {b.run.model} ({workspace_b})  accuracy {result.accuracy_b:.2%}")
     typer.echo(f"same prediction on {result.agreement:.2%} of {len(a.indices)} samples")
     width = max(len(name) for name in result.layers_a)
+    column = max(6, *(len(name) for name in result.layers_b))
     typer.echo("linear CKA (rows: A, columns: B)")
-    typer.echo(" " * (width + 1) + " ".join(f"{name[:8]:>8s}" for name in result.layers_b))
+    typer.echo(" " * (width + 1) + " ".join(f"{name:>{column}s}" for name in result.layers_b))
     for name, row in zip(result.layers_a, result.cka, strict=True):
-        typer.echo(f"{name:{width}s} " + " ".join(f"{value:8.3f}" for value in row))
+        typer.echo(f"{name:{width}s} " + " ".join(f"{value:{column}.3f}" for value in row))
     if html is not None:
         comparison_report(result, a, b).write(html)
         typer.echo(f"wrote {html.resolve()}", err=True)
