@@ -277,6 +277,22 @@ def test_nearest_neighbours_equal_brute_force(atlas):
     assert (neighbours[:200, 0] == atlas.indices[d.argmin(1)]).mean() > 0.99  # equal up to exact ties
 
 
+def test_umap_neighbour_graph_equals_umap_learns_own_exact_graph(atlas):
+    """Below 4,096 points umap-learn searches neighbours exactly itself (full distance matrix); the graph built
+    from deepscope's neighbour lists must be the same, entry for entry."""
+    from sklearn.metrics import pairwise_distances
+    from umap.umap_ import fuzzy_simplicial_set
+
+    from deepscope.atlas.layouts import umap_neighbours
+
+    x = np.ascontiguousarray(atlas.embeddings()[:1500], dtype=np.float32)
+    rng = np.random.RandomState(0)
+    own, *_ = fuzzy_simplicial_set(pairwise_distances(x), 15, rng, "precomputed")  # what UMAP.fit does here
+    indices, distances = umap_neighbours(x, 15)
+    ours, *_ = fuzzy_simplicial_set(x, 15, rng, "euclidean", knn_indices=indices, knn_dists=distances)
+    assert abs(own.tocsr() - ours.tocsr()).max() == 0
+
+
 @pytest.mark.slow
 def test_umap_layout_keeps_digits_apart(atlas):
     points = atlas.layout("umap")
