@@ -430,6 +430,16 @@ def test_folder_classes_must_name_model_classes(lenet, tmp_path):
         ds.atlas.scan(lenet, str(tmp_path / "data"), out=tmp_path / "ws")
 
 
+def test_folder_class_errors_suggest_classes_holding_the_folder_name(efficientnet, tmp_path):
+    for name in ("cat", "coffee"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / "data" / name / "a.png")
+    with pytest.raises(
+        DatasetError, match="Closest classes: 'cat' -> tiger cat, Persian cat.*'coffee' -> coffee mug"
+    ):
+        ds.load_dataset(str(tmp_path / "data"), efficientnet.labels)
+
+
 class Stream(torch.utils.data.IterableDataset):
     def __iter__(self):
         yield from range(3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -46,9 +47,14 @@ class DatasetError(DeepscopeError, ValueError):
 
 
 def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:
-    """The candidates closest to ``word``, best first (for 'did you mean' messages)."""
+    """The candidates closest to ``word``, best first (for 'did you mean' messages): those holding ``word`` as a
+    whole word ('cat' -> 'tiger cat', 'conv1' -> 'features.conv1'), then the most similar spellings."""
     candidates = list(candidates)
-    found = difflib.get_close_matches(word, candidates, n=n, cutoff=0.5)
+    pattern = re.compile(rf"(?<![^\W_]){re.escape(word)}(?![^\W_])", re.IGNORECASE) if word.strip() else None
+    holding = [c for c in candidates if pattern is not None and c != word and pattern.search(c)]
+    found = list(dict.fromkeys(holding[:n] + difflib.get_close_matches(word, candidates, n=n, cutoff=0.5)))[
+        :n
+    ]
     if not found:
         # A dotted path often fails only in its last part: suggest siblings of the deepest existing parent.
         parent = word.rsplit(".", 1)[0] if "." in word else ""

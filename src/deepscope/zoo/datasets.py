@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from deepscope.errors import DatasetError, ImageError, SpecError, suggestion
+from deepscope.errors import DatasetError, ImageError, SpecError, close_matches, suggestion
 from deepscope.zoo.images import samples
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -278,10 +278,12 @@ def _image_folder(path: Path, labels: Sequence[str] | None) -> ImageFolder:
         else:
             unknown.append(name)
     if unknown:
-        hints = "".join(suggestion(name, labels) for name in unknown[:3])
+        closest = {name: close_matches(name, labels) for name in unknown[:5]}
+        hints = "; ".join(f"{name!r} -> {', '.join(found)}" for name, found in closest.items() if found)
         raise DatasetError(
             f"subfolders {unknown[:10]} of {path} name no class of the model: name each subfolder after a "
-            f"class ({', '.join(list(labels)[:5])}, ...) or its index.{hints}"
+            f"class ({', '.join(list(labels)[:5])}, ...) or its index."
+            + (f" Closest classes: {hints}" if hints else "")
         )
     return ImageFolder(path, mapping)
 
