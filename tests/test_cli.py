@@ -9,6 +9,7 @@ import skimage.data
 from PIL import Image
 from typer.testing import CliRunner
 
+import deepscope as ds
 from deepscope import cli
 
 runner = CliRunner()
@@ -105,6 +106,37 @@ def test_explain_writes_overlays_a_grid_and_the_passes(photo_files, tmp_path):
     assert "layer of grad_cam: _swish@1" in result.output
     assert "passes through the model: 2 forward + 1 backward" in result.output  # + the one-sample probe
     assert {p.name for p in tmp_path.iterdir()} == {"coffee_grad_cam.png", "coffee_saliency.png", "grid.png"}
+
+
+def test_image_files_are_read_in_the_models_mode(photo_files, tmp_path):
+    digit = tmp_path / "digit.png"
+    ds.datasets.mnist5k().images[0].save(digit)
+    # evaluate read image files as RGB whatever the model, so a grayscale model refused its own digits
+    result = runner.invoke(
+        cli.app,
+        [
+            "evaluate",
+            "zoo:lenet_mnist",
+            str(digit),
+            str(digit),
+            "--methods",
+            "saliency",
+            "--metrics",
+            "deletion",
+            "--out",
+            str(tmp_path / "evaluation"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    gray = tmp_path / "gray.png"
+    Image.open(photo_files["chelsea"]).convert("L").save(gray)
+    refused = runner.invoke(cli.app, ["predict", "zoo:efficientnet_lite0", str(gray)])
+    assert refused.exit_code != 0 and "--convert" in str(refused.exception)
+    converted = runner.invoke(
+        cli.app, ["predict", "zoo:efficientnet_lite0", str(gray), "--convert", "--top", "1"]
+    )
+    assert converted.exit_code == 0, converted.output
+    assert int(converted.output.splitlines()[1].split()[2]) in range(281, 286)  # still a cat
 
 
 def test_explain_names_an_unknown_method(monkeypatch, photo_files, capsys):

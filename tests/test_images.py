@@ -35,6 +35,20 @@ def test_grayscale_images_for_grayscale_models(tmp_path):
         ds.load_images(digit)
 
 
+def test_convert_reads_images_as_image_folders_do():
+    digit = ds.datasets.mnist5k().images[0]
+    with pytest.raises(ImageError, match=r"convert=True \(--convert on the command line\)"):
+        ds.load_images(digit)
+    rgb = ds.load_images(digit, convert=True)[0]
+    assert rgb.mode == "RGB" and (np.asarray(rgb) == np.asarray(digit)[:, :, None]).all()
+    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 128))
+    assert ds.load_images(rgba, convert=True)[0].getpixel((0, 0)) == (10, 20, 30)
+    gray = ds.load_images(Image.new("RGB", (4, 4), (200, 200, 200)), mode="L", convert=True)[0]
+    assert gray.mode == "L" and gray.getpixel((0, 0)) == 200
+    same = Image.new("RGB", (4, 4))
+    assert ds.load_images(same, convert=True)[0] is same
+
+
 def test_rgba_is_refused_with_the_fix():
     rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 128))
     with pytest.raises(ImageError, match="alpha channel.*alpha_composite"):

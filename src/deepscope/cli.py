@@ -24,6 +24,15 @@ ModelArgument = Annotated[
     ),
 ]
 
+ConvertOption = Annotated[
+    bool,
+    typer.Option(
+        "--convert",
+        help="Read image files in the model's mode as image folders are: grayscale replicated to RGB, alpha "
+        "dropped, colour to luminance (without it such files are an error)",
+    ),
+]
+
 
 @app.command()
 def models() -> None:
@@ -47,13 +56,14 @@ def predict(
     model: ModelArgument,
     images: Annotated[list[Path], typer.Argument(help="Image files")],
     top: Annotated[int, typer.Option(help="How many classes to show per image")] = 5,
+    convert: ConvertOption = False,
 ) -> None:
     """Top classes with probabilities for each image."""
     from deepscope.zoo.images import load_images
     from deepscope.zoo.loaders import load_model
 
     vm = load_model(model)
-    pictures = load_images(images, mode=vm.image_mode)
+    pictures = load_images(images, mode=vm.image_mode, convert=convert)
     probabilities, indices = vm.predict(vm.preprocess(pictures), k=top)
     for path, probs, classes in zip(images, probabilities, indices, strict=True):
         typer.echo(f"{path}")
@@ -103,6 +113,7 @@ def explain(
     batch_size: Annotated[
         int | None, typer.Option(help="Model inputs per forward for expanding methods")
     ] = None,
+    convert: ConvertOption = False,
 ) -> None:
     """Heat maps of each image with each method: one overlay PNG per image and method, and grid.png."""
     from deepscope.attribution.base import method_names
@@ -113,7 +124,7 @@ def explain(
 
     method_names(method)  # a wrong name fails before anything is loaded
     vm = load_model(model)
-    pictures = load_images(images, mode=vm.image_mode)
+    pictures = load_images(images, mode=vm.image_mode, convert=convert)
     pixels = vm.pixels(pictures) if vm.transform is None else None
     x = vm.preprocess(pictures)
     maps = explain_batch(vm, x, method, target=target, layer=layer, batch_size=batch_size)
@@ -175,6 +186,7 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Directory for the curve plots and table.csv")] = Path(
         "deepscope-evaluate"
     ),
+    convert: ConvertOption = False,
 ) -> None:
     """Evaluate heat-map methods with faithfulness and sanity metrics: print the table and the ranking,
     write the curves as PNG files."""
@@ -184,7 +196,7 @@ def evaluate(
     from deepscope.zoo.loaders import load_model
 
     vm = load_model(model)
-    dataset = _evaluation_data(data, vm.labels)
+    dataset = _evaluation_data(data, vm, convert)
     if target not in ("top1", "label"):
         raise typer.BadParameter("target must be 'top1' or 'label'", param_hint="--target")
     chosen = None if metrics is None else [name.strip() for name in metrics.split(",") if name.strip()]
@@ -214,14 +226,15 @@ def evaluate(
     typer.echo(f"wrote {out / 'table.csv'} and the plots to {out}/", err=True)
 
 
-def _evaluation_data(items: list[str], labels):
-    """The data argument of `evaluate`: one data spec (see ds.load_dataset) or image files."""
+def _evaluation_data(items: list[str], vm, convert: bool):
+    """The data argument of `evaluate`: one data spec (see ds.load_dataset) or image files, read in the model's
+    image mode."""
     from deepscope.zoo.datasets import load_dataset
     from deepscope.zoo.images import load_images
 
     if len(items) == 1 and not Path(items[0]).is_file():
-        return load_dataset(items[0], labels)
-    return load_images([Path(item) for item in items])
+        return load_dataset(items[0], vm.labels)
+    return load_images([Path(item) for item in items], mode=vm.image_mode, convert=convert)
 
 
 @app.command()

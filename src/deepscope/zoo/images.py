@@ -18,11 +18,15 @@ _LOSSLESS_TO_RGB = {"P", "CMYK", "YCbCr"}
 _GRAYSCALE = {"L", "1", "I", "I;16", "F"}
 
 
-def load_images(items: ImageLike | Sequence[ImageLike], mode: str = "RGB") -> list[Image.Image]:
+def load_images(
+    items: ImageLike | Sequence[ImageLike], mode: str = "RGB", convert: bool = False
+) -> list[Image.Image]:
     """Paths, PIL images or uint8 arrays -> list of PIL images in ``mode`` ('RGB' or 'L').
 
     Nothing is converted silently where information would change: an RGBA image (the alpha would be
-    dropped) or a grayscale image asked for as RGB raises :class:`ImageError` naming the file.
+    dropped), a grayscale image asked for as RGB or a colour image asked for as grayscale raises
+    :class:`ImageError` naming the file. ``convert=True`` converts them as image-folder datasets do (and the
+    scan): grayscale replicated to RGB, alpha dropped, colour to luminance.
 
     >>> import numpy as np, deepscope as ds
     >>> ds.load_images(np.zeros((8, 8, 3), np.uint8))[0].size
@@ -34,14 +38,23 @@ def load_images(items: ImageLike | Sequence[ImageLike], mode: str = "RGB") -> li
         isinstance(items, np.ndarray) and items.ndim in (2, 3) and items.dtype == np.uint8
     ):
         items = [items]
-    return [_load_one(item, mode, index) for index, item in enumerate(items)]
+    loaded = [(_load_one(item, index), _where(item, index)) for index, item in enumerate(items)]
+    if convert:
+        return [image if image.mode == mode else image.convert(mode) for image, _ in loaded]
+    return [_check_mode(image, mode, where) for image, where in loaded]
 
 
-def _load_one(item: ImageLike, mode: str, index: int) -> Image.Image:
+def _where(item: ImageLike, index: int) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return str(Path(item))
+    return f"{'array' if isinstance(item, np.ndarray) else 'image'} {index}"
+
+
+def _load_one(item: ImageLike, index: int) -> Image.Image:
     if isinstance(item, Image.Image):
-        return _check_mode(item, mode, f"image {index}")
+        return item
     if isinstance(item, np.ndarray):
-        return _check_mode(_from_array(item, index), mode, f"array {index}")
+        return _from_array(item, index)
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
         if not path.exists():
@@ -59,7 +72,7 @@ def _load_one(item: ImageLike, mode: str, index: int) -> Image.Image:
             raise ImageError(f"{path} is not an image file PIL can read") from None
         except OSError as error:
             raise ImageError(f"{path} could not be read as an image: {error}") from None
-        return _check_mode(image, mode, str(path))
+        return image
     raise ImageError(
         f"item {index} is a {type(item).__name__}; expected a path, a PIL image or a uint8 array"
     )
@@ -81,19 +94,21 @@ def _check_mode(image: Image.Image, mode: str, where: str) -> Image.Image:
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         raise ImageError(
             f"{where} has an alpha channel (mode {image.mode}); flatten it onto a background first, "
-            "e.g. Image.alpha_composite(Image.new('RGBA', im.size, 'white'), im).convert('RGB')"
+            "e.g. Image.alpha_composite(Image.new('RGBA', im.size, 'white'), im).convert('RGB'), or drop the "
+            "alpha with convert=True (--convert on the command line)"
         )
     if mode == "L" and image.mode in _GRAYSCALE:
         return image.convert("L")
     if mode == "RGB" and image.mode in _GRAYSCALE:
         raise ImageError(
             f"{where} is grayscale (mode {image.mode}) but RGB was asked for; "
-            "pass mode='L' for a grayscale model, or image.convert('RGB') to replicate the channel"
+            "pass mode='L' for a grayscale model, or convert=True (--convert on the command line) to replicate "
+            "the channel"
         )
     if mode == "L":
         raise ImageError(
             f"{where} is a colour image (mode {image.mode}) but grayscale was asked for; "
-            "pass mode='RGB', or image.convert('L') to drop the colour"
+            "pass mode='RGB', or convert=True (--convert on the command line) to drop the colour"
         )
     raise ImageError(f"{where} has mode {image.mode!r}, which cannot be read as {mode}")
 
