@@ -768,28 +768,53 @@ def scan(
     fingerprint = _run_fingerprint(model_fp, dataset_fp, plan)
     store = Store.create(out)
     run = store.find_run(fingerprint)
-    if run is not None and run.complete:
-        return Workspace(store, run)
-    if run is None:
-        run = _start_run(store, plan, fingerprint, model_name, model_fp, dataset, dataset_fp, vm)
-    pending = [chunk for chunk in range(plan.n_chunks) if chunk not in store.committed_chunks(run.id)]
-    writer = _Writer(store, run, plan, torch.device("cpu"))
-    bar = _progress_bar(plan, pending, progress, dataset_name(dataset))
-    try:
-        if engine == "local":
-            scanner = ChunkScanner(vm, dataset, plan)
-            results: Iterable[ChunkResult] = (scanner.scan_chunk(chunk) for chunk in pending)
-        else:
-            from deepscope.atlas.ray_engine import ray_chunks
+    if run is None or not run.complete:
+        with store.writing(fingerprint):
+            # Looked up again: another process may have started or finished the run meanwhile.
+            run = store.find_run(fingerprint)
+            if run is None:
+                run = _start_run(store, plan, fingerprint, model_name, model_fp, dataset, dataset_fp, vm)
+            if not run.complete:
+                pending = [
+                    chunk for chunk in range(plan.n_chunks) if chunk not in store.committed_chunks(run.id)
+                ]
+                results = _chunk_results(vm, data, dataset, plan, pending, engine, address, actors)
+                bar = _progress_bar(plan, pending, progress, dataset_name(dataset))
+                _write_chunks(store, run, plan, results, bar)
+                store.finish_run(run.id)
+    return Workspace(store, store.run(run.id))
 
-            results = ray_chunks(
-                vm, data if isinstance(data, str) else dataset, plan, pending, address, actors
-            )
-        # Each finished chunk's rows go into the arrays and its reductions into the run's at once; a second
-        # thread makes them durable and commits them (flush, then one SQLite transaction) while the next ones are
-        # computed, in order. A commit starts once the previous one is done and COMMIT_INTERVAL has passed since
-        # it started, with every chunk written by then, so that a fast model commits a few times a second, not
-        # per chunk; at most MAX_WAITING_CHUNKS wait (their sample and prediction records), which bounds memory.
+
+def _chunk_results(
+    vm: VisionModel,
+    data: str | Dataset,
+    dataset: Dataset,
+    plan: ScanPlan,
+    pending: list[int],
+    engine: str,
+    address: str | None,
+    actors: int | None,
+) -> Iterable[ChunkResult]:
+    """The results of the ``pending`` chunks, in order, as the engine computes them."""
+    if engine == "local":
+        scanner = ChunkScanner(vm, dataset, plan)
+        return (scanner.scan_chunk(chunk) for chunk in pending)
+    from deepscope.atlas.ray_engine import ray_chunks
+
+    return ray_chunks(vm, data if isinstance(data, str) else dataset, plan, pending, address, actors)
+
+
+def _write_chunks(store: Store, run: Run, plan: ScanPlan, results: Iterable[ChunkResult], bar) -> None:
+    """Write and commit each chunk's results as they come.
+
+    Each finished chunk's rows go into the arrays and its reductions into the run's at once; a second thread makes
+    them durable and commits them (flush, then one SQLite transaction) while the next ones are computed, in order.
+    A commit starts once the previous one is done and COMMIT_INTERVAL has passed since it started, with every
+    chunk written by then, so that a fast model commits a few times a second, not per chunk; at most
+    MAX_WAITING_CHUNKS wait (their sample and prediction records), which bounds memory. Stopped by an exception
+    (an interrupt included), the chunks finished by then are committed, each exactly once."""
+    writer = _Writer(store, run, plan, torch.device("cpu"))
+    try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepscope-commit") as committer:
             committing, started, waiting = None, float("-inf"), []
             try:
@@ -801,8 +826,11 @@ def scan(
                         if committing is not None:
                             committing.result()
                         snapshot = writer.state.state_dict()  # the waiting chunks are all merged into it
-                        committing = committer.submit(writer.commit, waiting, snapshot)
-                        started, waiting = time.monotonic(), []
+                        # Emptied before the hand-over: an interrupt from here on can lose these chunks (they
+                        # are scanned again on resume) but never commit them twice.
+                        handed, waiting = waiting, []
+                        committing = committer.submit(writer.commit, handed, snapshot)
+                        started = time.monotonic()
                     if bar is not None:
                         bar.update(result.stop - result.start)
             finally:  # also when stopped: the finished chunks are kept
@@ -813,8 +841,6 @@ def scan(
     finally:
         if bar is not None:
             bar.close()
-    store.finish_run(run.id)
-    return Workspace(store, store.run(run.id))
 
 
 def _start_run(

@@ -221,6 +221,30 @@ class Store:
         self.connection.close()
 
     @contextmanager
+    def writing(self, fingerprint: str) -> Iterator[None]:
+        """Hold the right to write the run with ``fingerprint``: one process at a time, so that a scan started
+        twice with the same arguments (two terminals, a job restarted while the old one still runs) does not
+        write the same chunks twice. The lock is the operating system's lock on ``locks/<fingerprint>.lock``
+        (``filelock``), which ends with its process however that ends: a killed scan never blocks its resume."""
+        from filelock import FileLock, Timeout
+
+        folder = self.path / "locks"
+        folder.mkdir(exist_ok=True)
+        lock = FileLock(folder / f"{fingerprint}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise WorkspaceError(
+                f"another process is scanning into {self.path} with the same model, data and settings (it holds "
+                f"locks/{fingerprint}.lock); wait for it to finish, or stop it and scan again to continue where "
+                "it stopped"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic write: committed on exit, rolled back on an exception."""
         with self.connection:
