@@ -670,6 +670,67 @@ def test_a_scan_stopped_by_an_error_keeps_its_finished_chunks(lenet, tmp_path):
     np.testing.assert_array_equal(stopped.indices, np.arange(200))
 
 
+def test_a_run_is_written_by_one_scan_at_a_time(lenet, tmp_path):
+    """A second scan with the same arguments while the first still runs (two terminals, a job restarted while the
+    old one lives) is refused with the reason; before, both wrote the same chunks and one crashed on SQLite's
+    UNIQUE constraint. The lock goes with the process that held it."""
+    digits = ds.datasets.mnist5k("test").subset(range(300), name="three-hundred")
+    settings = {"out": tmp_path, "chunk_size": 100, "thumbnail_size": 0}
+
+    class Stop(Exception):
+        pass
+
+    class Interrupted(torch.utils.data.Dataset):
+        name = "three-hundred"
+
+        def __len__(self):
+            return len(digits)
+
+        def __getitem__(self, index):
+            if index == 150:
+                raise Stop
+            return digits[index]
+
+    with pytest.raises(Stop):
+        ds.atlas.scan(lenet, Interrupted(), **settings)
+    store = ds.workspace.Store.open(tmp_path)
+    (run,) = store.runs()
+    assert not run.complete
+    with store.writing(run.fingerprint), pytest.raises(WorkspaceError, match="another process is scanning"):
+        ds.atlas.scan(lenet, digits, **settings)
+    resumed = ds.atlas.scan(lenet, digits, **settings)  # the holder is gone: the scan continues
+    assert resumed.complete and resumed.run.id == run.id and len(resumed.indices) == 300
+    with store.writing(run.fingerprint):
+        assert ds.atlas.scan(lenet, digits, **settings).complete  # a complete run is only read
+
+
+def test_an_interrupted_cli_scan_says_how_to_continue(lenet, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from deepscope import cli
+
+    class Interrupting(torch.utils.data.Dataset):
+        name = "interrupting"
+
+        def __len__(self):
+            return 300
+
+        def __getitem__(self, index):
+            if index == 150:
+                raise KeyboardInterrupt
+            return ds.datasets.mnist5k("test")[index]
+
+    monkeypatch.setattr(
+        sys.modules["deepscope.atlas.scan"], "load_dataset", lambda data, labels: Interrupting()
+    )
+    result = CliRunner().invoke(
+        cli.app, ["scan", "zoo:lenet_mnist", "anything", "--out", str(tmp_path), "--chunk-size", "100"]
+    )
+    assert result.exit_code == 130
+    assert "interrupted: the chunks finished so far are kept" in result.output
+    assert ds.workspace.Store.open(tmp_path).committed_chunks(1) == {0}  # chunk 0 done, chunk 1 was cut short
+
+
 def assert_same_scan(a: ds.atlas.Workspace, b: ds.atlas.Workspace) -> None:
     np.testing.assert_array_equal(a.indices, b.indices)
     np.testing.assert_array_equal(a.predictions, b.predictions)

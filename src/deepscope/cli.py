@@ -310,19 +310,26 @@ def scan_command(
     """Scan a dataset with a model in one pass into a workspace (resumable: run it again after an interruption)."""
     from deepscope.atlas import scan
 
-    ws = scan(
-        model,
-        data,
-        layer or None,
-        engine,
-        out=out,
-        batch_size=batch_size,
-        chunk_size=chunk_size,
-        k=k,
-        progress=True,
-        address=address,
-        actors=actors,
-    )
+    try:
+        ws = scan(
+            model,
+            data,
+            layer or None,
+            engine,
+            out=out,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            k=k,
+            progress=True,
+            address=address,
+            actors=actors,
+        )
+    except KeyboardInterrupt:
+        typer.echo(
+            f"\ninterrupted: the chunks finished so far are kept in {out}; run the same command again to continue",
+            err=True,
+        )
+        raise SystemExit(130) from None
     labels = ws.labels
     typer.echo(f"{ws.path}: {len(ws.indices)} samples scanned, {len(ws.skipped)} skipped")
     for index, source, error in ws.skipped[:20]:
