@@ -482,7 +482,7 @@ def test_any_torch_dataset_through_a_python_spec(lenet, tmp_path, monkeypatch):
                     return 50
 
                 def __getitem__(self, i):
-                    return self.vm.preprocess(self.digits.images[i])[0], torch.tensor(self.digits.labels[i])
+                    return self.vm.preprocess(self.digits.images[i])[0], self.digits.labels[i].clone()
 
             def make():
                 return Tensors()

@@ -9,6 +9,7 @@ Layout (documented for users in docs/workspace.md)::
     WS/runs/<id>/thumbnails.npy uint8 [N, h, w, c]  small pictures of the samples, for image grids
     WS/runs/<id>/weights.npz                        weight histograms of the model
     WS/runs/<id>/layouts/<file>.npy                 2-D layouts and neighbour lists, rows = scanned samples
+    WS/locks/<fingerprint>.lock                     held by the one process writing that run (Store.writing)
 
 Arrays are indexed by dataset index and preallocated when a run starts (``np.lib.format.open_memmap``), so a
 scan writes each chunk in place and its memory does not grow with the dataset. A chunk counts as written only
