@@ -802,7 +802,7 @@ def test_cli_scan_and_compare(tmp_path, digits):
         cli.app, ["scan", "zoo:lenet_mnist", str(tmp_path / "digits"), "--out", str(tmp_path / "a")]
     )
     assert first.exit_code == 0, first.output
-    assert "12 samples scanned, 2 skipped" in first.output and "garbage.png" in first.output
+    assert "run 1: 12 samples scanned, 2 skipped" in first.output and "garbage.png" in first.output
     assert "accuracy" in first.output and "embedding: fc3:input" in first.output
     second = runner.invoke(
         cli.app,
@@ -834,6 +834,24 @@ def test_cli_scan_and_compare(tmp_path, digits):
     lines = swapped.output.splitlines()
     header = lines[lines.index("linear CKA (rows: A, columns: B)") + 1]
     assert header.split() == ["fc3:input", "conv1", "conv2", "fc1", "fc2", "fc3"]  # whole names
+    # Two scans in one workspace: --run-a / --run-b pick them (without, both sides were the latest run)
+    into_a = [
+        "scan",
+        "zoo:lenet_mnist",
+        str(tmp_path / "digits"),
+        "--out",
+        str(tmp_path / "a"),
+        "--layer",
+        "fc2",
+    ]
+    assert "run 2: 12 samples scanned" in runner.invoke(cli.app, into_a).output
+    one = runner.invoke(
+        cli.app, ["compare", str(tmp_path / "a"), str(tmp_path / "a"), "--run-a", "1", "--run-b", "2"]
+    )
+    assert one.exit_code == 0, one.output
+    assert "run 1)" in one.output and "run 2)" in one.output
+    lines = one.output.splitlines()
+    assert lines[lines.index("linear CKA (rows: A, columns: B)") + 1].split() == ["fc2"]
 
 
 # ----------------------------------------------------------------------------------------------------------

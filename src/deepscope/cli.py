@@ -331,7 +331,7 @@ def scan_command(
         )
         raise SystemExit(130) from None
     labels = ws.labels
-    typer.echo(f"{ws.path}: {len(ws.indices)} samples scanned, {len(ws.skipped)} skipped")
+    typer.echo(f"{ws.path} run {ws.run.id}: {len(ws.indices)} samples scanned, {len(ws.skipped)} skipped")
     for index, source, error in ws.skipped[:20]:
         typer.echo(f"  skipped {index} {source}: {error}")
     if len(ws.skipped) > 20:
@@ -351,16 +351,25 @@ def compare_command(
     html: Annotated[
         Path | None, typer.Option(help="Also write a page: CKA heat map and both confusion matrices")
     ] = None,
+    run_a: Annotated[
+        int | None,
+        typer.Option(
+            help="Run of the first workspace (default: its latest complete scan; scan prints the run)"
+        ),
+    ] = None,
+    run_b: Annotated[
+        int | None, typer.Option(help="Run of the second workspace (two models scanned into one workspace)")
+    ] = None,
 ) -> None:
     """Compare two scans of the same data: linear CKA between every pair of layers (pooled activations) and the
     two confusion matrices side by side."""
     from deepscope.atlas import compare, open
     from deepscope.atlas.report import comparison_report
 
-    a, b = open(workspace_a), open(workspace_b)
+    a, b = open(workspace_a, run_a), open(workspace_b, run_b)
     result = compare(a, b)
-    typer.echo(f"A: {a.run.model} ({workspace_a})  accuracy {result.accuracy_a:.2%}")
-    typer.echo(f"B: {b.run.model} ({workspace_b})  accuracy {result.accuracy_b:.2%}")
+    typer.echo(f"A: {a.run.model} ({workspace_a} run {a.run.id})  accuracy {result.accuracy_a:.2%}")
+    typer.echo(f"B: {b.run.model} ({workspace_b} run {b.run.id})  accuracy {result.accuracy_b:.2%}")
     typer.echo(f"same prediction on {result.agreement:.2%} of {len(a.indices)} samples")
     width = max(len(name) for name in result.layers_a)
     column = max(6, *(len(name) for name in result.layers_b))
