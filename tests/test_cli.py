@@ -61,6 +61,23 @@ def test_help_texts_survive_rich_markup():
         assert Text.from_markup(text).plain == text.replace("\\[", "["), text
 
 
+def test_every_count_option_has_a_lower_bound():
+    """A zero or negative batch size, depth, k... is a usage error naming the option, not a traceback from the
+    library underneath (`graph --depth 0` printed a ValueError's traceback)."""
+    import typer.main
+
+    unbounded = [
+        f"{name} --{param.name}"
+        for name, command in typer.main.get_command(cli.app).commands.items()
+        for param in command.params
+        if param.type_descriptor.annotation in (int, list[int]) and getattr(param, "min", None) is None
+    ]
+    assert not unbounded
+    result = runner.invoke(cli.app, ["graph", "zoo:lenet_mnist", "--depth", "0"])
+    assert result.exit_code == 2 and "--depth" in result.output and result.exception is not None
+    assert not isinstance(result.exception, ValueError)
+
+
 def test_demo_writes_a_self_contained_page(tmp_path):
     result = runner.invoke(cli.app, ["demo", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output

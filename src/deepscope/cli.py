@@ -55,7 +55,7 @@ def models() -> None:
 def predict(
     model: ModelArgument,
     images: Annotated[list[Path], typer.Argument(help="Image files")],
-    top: Annotated[int, typer.Option(help="How many classes to show per image")] = 5,
+    top: Annotated[int, typer.Option(min=1, help="How many classes to show per image")] = 5,
     convert: ConvertOption = False,
 ) -> None:
     """Top classes with probabilities for each image."""
@@ -75,7 +75,7 @@ def predict(
 def graph_command(
     model: ModelArgument,
     depth: Annotated[
-        int | None, typer.Option(help="Collapse modules deeper than this many dotted levels")
+        int | None, typer.Option(min=1, help="Collapse modules deeper than this many dotted levels")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the graph as JSON")] = False,
     svg: Annotated[Path | None, typer.Option(help="Also write a node-link diagram to this SVG file")] = None,
@@ -105,13 +105,13 @@ def explain(
     ] = "grad_cam",
     out: Annotated[Path, typer.Option(help="Directory for the pictures")] = Path("deepscope-explain"),
     target: Annotated[
-        int | None, typer.Option(help="Class to explain (default: each image's top class)")
+        int | None, typer.Option(min=0, help="Class to explain (default: each image's top class)")
     ] = None,
     layer: Annotated[
         str | None, typer.Option(help="Layer of the layer-space methods (default: found)")
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Model inputs per forward for expanding methods")
+        int | None, typer.Option(min=1, help="Model inputs per forward for expanding methods")
     ] = None,
     convert: ConvertOption = False,
 ) -> None:
@@ -169,7 +169,7 @@ def evaluate(
     metrics: Annotated[
         str | None, typer.Option(help="Metrics, comma-separated (default: all but the pointing game)")
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Evaluate the first N samples")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N samples")] = None,
     target: Annotated[
         str, typer.Option(help="'top1' (predicted class) or 'label' (dataset labels)")
     ] = "top1",
@@ -182,7 +182,7 @@ def evaluate(
             help="Methods ranked by magnitude (comma-separated, or 'all'), e.g. saliency,smoothgrad"
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Model inputs per forward pass")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Model inputs per forward pass")] = 64,
     out: Annotated[Path, typer.Option(help="Directory for the curve plots and table.csv")] = Path(
         "deepscope-evaluate"
     ),
@@ -247,10 +247,10 @@ def units(
     ] = None,
     out: Annotated[Path, typer.Option(help="Directory for the pictures")] = Path("deepscope-units"),
     unit: Annotated[
-        list[int] | None, typer.Option("--unit", help="Units to show (repeat; default: the first 8)")
+        list[int] | None, typer.Option("--unit", min=0, help="Units to show (repeat; default: the first 8)")
     ] = None,
-    k: Annotated[int, typer.Option(help="Top patches per unit")] = 9,
-    steps: Annotated[int, typer.Option(help="Feature-visualisation steps")] = 128,
+    k: Annotated[int, typer.Option(min=1, help="Top patches per unit")] = 9,
+    steps: Annotated[int, typer.Option(min=1, help="Feature-visualisation steps")] = 128,
 ) -> None:
     """What a layer's units encode: filters, activations, top-k patches with deconvnet projections, feature
     visualisations and an inversion, written as PNG files."""
@@ -299,13 +299,13 @@ def scan_command(
         str | None, typer.Option(help="Ray cluster address (engine=ray); default: a local Ray")
     ] = None,
     actors: Annotated[
-        int | None, typer.Option(help="Ray actors (default: one per GPU, else CPUs / 2)")
+        int | None, typer.Option(min=1, help="Ray actors (default: one per GPU, else CPUs / 2)")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Samples per forward pass")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass")] = 64,
     chunk_size: Annotated[
-        int, typer.Option(help="Samples per committed chunk (the resume granularity)")
+        int, typer.Option(min=1, help="Samples per committed chunk (the resume granularity)")
     ] = 512,
-    k: Annotated[int, typer.Option(help="Top samples kept per unit")] = 16,
+    k: Annotated[int, typer.Option(min=1, help="Top samples kept per unit")] = 16,
 ) -> None:
     """Scan a dataset with a model in one pass into a workspace (resumable: run it again after an interruption)."""
     from deepscope.atlas import scan
@@ -354,11 +354,12 @@ def compare_command(
     run_a: Annotated[
         int | None,
         typer.Option(
-            help="Run of the first workspace (default: its latest complete scan; scan prints the run)"
+            min=1, help="Run of the first workspace (default: its latest complete scan; scan prints the run)"
         ),
     ] = None,
     run_b: Annotated[
-        int | None, typer.Option(help="Run of the second workspace (two models scanned into one workspace)")
+        int | None,
+        typer.Option(min=1, help="Run of the second workspace (two models scanned into one workspace)"),
     ] = None,
 ) -> None:
     """Compare two scans of the same data: linear CKA between every pair of layers (pooled activations) and the
