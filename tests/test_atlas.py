@@ -75,6 +75,17 @@ def test_per_class_precision_recall_f1_equal_scikit_learn(atlas):
     np.testing.assert_allclose(report.f1, f1, rtol=1e-12)
     np.testing.assert_array_equal(report.support, support)
     assert report.to_pandas().loc["3", "support"] == 500
+    # The printed table carries scikit-learn's numbers, rounded as its classification_report rounds them.
+    from sklearn.metrics import classification_report
+
+    theirs = classification_report(atlas.labels, atlas.predictions, digits=3, output_dict=True)
+    rows = str(report).splitlines()
+    for row in rows[1:-1]:
+        name, p, r, f, n = row.split()
+        assert [float(p), float(r), float(f), int(n)] == [
+            round(theirs[name][key], 3) for key in ("precision", "recall", "f1-score")
+        ] + [theirs[name]["support"]]
+    assert rows[-1].split() == ["accuracy", f"{theirs['accuracy']:.3f}", str(len(atlas.labels))]
 
 
 def test_most_confused_pairs_match_the_predictions(atlas):
@@ -804,6 +815,12 @@ def test_cli_scan_and_compare(tmp_path, digits):
     assert first.exit_code == 0, first.output
     assert "run 1: 12 samples scanned, 2 skipped" in first.output and "garbage.png" in first.output
     assert "accuracy" in first.output and "embedding: fc3:input" in first.output
+    scanned = ds.atlas.open(tmp_path / "a")
+    dead = {layer: scanned.unit_statistics(layer)["dead"] for layer in scanned.layers}
+    listed = [f"{layer} {int(flags.sum())}/{len(flags)}" for layer, flags in dead.items() if flags.any()]
+    assert f"dead units (never above 0): {', '.join(listed) or 'none'}" in first.output
+    mistakes = scanned.most_confused()
+    assert ("most confused" in first.output) == bool(mistakes)
     second = runner.invoke(
         cli.app,
         [

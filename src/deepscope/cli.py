@@ -341,7 +341,17 @@ def scan_command(
         typer.echo(
             f"accuracy {float((ws.predictions[known] == labels[known]).mean()):.2%} on {int(known.sum())} labelled samples"
         )
+        mistakes = [
+            f"{ws.classes[pair.label]} -> {ws.classes[pair.predicted]}: {pair.count} "
+            f"(samples {', '.join(str(i) for i in pair.samples)})"
+            for pair in ws.most_confused(n=5, samples=3)
+        ]
+        if mistakes:
+            typer.echo("most confused (label -> predicted):\n  " + "\n  ".join(mistakes))
     typer.echo(f"layers: {', '.join(ws.layers)} (embedding: {ws.embedding_layer})")
+    dead = {layer: ws.unit_statistics(layer)["dead"] for layer in ws.layers}
+    listed = [f"{layer} {int(flags.sum())}/{len(flags)}" for layer, flags in dead.items() if flags.any()]
+    typer.echo(f"dead units (never above 0): {', '.join(listed) if listed else 'none'}")
 
 
 @app.command("compare")

@@ -31,6 +31,18 @@ class ClassReport:
         total = self.support.sum()
         return float(np.nansum(self.recall * self.support) / total) if total else float("nan")
 
+    def __str__(self) -> str:
+        """A table in the manner of scikit-learn's ``classification_report``: a row per class, then the
+        accuracy over every labelled sample."""
+        width = max(8, *(len(name) for name in self.classes))
+        rows = [f"{'class':>{width}}  precision  recall      f1  support"]
+        for name, precision, recall, f1, support in zip(
+            self.classes, self.precision, self.recall, self.f1, self.support, strict=True
+        ):
+            rows.append(f"{name:>{width}}  {precision:9.3f}  {recall:6.3f}  {f1:6.3f}  {support:7d}")
+        rows.append(f"{'accuracy':>{width}}  {'':9}  {'':6}  {self.accuracy:6.3f}  {self.support.sum():7d}")
+        return "\n".join(rows)
+
     def to_pandas(self):
         """The report as a DataFrame indexed by class name (needs pandas)."""
         import pandas as pd
