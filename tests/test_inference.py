@@ -202,6 +202,28 @@ def test_a_copy_that_computes_something_else_is_not_used(efficientnet, monkeypat
             vm.forward_only(x)  # decided once per state of the parameters
 
 
+def test_outputs_are_compared_by_structure_and_within_rounding():
+    from collections import OrderedDict, namedtuple
+
+    from deepscope.zoo.vision_model import _same_outputs
+
+    Pair = namedtuple("Pair", "logits index")
+    x = torch.linspace(-10, 10, 12).reshape(3, 4)
+    original = {"out": Pair(x, torch.arange(3)), "extra": [x * 2, "name"]}
+    assert _same_outputs({"out": Pair(x + 1e-4, torch.arange(3)), "extra": [x * 2, "name"]}, original)
+    assert not _same_outputs({"out": Pair(x + 0.1, torch.arange(3)), "extra": [x * 2, "name"]}, original)
+    assert not _same_outputs({"out": Pair(x, torch.arange(3) + 1), "extra": [x * 2, "name"]}, original)
+    assert not _same_outputs(
+        {"out": (x, torch.arange(3)), "extra": [x * 2, "name"]}, original
+    )  # not the tuple
+    assert not _same_outputs(
+        {"extra": [x * 2, "name"], "out": Pair(x, torch.arange(3))}, original
+    )  # key order
+    assert not _same_outputs({"out": Pair(x, torch.arange(3)), "extra": [x * 2]}, original)
+    assert not _same_outputs(OrderedDict(original), original)
+    assert not _same_outputs(x[:2], x) and not _same_outputs([x], x)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # recording layers in the copy
 

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils._pytree import tree_flatten
 from torchvision.transforms import v2 as T
 
 from deepscope.errors import DeepscopeError, ImageError
@@ -343,18 +342,29 @@ def _recorded_run(module: nn.Module, model: nn.Module, layers: Sequence[str], x:
 
 
 def _same_outputs(folded: object, original: object) -> bool:
-    """The folded copy's output and recorded tensors match the model's within float rounding (same structure,
-    every float tensor within 1e-3 of the largest value)."""
-    folded_leaves, folded_spec = tree_flatten(folded)
-    original_leaves, original_spec = tree_flatten(original)
-    if folded_spec != original_spec:
-        return False
-    for a, b in zip(folded_leaves, original_leaves, strict=True):
-        if isinstance(b, torch.Tensor) and b.is_floating_point():
-            scale = float(b.abs().max()) if b.numel() else 0.0
-            if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-3, atol=1e-3 * scale + 1e-6):
-                return False
-    return True
+    """The folded copy's output and recorded tensors match the model's within float rounding: the same nesting
+    of tuples, lists and dicts (named tuples and dict subclasses included), tensors of the same shapes, every
+    float tensor within 1e-3 of its largest value, other tensors equal, other leaves of the same type."""
+    if isinstance(original, torch.Tensor):
+        if not isinstance(folded, torch.Tensor) or folded.shape != original.shape:
+            return False
+        if not original.is_floating_point():
+            return torch.equal(folded, original)
+        scale = float(original.abs().max()) if original.numel() else 0.0
+        return torch.allclose(folded, original, rtol=1e-3, atol=1e-3 * scale + 1e-6)
+    if isinstance(original, (tuple, list)):
+        return (
+            type(folded) is type(original)
+            and len(folded) == len(original)
+            and all(_same_outputs(a, b) for a, b in zip(folded, original, strict=True))
+        )
+    if isinstance(original, dict):
+        return (
+            type(folded) is type(original)
+            and list(folded) == list(original)
+            and all(_same_outputs(folded[key], original[key]) for key in original)
+        )
+    return type(folded) is type(original)
 
 
 def _chw(array: np.ndarray) -> np.ndarray:
