@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from scipy.spatial.distance import cdist
 
 LAYOUTS = ("pca", "tsne", "umap")
 
@@ -142,6 +140,10 @@ def image_grid(points: np.ndarray, rows: int, columns: int, seed: int = 0) -> Gr
     >>> grid.cells.tolist()
     [[2, 1], [0, 3]]
     """
+    # Imported here: scipy.optimize costs half a second of every `import deepscope` otherwise.
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 2:
         raise ValueError(f"points must be [N, 2], got shape {points.shape}")
