@@ -61,6 +61,21 @@ def test_help_texts_survive_rich_markup():
         assert Text.from_markup(text).plain == text.replace("\\[", "["), text
 
 
+def test_the_package_and_the_help_load_without_torch():
+    """`import deepscope` and `deepscope --help` took 4 s (torch, torchvision, scipy); names load on first use."""
+    import subprocess
+
+    probe = (
+        "import sys, deepscope, deepscope.cli\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "import deepscope as ds\n"
+        "missing = [name for name in ds.__all__ if getattr(ds, name, None) is None]\n"
+        "assert not missing, missing\n"
+        "assert ds.atlas.scan and ds.zoo.datasets.mnist5k and ds.workspace.Store and ds.__version__\n"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True)
+
+
 def test_every_count_option_has_a_lower_bound():
     """A zero or negative batch size, depth, k... is a usage error naming the option, not a traceback from the
     library underneath (`graph --depth 0` printed a ValueError's traceback)."""

@@ -7,63 +7,40 @@
 'espresso'
 """
 
-from deepscope import atlas, errors, metrics, render, units, workspace
-from deepscope.attribution import attribute, explain, methods, targets
-from deepscope.metrics import evaluate
-from deepscope.probe import (
-    Graph,
-    ReceptiveField,
-    Recording,
-    capture,
-    find_layers,
-    get_layer,
-    graph,
-    layer_names,
-    receptive_field,
-)
-from deepscope.zoo import (
-    Preprocessing,
-    VisionModel,
-    as_vision_model,
-    datasets,
-    list_models,
-    load_dataset,
-    load_images,
-    load_model,
-    samples,
-)
+import lazy_loader
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Graph",
-    "Preprocessing",
-    "ReceptiveField",
-    "Recording",
-    "VisionModel",
-    "__version__",
-    "as_vision_model",
-    "atlas",
-    "attribute",
-    "capture",
-    "datasets",
-    "errors",
-    "evaluate",
-    "explain",
-    "find_layers",
-    "get_layer",
-    "graph",
-    "layer_names",
-    "list_models",
-    "load_dataset",
-    "load_images",
-    "load_model",
-    "methods",
-    "metrics",
-    "receptive_field",
-    "render",
-    "samples",
-    "targets",
-    "units",
-    "workspace",
-]
+# Subpackages and names load on first use (scikit-image's lazy_loader): `import deepscope` and `deepscope --help`
+# do not pay for torch and torchvision (about 3 s) until something needs them.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submodules=["atlas", "attribution", "errors", "metrics", "probe", "render", "units", "workspace", "zoo"],
+    submod_attrs={
+        "attribution": ["attribute", "explain", "methods", "targets"],
+        "metrics": ["evaluate"],
+        "probe": [
+            "Graph",
+            "ReceptiveField",
+            "Recording",
+            "capture",
+            "find_layers",
+            "get_layer",
+            "graph",
+            "layer_names",
+            "receptive_field",
+        ],
+        "zoo": [
+            "Preprocessing",
+            "VisionModel",
+            "as_vision_model",
+            "datasets",
+            "list_models",
+            "load_dataset",
+            "load_images",
+            "load_model",
+            "samples",
+        ],
+    },
+)
+__all__ = [*__all__, "__version__"]
