@@ -256,18 +256,20 @@ print(json.dumps({"n": n, "anon_growth_mb": (peak[0] - before_anon) / 1024, "fil
 """
 
 
+def in_fresh_process(script: str, *arguments: str) -> dict:
+    """Run ``script`` in a new Python process on this checkout's sources; the JSON of its last output line."""
+    output = subprocess.run(
+        [sys.executable, "-c", script, *arguments],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+    )
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
 def memory() -> list[dict]:
-    results = []
-    for n in (1000, 5000, 20000):
-        output = subprocess.run(
-            [sys.executable, "-c", MEMORY_CHILD, str(n)],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
-        )
-        results.append(json.loads(output.stdout.strip().splitlines()[-1]))
-    return results
+    return [in_fresh_process(MEMORY_CHILD, str(n)) for n in (1000, 5000, 20000)]
 
 
 def tsne_overhead(repeats: int) -> tuple[float, float]:
@@ -319,14 +321,7 @@ def umap_first_call() -> dict[str, dict[str, float]]:
         arrays = Path(out) / "embeddings.npz"
         np.savez(arrays, x=ws.embeddings(), labels=ws.labels)
         for side in ("deepscope", "umap-learn"):
-            output = subprocess.run(
-                [sys.executable, "-c", UMAP_CHILD, side, str(arrays)],
-                capture_output=True,
-                text=True,
-                check=True,
-                env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
-            )
-            results[side] = json.loads(output.stdout.strip().splitlines()[-1])
+            results[side] = in_fresh_process(UMAP_CHILD, side, str(arrays))
     return results
 
 
