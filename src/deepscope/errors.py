@@ -50,11 +50,13 @@ def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]
     """The candidates closest to ``word``, best first (for 'did you mean' messages): those holding ``word`` as a
     whole word ('cat' -> 'tiger cat', 'conv1' -> 'features.conv1'), then the most similar spellings."""
     candidates = list(candidates)
-    pattern = re.compile(rf"(?<![^\W_]){re.escape(word)}(?![^\W_])", re.IGNORECASE) if word.strip() else None
-    holding = [c for c in candidates if pattern is not None and c != word and pattern.search(c)]
-    found = list(dict.fromkeys(holding[:n] + difflib.get_close_matches(word, candidates, n=n, cutoff=0.5)))[
-        :n
-    ]
+    holding: list[str] = []
+    if word.strip():
+        # The word on its own: no letter or digit right before or after it ('_', '.', ' ' separate words).
+        whole_word = re.compile(rf"(?<![^\W_]){re.escape(word)}(?![^\W_])", re.IGNORECASE)
+        holding = [c for c in candidates if c != word and whole_word.search(c)]
+    spelled = difflib.get_close_matches(word, candidates, n=n, cutoff=0.5)
+    found = list(dict.fromkeys(holding + spelled))[:n]
     if not found:
         # A dotted path often fails only in its last part: suggest siblings of the deepest existing parent.
         parent = word.rsplit(".", 1)[0] if "." in word else ""
