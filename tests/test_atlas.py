@@ -512,6 +512,56 @@ def test_any_torch_dataset_through_a_python_spec(lenet, tmp_path, monkeypatch):
         ds.load_dataset("python:mydigits:mak")
 
 
+class DictDigits(torch.utils.data.Dataset):
+    """Digits as a Hugging Face ``datasets`` table gives them: dicts of a uint8 array and a NumPy label."""
+
+    def __init__(self, digits, n: int):
+        self.digits, self.n = digits, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        image, label = self.digits[i]
+        return {"image": np.asarray(image), "label": np.int64(label), "id": i}
+
+
+def test_dict_items_and_numpy_images_scan_like_pil_tuples(lenet, tmp_path):
+    test = ds.datasets.mnist5k("test")
+    as_tuples = ds.atlas.scan(lenet, test.subset(range(100)), out=tmp_path / "tuples", thumbnail_size=0)
+    as_dicts = ds.atlas.scan(lenet, DictDigits(test, 100), out=tmp_path / "dicts", thumbnail_size=0)
+    np.testing.assert_array_equal(as_dicts.labels, test.labels[:100].numpy())
+    np.testing.assert_array_equal(as_dicts.predictions, as_tuples.predictions)
+    np.testing.assert_array_equal(as_dicts.embeddings(), as_tuples.embeddings())
+
+
+class Items(torch.utils.data.Dataset):
+    def __init__(self, item):
+        self.item = item
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, i: int):
+        return self.item
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({"pixels": np.zeros((28, 28), np.uint8)}, r"one image under 'image' or 'img' .* keys \['pixels'\]"),
+        ({"image": np.zeros((28, 28), np.uint8), "label": 1, "target": 1}, "at most one label"),
+        ((np.zeros((28, 28), np.float32), 1), r"uint8 \[H,W\] or \[H,W,C\] .* got float32 \[28, 28\]"),
+        ((np.zeros((28, 28), np.uint8), torch.eye(10)[3]), r"one class index, got an array of shape \[10\]"),
+        ((np.zeros((28, 28), np.uint8), 2.5), "class indices, got 2.5"),
+        ({"image": "digit.png"}, "holds a str; expected a PIL image, a uint8 NumPy image"),
+    ],
+)
+def test_items_that_are_not_images_with_class_indices_are_named(lenet, tmp_path, item, message):
+    with pytest.raises(DatasetError, match=message):
+        ds.atlas.scan(lenet, Items(item), out=tmp_path)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # leaving the model as found
 

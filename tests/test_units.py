@@ -112,6 +112,21 @@ def test_top_patches_stream_once_and_accept_tensors(lenet, digits, digit_inputs)
     assert torch.allclose(from_tensors.crops, hits.crops, atol=1e-6)  # tensors are un-normalised for display
 
 
+def test_top_patches_read_dict_items_with_numpy_images(lenet, digits):
+    class Records(torch.utils.data.Dataset):  # as a Hugging Face ``datasets`` table gives them
+        def __len__(self):
+            return 300
+
+        def __getitem__(self, index):
+            image, label = digits[index]
+            return {"img": np.asarray(image), "label": label}
+
+    from_records = ds.units.top_patches(lenet, Records(), "conv2", k=4)
+    from_tuples = ds.units.top_patches(lenet, digits.subset(range(300)), "conv2", k=4)
+    assert torch.equal(from_records.sample_indices, from_tuples.sample_indices)
+    assert torch.equal(from_records.crops, from_tuples.crops)
+
+
 def test_top_patches_bad_input_is_named(lenet, digits, unchanged):
     with unchanged(lenet.module):
         with pytest.raises(

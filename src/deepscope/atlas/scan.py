@@ -201,8 +201,9 @@ class _Loader:
             return "input", image, label, None
         if not isinstance(image, Image.Image):
             raise DatasetError(
-                f"item {index} of {dataset_name(self.dataset)} is a {type(image).__name__}; expected a PIL image "
-                "or a [C,H,W] tensor (optionally in a tuple with its label)"
+                f"item {index} of {dataset_name(self.dataset)} holds a {type(image).__name__}; expected a PIL "
+                "image, a uint8 NumPy image or a [C,H,W] tensor, alone, first in a tuple with its label, or in a dict "
+                "under 'image'"
             )
         try:
             if image.mode != self.vm.image_mode:

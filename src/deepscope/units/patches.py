@@ -23,6 +23,7 @@ from deepscope.probe.receptive_field import ReceptiveField, receptive_fields
 from deepscope.units._forward import UnitError, check_unit, streaming_runner
 from deepscope.units.deconv import RULES, project_units
 from deepscope.units.topk import TopK
+from deepscope.zoo.datasets import split_item
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 
@@ -345,13 +346,11 @@ class _Source:
     def _items(self, indices: list[int]) -> list[Image.Image] | list[torch.Tensor]:
         items = []
         for index in indices:
-            item = self.data[index]
-            if isinstance(item, (tuple, list)):
-                item = item[0]
+            item = split_item(self.data[index])[0]
             if not isinstance(item, (Image.Image, torch.Tensor)):
                 raise ImageError(
-                    f"sample {index} is a {type(item).__name__}; expected a PIL image or a [C,H,W] tensor "
-                    "(or a tuple starting with one)"
+                    f"sample {index} holds a {type(item).__name__}; expected a PIL image, a uint8 NumPy image or a "
+                    "[C,H,W] tensor, alone, first in a tuple or in a dict under 'image'"
                 )
             items.append(item)
         if len({type(item) is torch.Tensor for item in items}) > 1:

@@ -8,8 +8,10 @@ Data specs (strings), read by :func:`load_dataset` for every command that takes 
 - a directory (``folder:PATH`` or just ``PATH``): one subfolder per class, images inside; a folder of images
   without subfolders has no labels.
 
-A dataset item is ``(image, label)`` or ``image``; the image is a PIL image (preprocessed with the model's
-preprocessing) or a tensor (taken as the model's input as it is). Labels are model class indices.
+A dataset item is ``(image, label)``, ``image``, or a dict such as ``{"image": ..., "label": ...}`` (the Hugging
+Face ``datasets`` convention; see :func:`split_item`). The image is a PIL image or a uint8 NumPy array
+(preprocessed with the model's preprocessing), or a tensor (taken as the model's input as it is). Labels are
+model class indices.
 """
 
 from __future__ import annotations
@@ -315,20 +317,74 @@ def dataset_classes(dataset: Dataset) -> list[str] | None:
     return list(classes) if isinstance(classes, (list, tuple)) else None
 
 
-def split_item(item: Any) -> tuple[Any, int | None]:
-    """A dataset item -> (image or tensor, label or None)."""
-    if isinstance(item, (tuple, list)):
+# The keys of a dict item (the Hugging Face ``datasets`` convention, and torchvision's v2 samples), in order.
+IMAGE_KEYS = ("image", "img", "pixel_values")
+LABEL_KEYS = ("label", "labels", "target")
+
+
+def split_item(item: Any) -> tuple[Image.Image | torch.Tensor | Any, int | None]:
+    """A dataset item -> (image or model-input tensor, label or None).
+
+    An item is ``image``, ``(image, label, ...)`` or a dict with one of :data:`IMAGE_KEYS` and optionally one of
+    :data:`LABEL_KEYS`. An image is a PIL image, a uint8 NumPy array ``[H,W]`` or ``[H,W,C]`` (turned into a PIL
+    image), or a ``[C,H,W]`` tensor (the model's input as it is). A label is a class index: an int, or a NumPy or
+    one-element tensor integer.
+
+    >>> import numpy as np
+    >>> image, label = split_item({"image": np.zeros((28, 28), np.uint8), "label": np.int64(3)})
+    >>> image.mode, image.size, label
+    ('L', (28, 28), 3)
+    """
+    if isinstance(item, dict):
+        image, label = _from_dict(item)
+    elif isinstance(item, (tuple, list)):
         if len(item) < 1:
             raise DatasetError("a dataset item is an empty tuple")
         image = item[0]
         label = item[1] if len(item) > 1 else None
     else:
         image, label = item, None
-    if isinstance(label, torch.Tensor):
-        label = int(label.item()) if label.numel() == 1 else None
-    elif label is not None:
-        try:
-            label = int(label)
-        except (TypeError, ValueError):
-            raise DatasetError(f"dataset labels must be class indices, got {label!r}") from None
-    return image, label
+    if isinstance(image, np.ndarray):
+        image = _array_image(image)
+    return image, _class_index(label)
+
+
+def _from_dict(item: dict) -> tuple[Any, Any]:
+    images = [key for key in IMAGE_KEYS if key in item]
+    labels = [key for key in LABEL_KEYS if key in item]
+    if len(images) != 1 or len(labels) > 1:
+        raise DatasetError(
+            f"a dict item must hold exactly one image under {' or '.join(map(repr, IMAGE_KEYS))} and at most one "
+            f"label under {' or '.join(map(repr, LABEL_KEYS))}; this one has keys {sorted(map(str, item))}"
+        )
+    return item[images[0]], item[labels[0]] if labels else None
+
+
+def _array_image(array: np.ndarray) -> Image.Image:
+    """A uint8 [H,W] or [H,W,C] array -> PIL image; other arrays are refused, since their meaning (pixels in
+    [0,1]? a normalised input? channels first?) cannot be told from the array."""
+    channels = array.shape[2] if array.ndim == 3 else None
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or channels not in (None, 1, 3, 4):
+        raise DatasetError(
+            f"a NumPy image must be uint8 [H,W] or [H,W,C] with 1, 3 or 4 channels, got {array.dtype} "
+            f"{list(array.shape)}; give a model input as a [C,H,W] torch tensor instead"
+        )
+    return Image.fromarray(array[:, :, 0] if channels == 1 else array)
+
+
+def _class_index(label: Any) -> int | None:
+    if label is None:
+        return None
+    if isinstance(label, (torch.Tensor, np.ndarray)):
+        if int(np.prod(label.shape)) == 1:
+            label = label.item()
+        else:
+            raise DatasetError(
+                f"a dataset label must be one class index, got an array of shape {list(label.shape)} "
+                "(for one-hot or soft labels, give the class index: label.argmax())"
+            )
+    if isinstance(label, (int, np.integer)):
+        return int(label)
+    if isinstance(label, (float, np.floating)) and float(label).is_integer():
+        return int(label)
+    raise DatasetError(f"dataset labels must be class indices, got {label!r}")
