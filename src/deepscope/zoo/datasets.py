@@ -376,7 +376,7 @@ def _class_index(label: Any) -> int | None:
     if label is None:
         return None
     if isinstance(label, (torch.Tensor, np.ndarray)):
-        if int(np.prod(label.shape)) == 1:
+        if (label.numel() if isinstance(label, torch.Tensor) else label.size) == 1:
             label = label.item()
         else:
             raise DatasetError(
