@@ -551,14 +551,14 @@ class Items(torch.utils.data.Dataset):
     [
         ({"pixels": np.zeros((28, 28), np.uint8)}, r"one image under 'image' or 'img' .* keys \['pixels'\]"),
         ({"image": np.zeros((28, 28), np.uint8), "label": 1, "target": 1}, "at most one label"),
-        ((np.zeros((28, 28), np.float32), 1), r"uint8 \[H,W\] or \[H,W,C\] .* got float32 \[28, 28\]"),
+        ((np.zeros((28, 28), np.float32), 1), r"is float32 \[28, 28\]; expected uint8 pixels"),
         ((np.zeros((28, 28), np.uint8), torch.eye(10)[3]), r"one class index, got an array of shape \[10\]"),
         ((np.zeros((28, 28), np.uint8), 2.5), "class indices, got 2.5"),
         ({"image": "digit.png"}, "holds a str; expected a PIL image, a uint8 NumPy image"),
     ],
 )
 def test_items_that_are_not_images_with_class_indices_are_named(lenet, tmp_path, item, message):
-    with pytest.raises(DatasetError, match=message):
+    with pytest.raises(DeepscopeError, match=message):
         ds.atlas.scan(lenet, Items(item), out=tmp_path)
 
 

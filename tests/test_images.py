@@ -70,10 +70,11 @@ def test_missing_and_non_image_files(tmp_path):
 
 
 def test_bad_arrays():
-    with pytest.raises(ImageError, match="dtype float64"):
+    with pytest.raises(ImageError, match=r"array 0 is float64 \[4, 4, 3\]; expected uint8 pixels"):
         ds.load_images([np.zeros((4, 4, 3))])
-    with pytest.raises(ImageError, match=r"shape \(4, 4, 2\)"):
-        ds.load_images([np.zeros((4, 4, 2), np.uint8)])
+    with pytest.raises(ImageError, match=r"array 1 is uint8 \[4, 4, 2\]; .* with 1, 3 or 4 channels"):
+        ds.load_images([np.zeros((4, 4), np.uint8), np.zeros((4, 4, 2), np.uint8)])
+    assert ds.load_images(np.zeros((4, 4, 1), np.uint8), mode="L")[0].mode == "L"
     with pytest.raises(ImageError, match="expected a path"):
         ds.load_images([42])
 

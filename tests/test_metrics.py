@@ -551,9 +551,10 @@ def test_evaluate_reduces_colour_maps_to_pixels_and_takes_labels(efficientnet, p
     assert result.curves("deletion")["gradient x input"].curve.shape == (5, 5)
 
 
-def test_evaluate_reads_dict_items_with_numpy_images(lenet):
+def test_evaluate_reads_dict_items_with_numpy_colour_images(lenet):
     digits = ds.datasets.mnist5k("test")
-    records = [{"image": np.asarray(digits[i][0]), "label": digits[i][1]} for i in range(4)]
+    # in colour: read in the model's mode, as the scan reads them
+    records = [{"image": np.asarray(digits[i][0].convert("RGB")), "label": digits[i][1]} for i in range(4)]
     from_records = ds.evaluate(lenet, records, {"ink": ink}, ["deletion"])
     from_tuples = ds.evaluate(lenet, digits, {"ink": ink}, ["deletion"], limit=4)
     assert from_records.table.equals(from_tuples.table)

@@ -112,14 +112,14 @@ def test_top_patches_stream_once_and_accept_tensors(lenet, digits, digit_inputs)
     assert torch.allclose(from_tensors.crops, hits.crops, atol=1e-6)  # tensors are un-normalised for display
 
 
-def test_top_patches_read_dict_items_with_numpy_images(lenet, digits):
+def test_top_patches_read_dict_items_with_numpy_colour_images(lenet, digits):
     class Records(torch.utils.data.Dataset):  # as a Hugging Face ``datasets`` table gives them
         def __len__(self):
             return 300
 
-        def __getitem__(self, index):
+        def __getitem__(self, index):  # in colour: read in the model's mode, as the scan reads them
             image, label = digits[index]
-            return {"img": np.asarray(image), "label": label}
+            return {"img": np.asarray(image.convert("RGB")), "label": label}
 
     from_records = ds.units.top_patches(lenet, Records(), "conv2", k=4)
     from_tuples = ds.units.top_patches(lenet, digits.subset(range(300)), "conv2", k=4)

@@ -37,6 +37,7 @@ from deepscope.zoo.datasets import (
     split_item,
 )
 from deepscope.zoo.hooks import INPUT_SUFFIX, first_tensor, layer_hooks, split_layer
+from deepscope.zoo.images import convert_mode
 from deepscope.zoo.loaders import load_model
 from deepscope.zoo.vision_model import VisionModel
 
@@ -206,9 +207,7 @@ class _Loader:
                 "under 'image'"
             )
         try:
-            if image.mode != self.vm.image_mode:
-                # The convention of image-folder datasets: grayscale replicated to RGB, alpha dropped.
-                image = image.convert(self.vm.image_mode)
+            image = convert_mode(image, self.vm.image_mode)
             if not self.to_pixels:
                 return "input", self.vm.transform(image), label, None
             # Decoding happens here (a lazily loaded file fails on this sample, not on its batch).

@@ -40,6 +40,7 @@ from deepscope.metrics.localisation import pointing_game
 from deepscope.metrics.robustness import max_sensitivity
 from deepscope.metrics.sanity import Randomization, fixed_target, random_logit, randomization
 from deepscope.zoo.datasets import load_dataset, split_item
+from deepscope.zoo.images import convert_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 
@@ -121,7 +122,7 @@ def _data(model: VisionModel, data: Any, limit: int | None) -> tuple[torch.Tenso
         items = [split_item(data[index]) for index in range(count)]
         images = [image for image, _ in items]
         if images and all(isinstance(image, Image.Image) for image in images):
-            x = model.preprocess(images)
+            x = model.preprocess([convert_mode(image, model.image_mode) for image in images])
         elif images and all(isinstance(image, torch.Tensor) for image in images):
             x = torch.stack(images)
         else:
@@ -213,7 +214,8 @@ def evaluate(
 
     ``data``: a preprocessed ``[B,C,H,W]`` batch, a data spec or dataset (``"mnist5k:test"``, a folder; see
     :func:`deepscope.load_dataset`), a list of PIL images or a dict of them (``ds.samples()``); ``limit`` keeps
-    the first samples. ``methods``:
+    the first samples. A dataset's (or list's) images are read as image folders are, in the model's mode
+    (grayscale replicated to RGB, alpha dropped); a dict's images must be in it already. ``methods``:
     registry names (list or 'a,b'), or a dict name -> settings for ``ds.attribute`` (``{"layer": ...}``,
     ``"method"`` to reuse one method under several names) or name -> callable ``(model, x, target) -> maps``.
     ``metrics``: names from ``deepscope.metrics.evaluate.METRICS`` (default: all, the pointing game only with

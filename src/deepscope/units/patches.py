@@ -24,6 +24,7 @@ from deepscope.units._forward import UnitError, check_unit, streaming_runner
 from deepscope.units.deconv import RULES, project_units
 from deepscope.units.topk import TopK
 from deepscope.zoo.datasets import split_item
+from deepscope.zoo.images import convert_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 
@@ -347,7 +348,9 @@ class _Source:
         items = []
         for index in indices:
             item = split_item(self.data[index])[0]
-            if not isinstance(item, (Image.Image, torch.Tensor)):
+            if isinstance(item, Image.Image):
+                item = convert_mode(item, self.vm.image_mode)
+            elif not isinstance(item, torch.Tensor):
                 raise ImageError(
                     f"sample {index} holds a {type(item).__name__}; expected a PIL image, a uint8 NumPy image or a "
                     "[C,H,W] tensor, alone, first in a tuple or in a dict under 'image'"

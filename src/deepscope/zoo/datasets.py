@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from deepscope.errors import DatasetError, ImageError, SpecError, close_matches, suggestion
-from deepscope.zoo.images import samples
+from deepscope.zoo.images import image_from_array, samples
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -345,7 +345,7 @@ def split_item(item: Any) -> tuple[Image.Image | torch.Tensor | Any, int | None]
     else:
         image, label = item, None
     if isinstance(image, np.ndarray):
-        image = _array_image(image)
+        image = image_from_array(image, "a NumPy image in a dataset item")
     return image, _class_index(label)
 
 
@@ -358,18 +358,6 @@ def _from_dict(item: dict) -> tuple[Any, Any]:
             f"label under {' or '.join(map(repr, LABEL_KEYS))}; this one has keys {sorted(map(str, item))}"
         )
     return item[images[0]], item[labels[0]] if labels else None
-
-
-def _array_image(array: np.ndarray) -> Image.Image:
-    """A uint8 [H,W] or [H,W,C] array -> PIL image; other arrays are refused, since their meaning (pixels in
-    [0,1]? a normalised input? channels first?) cannot be told from the array."""
-    channels = array.shape[2] if array.ndim == 3 else None
-    if array.dtype != np.uint8 or array.ndim not in (2, 3) or channels not in (None, 1, 3, 4):
-        raise DatasetError(
-            f"a NumPy image must be uint8 [H,W] or [H,W,C] with 1, 3 or 4 channels, got {array.dtype} "
-            f"{list(array.shape)}; give a model input as a [C,H,W] torch tensor instead"
-        )
-    return Image.fromarray(array[:, :, 0] if channels == 1 else array)
 
 
 def _class_index(label: Any) -> int | None:

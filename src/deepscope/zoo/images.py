@@ -40,8 +40,14 @@ def load_images(
         items = [items]
     loaded = [(_load_one(item, index), _where(item, index)) for index, item in enumerate(items)]
     if convert:
-        return [image if image.mode == mode else image.convert(mode) for image, _ in loaded]
+        return [convert_mode(image, mode) for image, _ in loaded]
     return [_check_mode(image, mode, where) for image, where in loaded]
+
+
+def convert_mode(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` in ``mode`` the way dataset images are read (image folders, the scan, ``convert=True``):
+    grayscale replicated to RGB, alpha dropped, colour to luminance."""
+    return image if image.mode == mode else image.convert(mode)
 
 
 def _where(item: ImageLike, index: int) -> str:
@@ -54,7 +60,7 @@ def _load_one(item: ImageLike, index: int) -> Image.Image:
     if isinstance(item, Image.Image):
         return item
     if isinstance(item, np.ndarray):
-        return _from_array(item, index)
+        return image_from_array(item, f"array {index}")
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
         if not path.exists():
@@ -78,12 +84,16 @@ def _load_one(item: ImageLike, index: int) -> Image.Image:
     )
 
 
-def _from_array(array: np.ndarray, index: int) -> Image.Image:
-    if array.dtype != np.uint8:
-        raise ImageError(f"array {index} has dtype {array.dtype}; expected uint8 pixels (0-255)")
-    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)):
-        return Image.fromarray(np.ascontiguousarray(array))
-    raise ImageError(f"array {index} has shape {array.shape}; expected HxWx3 (RGB) or HxW (grayscale)")
+def image_from_array(array: np.ndarray, where: str = "the array") -> Image.Image:
+    """uint8 pixels [H,W] or [H,W,C] with 1, 3 or 4 channels -> PIL image (L, RGB or RGBA). Other arrays are
+    refused: their meaning (pixels in [0,1]? a normalised input? channels first?) cannot be told from them."""
+    channels = array.shape[2] if array.ndim == 3 else None
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or channels not in (None, 1, 3, 4):
+        raise ImageError(
+            f"{where} is {array.dtype} {list(array.shape)}; expected uint8 pixels (0-255) [H,W] or [H,W,C] with 1, "
+            "3 or 4 channels"
+        )
+    return Image.fromarray(np.ascontiguousarray(array[:, :, 0] if channels == 1 else array))
 
 
 def _check_mode(image: Image.Image, mode: str, where: str) -> Image.Image:
