@@ -22,45 +22,15 @@ from collections.abc import Callable
 import torch
 import torchvision
 from zennit.attribution import Gradient
-from zennit.composites import (
-    EpsilonAlpha2Beta1,
-    EpsilonAlpha2Beta1Flat,
-    EpsilonGammaBox,
-    EpsilonPlus,
-    EpsilonPlusFlat,
-    LayerMapComposite,
-    layer_map_base,
-)
-from zennit.rules import Epsilon, ZPlus
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
-from zennit.types import Convolution
 
 import deepscope as ds
 from deepscope.attribution.relevance import input_bounds
+from deepscope.attribution.relevance.peers import zennit_composite
 
 IMAGENET = ds.Preprocessing(
     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize=256, crop=(224, 224)
 )
-
-
-def zennit_composite(name: str, canonizer: Callable, low: torch.Tensor, high: torch.Tensor):
-    """Zennit's composite of the same meaning as our method ``name``."""
-    canonizers = [canonizer()]
-    if name == "lrp_epsilon":
-        return LayerMapComposite(
-            [*layer_map_base(), (Convolution, Epsilon()), (torch.nn.Linear, Epsilon())], canonizers=canonizers
-        )
-    if name == "lrp_zplus":
-        return LayerMapComposite(
-            [*layer_map_base(), (Convolution, ZPlus()), (torch.nn.Linear, ZPlus())], canonizers=canonizers
-        )
-    return {
-        "lrp_epsilon_plus": lambda: EpsilonPlus(canonizers=canonizers),
-        "lrp_epsilon_plus_flat": lambda: EpsilonPlusFlat(canonizers=canonizers),
-        "lrp_epsilon_alpha2_beta1": lambda: EpsilonAlpha2Beta1(canonizers=canonizers),
-        "lrp_epsilon_alpha2_beta1_flat": lambda: EpsilonAlpha2Beta1Flat(canonizers=canonizers),
-        "lrp_epsilon_gamma_box": lambda: EpsilonGammaBox(low=low, high=high, canonizers=canonizers),
-    }[name]()
 
 
 def photos(vm: ds.VisionModel, batch: int) -> torch.Tensor:
@@ -127,7 +97,7 @@ def bench_model(model_name: str, methods: list[str], batch: int, repeats: int, d
             return ds.attribute(vm, x, name, target=target)
 
         def zennit(name: str = name) -> torch.Tensor:
-            composite = zennit_composite(name, canonizer, low, high)
+            composite = zennit_composite(name, [canonizer()], low, high)
             with Gradient(module, composite) as attributor:
                 return attributor(x, lambda out: torch.nn.functional.one_hot(target, out.shape[1]) * out)[1]
 

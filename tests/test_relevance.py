@@ -12,20 +12,8 @@ import torchvision
 from torch import nn
 from zennit.attribution import Gradient
 from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm, SequentialMergeBatchNorm
-from zennit.composites import (
-    EpsilonAlpha2Beta1,
-    EpsilonAlpha2Beta1Flat,
-    EpsilonGammaBox,
-    EpsilonPlus,
-    EpsilonPlusFlat,
-    LayerMapComposite,
-    layer_map_base,
-)
 from zennit.layer import Sum
-from zennit.rules import Epsilon as ZennitEpsilon
-from zennit.rules import ZPlus as ZennitZPlus
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
-from zennit.types import Convolution
 
 import deepscope as ds
 from deepscope.attribution.relevance import (
@@ -42,6 +30,7 @@ from deepscope.attribution.relevance import (
     lrp,
     trace_rules,
 )
+from deepscope.attribution.relevance.peers import zennit_composite
 
 COMPOSITES = [info.name for info in ds.methods("relevance")]
 IMAGENET = ds.Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize=64, crop=(64, 64))
@@ -63,23 +52,14 @@ def test_registry_lists_the_composites():
 # --- Zennit ----------------------------------------------------------------------------------------------
 
 
-def zennit_composite(name: str, canonizers: list, low: torch.Tensor, high: torch.Tensor):
-    """Zennit's composite with the meaning of our method ``name`` (Zennit has no named epsilon / z+ composite:
-    those are its base layer map with one rule for every linear layer)."""
-    if name == "lrp_epsilon":
-        rules = [(Convolution, ZennitEpsilon()), (nn.Linear, ZennitEpsilon())]
-        return LayerMapComposite([*layer_map_base(), *rules], canonizers=canonizers)
-    if name == "lrp_zplus":
-        rules = [(Convolution, ZennitZPlus()), (nn.Linear, ZennitZPlus())]
-        return LayerMapComposite([*layer_map_base(), *rules], canonizers=canonizers)
-    if name == "lrp_epsilon_gamma_box":
-        return EpsilonGammaBox(low=low, high=high, canonizers=canonizers)
-    return {
-        "lrp_epsilon_plus": EpsilonPlus,
-        "lrp_epsilon_plus_flat": EpsilonPlusFlat,
-        "lrp_epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
-        "lrp_epsilon_alpha2_beta1_flat": EpsilonAlpha2Beta1Flat,
-    }[name](canonizers=canonizers)
+def test_every_registered_lrp_method_has_its_zennit_composite():
+    low, high = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
+    for info in ds.methods("relevance"):
+        assert zennit_composite(info.name, [SequentialMergeBatchNorm()], low, high).canonizers
+    with pytest.raises(RelevanceError, match="no Zennit composite for 'saliency'"):
+        zennit_composite("saliency")
+    with pytest.raises(RelevanceError, match="needs the input bounds"):
+        zennit_composite("lrp_epsilon_gamma_box")
 
 
 def zennit_relevance(
