@@ -434,6 +434,31 @@ def test_corrupt_images_in_a_folder_are_reported_and_skipped(lenet, digits, tmp_
     assert set(np.delete(np.arange(len(folder)), ws.indices)) == {i for i, _, _ in ws.skipped}
 
 
+def test_loader_threads_change_nothing_in_the_scan(lenet, digits, tmp_path):
+    broken = write_digit_folder(tmp_path / "digits", digits)
+    scans = {
+        workers: ds.atlas.scan(
+            lenet,
+            str(tmp_path / "digits"),
+            out=tmp_path / f"ws{workers}",
+            batch_size=2,
+            chunk_size=7,
+            workers=workers,
+        )
+        for workers in (0, 3)
+    }
+    inline, threaded = scans[0], scans[3]
+    assert sorted(source for _, source, _ in threaded.skipped) == broken
+    assert threaded.skipped == inline.skipped
+    for name in ("indices", "labels", "predictions", "probabilities", "thumbnails"):
+        np.testing.assert_array_equal(getattr(threaded, name), getattr(inline, name))
+    np.testing.assert_array_equal(threaded.embeddings(), inline.embeddings())
+    for ours, theirs in zip(threaded.top_k("conv2"), inline.top_k("conv2"), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    with pytest.raises(SpecError, match="workers must be a whole number >= 0"):
+        ds.atlas.scan(lenet, digits, out=tmp_path / "bad", workers=-1)
+
+
 def test_folder_classes_must_name_model_classes(lenet, tmp_path):
     (tmp_path / "data" / "cats").mkdir(parents=True)
     Image.new("L", (28, 28)).save(tmp_path / "data" / "cats" / "a.png")

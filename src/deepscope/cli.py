@@ -306,6 +306,12 @@ def scan_command(
         int, typer.Option(min=1, help="Samples per committed chunk (the resume granularity)")
     ] = 512,
     k: Annotated[int, typer.Option(min=1, help="Top samples kept per unit")] = 16,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Threads reading images ahead of the model (default: 0 on the CPU, up to 8 on a GPU)"
+        ),
+    ] = None,
 ) -> None:
     """Scan a dataset with a model in one pass into a workspace (resumable: run it again after an interruption)."""
     from deepscope.atlas import scan
@@ -323,6 +329,7 @@ def scan_command(
             progress=True,
             address=address,
             actors=actors,
+            workers=workers,
         )
     except KeyboardInterrupt:
         typer.echo(

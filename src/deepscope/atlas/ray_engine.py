@@ -23,7 +23,9 @@ from deepscope.zoo.vision_model import VisionModel
 class _ScanActor:
     """A Ray Data callable class: one per actor, built once, called with batches of chunk numbers."""
 
-    def __init__(self, vm: VisionModel, data: str | Dataset, plan: dict, threads: int | None):
+    def __init__(
+        self, vm: VisionModel, data: str | Dataset, plan: dict, threads: int | None, workers: int | None
+    ):
         from deepscope.zoo.datasets import load_dataset
 
         if threads:
@@ -32,7 +34,7 @@ class _ScanActor:
         if device != vm.device:
             vm = vm.with_module(vm.module.to(device))  # the actor's own copy, never the user's model
         dataset = load_dataset(data, vm.labels)
-        self.scanner = ChunkScanner(vm, dataset, ScanPlan.from_dict(plan), device)
+        self.scanner = ChunkScanner(vm, dataset, ScanPlan.from_dict(plan), device, workers)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         chunks = [int(chunk) for chunk in batch["chunk"]]
@@ -53,11 +55,13 @@ def ray_chunks(
     chunks: Sequence[int],
     address: str | None = None,
     actors: int | None = None,
+    workers: int | None = None,
 ) -> Iterator[ChunkResult]:
     """Compute ``chunks`` on a Ray Data actor pool and yield each result as it arrives.
 
     ``address``: an existing cluster ('auto', 'ray://host:10001', ...); default: the running Ray instance or a
     new local one. ``actors``: the pool size (default: one per GPU, else one per two CPUs, at least one).
+    ``workers``: loader threads per actor (see :func:`~deepscope.atlas.scan.default_workers`).
     """
     try:
         import ray
@@ -95,6 +99,7 @@ def ray_chunks(
             "data": data,
             "plan": plan.to_dict(),
             "threads": cpus_per_actor,
+            "workers": workers,
         },
         num_gpus=1 if gpus else 0,
         num_cpus=cpus_per_actor,

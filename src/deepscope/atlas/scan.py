@@ -10,8 +10,11 @@ stopped (killed, crashed, interrupted) and started again with the same arguments
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -326,11 +329,19 @@ class ChunkScanner:
     """Scans chunks of a dataset with a model: loading, one forward per batch, reductions. The same code runs
     in the local loop and inside each Ray actor."""
 
-    def __init__(self, vm: VisionModel, dataset: Dataset, plan: ScanPlan, device: torch.device | None = None):
+    def __init__(
+        self,
+        vm: VisionModel,
+        dataset: Dataset,
+        plan: ScanPlan,
+        device: torch.device | None = None,
+        workers: int | None = None,
+    ):
         self.vm = vm
         self.dataset = dataset
         self.plan = plan
         self.device = device or vm.device
+        self.workers = default_workers(self.device) if workers is None else workers
         self.loader = _Loader(vm, dataset)
 
     def _load_batch(self, first: int, stop: int) -> _LoadedBatch:
@@ -354,20 +365,22 @@ class ChunkScanner:
         return batch
 
     def _batches(self, bounds: list[tuple[int, int]]) -> Iterator[_LoadedBatch]:
-        """The chunk's batches, loaded in order. With the model on an accelerator, a background thread reads and
-        preprocesses the next batch while one runs. On the CPU the forward pass already keeps every core busy
-        (intra-op threads), and a loader thread only competes with it: on 2 cores a LeNet scan of MNIST digits
-        took 0.59 s with it and 0.42 s without, EfficientNet-Lite0 on 192 photos 3.5 s and 3.3 s."""
-        if self.device.type == "cpu":
+        """The chunk's batches, loaded in order: here, or by ``workers`` threads that read and preprocess the next
+        batches while one runs (PIL decodes and resizes, and torch resizes, without holding the GIL)."""
+        if not self.workers:
             for first, stop in bounds:
                 yield self._load_batch(first, stop)
             return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepscope-load") as pool:
-            upcoming = pool.submit(self._load_batch, *bounds[0]) if bounds else None
-            for position in range(len(bounds)):
-                batch = upcoming.result()
-                if position + 1 < len(bounds):
-                    upcoming = pool.submit(self._load_batch, *bounds[position + 1])
+        following = iter(bounds)
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="deepscope-load") as pool:
+            ahead = deque(
+                pool.submit(self._load_batch, *b) for b in itertools.islice(following, self.workers)
+            )
+            while ahead:
+                batch = ahead.popleft().result()
+                upcoming = next(following, None)
+                if upcoming is not None:
+                    ahead.append(pool.submit(self._load_batch, *upcoming))
                 yield batch
 
     def scan_chunk(self, chunk: int) -> ChunkResult:
@@ -425,6 +438,16 @@ class ChunkScanner:
             samples,
             state.state_dict(),
         )
+
+
+def default_workers(device: torch.device) -> int:
+    """Loader threads ahead of the model. None on the CPU: the forward pass's intra-op threads already keep every
+    core busy, and loaders only compete with them (on 2 cores one loader thread slowed a LeNet scan of MNIST
+    digits from 0.42 to 0.59 s, EfficientNet-Lite0 on 192 photos from 3.3 to 3.5 s). With an accelerator, one
+    per core besides the main thread, at most 8: reading and preprocessing images is then the bottleneck."""
+    if device.type == "cpu":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def _cat(parts: list[torch.Tensor], dtype: torch.dtype, empty: tuple[int, ...]) -> np.ndarray:
@@ -722,6 +745,7 @@ def scan(
     progress: bool = False,
     address: str | None = None,
     actors: int | None = None,
+    workers: int | None = None,
 ):
     """Scan a dataset with a model in one pass and store everything in the workspace directory ``out``.
 
@@ -743,8 +767,13 @@ def scan(
     are kept per unit; ``thumbnail_size`` bounds the stored pictures (0: none). On disk a scan takes
     4 bytes x (classes + units of every recorded layer) per sample, plus the thumbnail.
 
+    ``workers`` threads read and preprocess the next batches while the model runs (default: none on the CPU,
+    whose cores the forward pass already uses; one per core, at most 8, with an accelerator); with more than one
+    the dataset is read from several threads at once, so its ``__getitem__`` must allow that (image files and
+    in-memory data do; give ``workers=1`` otherwise). Results never depend on ``workers``.
+
     ``engine='ray'`` runs the chunks on Ray Data actors (``address``: an existing cluster, default a local
-    one; ``actors``: the pool size). A scan that was stopped resumes when called again with the same
+    one; ``actors``: the pool size; ``workers`` per actor). A scan that was stopped resumes when called again with the same
     arguments; a finished one is returned as it is. ``progress=True`` shows a progress bar.
 
     >>> import tempfile, deepscope as ds
@@ -757,6 +786,8 @@ def scan(
 
     if engine not in ENGINES:
         raise SpecError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise SpecError(f"workers must be a whole number >= 0 (loader threads), got {workers!r}")
     vm = load_model(model)
     model_name = model if isinstance(model, str) else vm.name
     dataset = load_dataset(data, vm.labels)
@@ -778,7 +809,7 @@ def scan(
                 pending = [
                     chunk for chunk in range(plan.n_chunks) if chunk not in store.committed_chunks(run.id)
                 ]
-                results = _chunk_results(vm, data, dataset, plan, pending, engine, address, actors)
+                results = _chunk_results(vm, data, dataset, plan, pending, engine, address, actors, workers)
                 bar = _progress_bar(plan, pending, progress, dataset_name(dataset))
                 _write_chunks(store, run, plan, results, bar)
                 store.finish_run(run.id)
@@ -794,14 +825,15 @@ def _chunk_results(
     engine: str,
     address: str | None,
     actors: int | None,
+    workers: int | None,
 ) -> Iterable[ChunkResult]:
     """The results of the ``pending`` chunks, in order, as the engine computes them."""
     if engine == "local":
-        scanner = ChunkScanner(vm, dataset, plan)
+        scanner = ChunkScanner(vm, dataset, plan, workers=workers)
         return (scanner.scan_chunk(chunk) for chunk in pending)
     from deepscope.atlas.ray_engine import ray_chunks
 
-    return ray_chunks(vm, data if isinstance(data, str) else dataset, plan, pending, address, actors)
+    return ray_chunks(vm, data if isinstance(data, str) else dataset, plan, pending, address, actors, workers)
 
 
 def _write_chunks(store: Store, run: Run, plan: ScanPlan, results: Iterable[ChunkResult], bar) -> None:
@@ -908,4 +940,4 @@ def _progress_bar(plan: ScanPlan, pending: list[int], progress: bool, name: str)
     return tqdm(total=plan.n_samples, initial=done, unit="img", desc=f"scan {name}", dynamic_ncols=True)
 
 
-__all__ = ["ChunkResult", "ChunkScanner", "ScanPlan", "plan_scan", "scan"]
+__all__ = ["ChunkResult", "ChunkScanner", "ScanPlan", "default_workers", "plan_scan", "scan"]
