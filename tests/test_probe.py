@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -111,6 +113,65 @@ def brute_force_box(
     rows = x.grad[0].abs().sum(0).sum(1).nonzero()
     cols = x.grad[0].abs().sum(0).sum(0).nonzero()
     return (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
+
+
+def in_threads_at_once(work, arguments: list, repeats: int = 5) -> list:
+    """``work(argument)`` in one thread per argument, all starting together, ``repeats`` times each."""
+    start = threading.Barrier(len(arguments))
+
+    def run(argument):
+        start.wait()
+        return [work(argument) for _ in range(repeats)]
+
+    with ThreadPoolExecutor(len(arguments)) as pool:
+        return list(pool.map(run, arguments))
+
+
+def test_threads_sharing_a_model_each_get_their_own_results(lenet):
+    """Hooks live on the shared module; each thread's must see its own forward passes only (before, a thread's
+    Grad-CAM counted the other threads' calls of its layer and failed, or mixed their activations in)."""
+    digits = ds.datasets.mnist5k("test").images
+    batches = [lenet.preprocess(digits[8 * i : 8 * i + 8]) for i in range(4)]
+
+    def work(x: torch.Tensor) -> list[torch.Tensor]:
+        with ds.capture(lenet, ["fc1"]) as recording:
+            lenet(x)
+        return [
+            ds.attribute(lenet, x, "grad_cam"),
+            ds.units.activations(lenet, x, "conv2"),
+            recording.activations["fc1"],
+            ds.graph(lenet, depth=1, example=x[:1]).nodes[0].output_shape,
+        ]
+
+    expected = [work(x) for x in batches]
+    for batch, runs in enumerate(in_threads_at_once(work, batches)):
+        for run in runs:
+            for got, want in zip(run[:3], expected[batch][:3], strict=True):
+                torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+            assert run[3] == expected[batch][3]
+
+
+def test_threads_sharing_a_model_in_train_mode_leave_it_in_train_mode():
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(4 * 26 * 26, 10),
+    )
+    module[1].running_mean.uniform_(-1, 1)
+    module.train()
+    vm = ds.as_vision_model(module)
+    batches = [torch.randn(4, 1, 28, 28) for _ in range(4)]
+    expected = [module.eval()(x).detach() for x in batches]  # eval mode: no dropout, running statistics
+    module.train()
+    runs = in_threads_at_once(lambda x: ds.units.activations(vm, x, "5"), batches, repeats=10)
+    assert all(sub.training for sub in module.modules())
+    for batch, results in enumerate(runs):
+        for result in results:
+            torch.testing.assert_close(result, expected[batch])
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from deepscope.attribution.base import MethodError, PassCount
 from deepscope.errors import LayerNotFoundError
 from deepscope.probe.layers import get_layer
 from deepscope.probe.state import evaluation_mode
-from deepscope.zoo.hooks import first_tensor
+from deepscope.zoo.hooks import first_tensor, in_this_thread
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 MAX_PREFIX_TOKENS = 8
@@ -171,7 +171,11 @@ def probe(model: VisionModel | nn.Module, example: torch.Tensor, keep: set[str] 
     try:
         for name, module in vm.module.named_modules():
             if name:
-                handles.append(module.register_forward_hook(make_hook(name, isinstance(module, nn.Linear))))
+                handles.append(
+                    module.register_forward_hook(
+                        in_this_thread(make_hook(name, isinstance(module, nn.Linear)))
+                    )
+                )
         with torch.inference_mode(), evaluation_mode(vm.module):
             output = vm.module(example[:1])
     finally:
@@ -238,7 +242,9 @@ def _last_token_grid_with_gradient(vm: VisionModel, example: torch.Tensor, spati
     handles: list[RemovableHandle] = []
     try:
         for name in {call.module for call in candidates}:
-            handles.append(vm.module.get_submodule(name).register_forward_hook(make_hook(name)))
+            handles.append(
+                vm.module.get_submodule(name).register_forward_hook(in_this_thread(make_hook(name)))
+            )
         with torch.enable_grad(), evaluation_mode(vm.module):
             x = example[:1].detach().requires_grad_(True)
             output = vm.module(x)
@@ -350,7 +356,8 @@ def taps(
     handles: list[RemovableHandle] = []
     try:
         for module, module_taps in by_module.items():
-            handles.append(vm.module.get_submodule(module).register_forward_hook(make_hook(module_taps)))
+            hook = in_this_thread(make_hook(module_taps))
+            handles.append(vm.module.get_submodule(module).register_forward_hook(hook))
         yield tapped
     finally:
         for handle in handles:

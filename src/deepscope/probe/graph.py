@@ -20,6 +20,8 @@ from torch.overrides import TorchFunctionMode
 
 from deepscope.errors import GraphError
 from deepscope.probe.state import evaluation_mode
+from deepscope.zoo.hooks import in_this_thread
+from deepscope.zoo.inference import OwnThreadTracer
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -263,7 +265,7 @@ def _shape(value: Any) -> tuple[int, ...] | None:
 
 
 def _trace_fx(root: nn.Module, example: torch.Tensor) -> Graph:
-    traced = torch.fx.symbolic_trace(root)
+    traced = torch.fx.GraphModule(root, OwnThreadTracer().trace(root), type(root).__name__)
     ShapeProp(traced).propagate(example)
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
@@ -495,8 +497,8 @@ def _trace_dynamic(root: nn.Module, example: torch.Tensor) -> Graph:
     handles = []
     try:
         for module in root.modules():
-            handles.append(module.register_forward_pre_hook(tracer.pre_hook))
-            handles.append(module.register_forward_hook(tracer.post_hook))
+            handles.append(module.register_forward_pre_hook(in_this_thread(tracer.pre_hook)))
+            handles.append(module.register_forward_hook(in_this_thread(tracer.post_hook)))
         tracer.add_input(example)
         with tracer:
             output = root(example)

@@ -1,8 +1,10 @@
 """Scoped hooks on a module's layers, and how layers are addressed (``NAME`` for a module's output, ``NAME:input``
-for its input): the one place where deepscope hooks layers."""
+for its input): the one place where deepscope hooks layers. Hooks act on the forward passes of the thread that
+set them only (:func:`in_this_thread`), so threads may share a model."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -18,6 +20,20 @@ def split_layer(name: str) -> tuple[str, bool]:
     if name.endswith(INPUT_SUFFIX):
         return name[: -len(INPUT_SUFFIX)], True
     return name, False
+
+
+def in_this_thread(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """``hook`` (a module or tensor hook) that acts only on calls from the thread that made it. Hooks live on
+    the module, which threads may share: each caller's hooks must see its own forward pass, not another
+    thread's running at the same time."""
+    owner = threading.get_ident()
+
+    def guarded(*args: Any) -> Any:
+        if threading.get_ident() == owner:
+            return hook(*args)
+        return None
+
+    return guarded
 
 
 @contextmanager
@@ -49,11 +65,11 @@ def layer_hooks(
             target, is_input = split_layer(name)
             sub = module.get_submodule(target)
             if is_input:
-                handles.append(sub.register_forward_pre_hook(lambda _, inputs, n=name: deliver(n, inputs)))
+                hook = in_this_thread(lambda _, inputs, n=name: deliver(n, inputs))
+                handles.append(sub.register_forward_pre_hook(hook))
             else:
-                handles.append(
-                    sub.register_forward_hook(lambda _, inputs, output, n=name: deliver(n, output))
-                )
+                hook = in_this_thread(lambda _, inputs, output, n=name: deliver(n, output))
+                handles.append(sub.register_forward_hook(hook))
         yield
     finally:
         for handle in handles:

@@ -69,20 +69,37 @@ class Taps(nn.Module):
             record(name, tensor)
 
 
-class _TappingTracer(fx.Tracer):
-    """Traces like ``fx.symbolic_trace`` and calls the ``Taps`` module where each of ``layers`` (module names,
-    ``NAME:input`` for a module's input) is called, also inside modules that are traced through.
+class OwnThreadTracer(fx.Tracer):
+    """``fx.Tracer`` that traces the calls of the thread that made it only.
 
     While fx traces, it patches ``nn.Module.__call__`` and ``__getattr__`` for every thread. Module calls and
     attribute reads from other threads (a scan's loader running torchvision transforms, a server thread running
-    the same model, whose parameters the copy shares) pass through untouched here instead of being traced.
+    the same model, whose parameters a traced copy shares) pass through untouched here instead of being traced.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def call_module(self, module: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> object:
+        if threading.get_ident() != self.thread:
+            return forward(*args, **kwargs)
+        return super().call_module(module, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: object, parameter_proxy_cache: dict) -> object:
+        if threading.get_ident() != self.thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+
+class _TappingTracer(OwnThreadTracer):
+    """Traces like ``fx.symbolic_trace`` and calls the ``Taps`` module where each of ``layers`` (module names,
+    ``NAME:input`` for a module's input) is called, also inside modules that are traced through."""
 
     def __init__(self, layers: Sequence[str]):
         super().__init__()
         self.layers = set(layers)
         self.tapped: list[str] = []
-        self.thread = threading.get_ident()
 
     def call_module(self, module: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> object:
         if threading.get_ident() != self.thread:
@@ -92,11 +109,6 @@ class _TappingTracer(fx.Tracer):
         output = super().call_module(module, forward, args, kwargs)
         self._tap(name, output)
         return output
-
-    def getattr(self, attr: str, attr_val: object, parameter_proxy_cache: dict) -> object:
-        if threading.get_ident() != self.thread:
-            return attr_val
-        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def _tap(self, name: str, value: object) -> None:
         if name in self.layers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ Size = tuple[int, int]
 
 # Forward-only copies kept per model (one per set of recorded layers): each holds its own folded kernels.
 MAX_INFERENCE_COPIES = 4
+# Threads sharing a VisionModel make and evict its forward-only copies one at a time.
+_COPIES_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,10 @@ class VisionModel:
         state = _inference_state(self.module)
         if state is None:
             return self.module
+        with _COPIES_LOCK:
+            return self._copy_for(x, layers, state)
+
+    def _copy_for(self, x: torch.Tensor, layers: tuple[str, ...], state: tuple) -> nn.Module:
         cached = self._inference.get(layers)
         if cached is None or cached[0] != state:
             folded = fold_for_inference(self.module, layers)
@@ -210,7 +217,7 @@ class VisionModel:
                     f"the folded forward-only copy of {self.name} computes something else than the model; "
                     "deepscope runs the model as it is (please report this model)",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
                 folded = None
             self._inference.pop(layers, None)
