@@ -23,6 +23,7 @@ from sklearn.neighbors import KNeighborsClassifier
 import deepscope as ds
 from deepscope.atlas.reductions import BINS, bin_edges
 from deepscope.errors import DatasetError, DeepscopeError, LayerNotFoundError, SpecError, WorkspaceError
+from deepscope.zoo.datasets import FINGERPRINT_ITEMS
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -651,6 +652,35 @@ def test_other_schema_versions_and_other_data_are_refused(atlas, lenet, tmp_path
         ds.atlas.scan(lenet, "mnist5k:test", out=tmp_path / "full")
 
 
+def test_other_data_of_the_same_type_and_length_are_told_apart(lenet, tmp_path):
+    """The workspace recognises data by name, length and content: before, a second TensorDataset of the same
+    length (or another 100-digit subset) was taken for the first, and its scan returned the first one's results."""
+    test = ds.datasets.mnist5k("test")
+    inputs, labels = lenet.preprocess(test.images[:100]), test.labels[:100]
+    first = ds.atlas.scan(lenet, torch.utils.data.TensorDataset(inputs, labels), out=tmp_path / "a")
+    again = ds.atlas.scan(
+        lenet, torch.utils.data.TensorDataset(inputs.clone(), labels.clone()), out=tmp_path / "a"
+    )
+    assert again.run.id == first.run.id  # the same content: the finished run
+    flipped = torch.utils.data.TensorDataset(inputs.flip(3), labels)
+    with pytest.raises(WorkspaceError, match="'TensorDataset' \\(the same name, other content"):
+        ds.atlas.scan(lenet, flipped, out=tmp_path / "a")
+    ds.atlas.scan(lenet, test.subset(range(100)), out=tmp_path / "b")
+    with pytest.raises(WorkspaceError, match="holds scans of dataset 'mnist5k-test'"):
+        ds.atlas.scan(lenet, test.subset(range(100, 200)), out=tmp_path / "b")
+
+    class Augmented(torch.utils.data.Dataset):
+        def __len__(self):
+            return 20
+
+        def __getitem__(self, index):
+            return inputs[index] + 0.1 * torch.randn_like(inputs[index]), labels[index]
+
+    ds.atlas.scan(lenet, Augmented(), out=tmp_path / "c")
+    with pytest.raises(WorkspaceError, match="or its items are random"):
+        ds.atlas.scan(lenet, Augmented(), out=tmp_path / "c")
+
+
 def test_a_finished_scan_is_returned_not_repeated(atlas, lenet, digits):
     again = ds.atlas.scan(lenet, digits, out=atlas.path, batch_size=128, chunk_size=1000)
     assert again.run.id == atlas.run.id and len(again.store.runs()) == 1
@@ -723,7 +753,8 @@ def test_a_killed_scan_resumes_and_equals_an_uninterrupted_one(lenet, tmp_path, 
     resumed = ds.atlas.scan(
         "zoo:lenet_mnist", "python:slowdigits:make", out=out, chunk_size=100, batch_size=25
     )
-    assert slowdigits.LOADS[0] == 1 + 1000 - 100 * committed  # one probe sample + the chunks not yet written
+    # the probe sample, the items the dataset's fingerprint hashes, and the chunks not yet written
+    assert slowdigits.LOADS[0] == 1 + FINGERPRINT_ITEMS + 1000 - 100 * committed
     reference = ds.atlas.scan(
         lenet, "mnist5k:test", out=tmp_path / "reference", chunk_size=100, batch_size=25
     )
@@ -776,6 +807,9 @@ def test_a_run_is_written_by_one_scan_at_a_time(lenet, tmp_path):
             if index == 150:
                 raise Stop
             return digits[index]
+
+        def fingerprint(self):  # the same data as digits, whose scan resumes this one
+            return digits.fingerprint()
 
     with pytest.raises(Stop):
         ds.atlas.scan(lenet, Interrupted(), **settings)

@@ -304,9 +304,10 @@ class Store:
         ``embeddings/<file>.npy`` [n_samples, width]; ``arrays``: other files, relative name -> (shape, dtype)."""
         held = self.dataset_fingerprint()
         if held is not None and held[1] != dataset_fingerprint:
+            same_name = " (the same name, other content: the data changed, or its items are random)"
             raise WorkspaceError(
                 f"workspace {self.path} holds scans of dataset {held[0]!r}; a workspace is for one dataset, "
-                f"so scan {dataset!r} into another directory"
+                f"so scan {dataset!r}{same_name if held[0] == dataset else ''} into another directory"
             )
         with self.transaction() as db:
             cursor = db.execute(

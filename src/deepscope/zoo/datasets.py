@@ -59,6 +59,10 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         return self.images[index], int(self.labels[index])
 
+    def fingerprint(self) -> str:
+        """A hash of every image and label (5,000 digits: about 20 ms)."""
+        return _images_fingerprint(self.images, self.labels)
+
     def subset(self, indices: np.ndarray | list[int], name: str | None = None) -> ImageDataset:
         indices = [int(i) for i in indices]
         return ImageDataset(
@@ -192,6 +196,9 @@ class UnlabelledImages(Dataset):
     def source(self, index: int) -> str:
         return self.names[index]
 
+    def fingerprint(self) -> str:
+        return _images_fingerprint(self.images, self.names)
+
 
 def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
@@ -295,14 +302,67 @@ def dataset_name(dataset: Dataset) -> str:
     return name if isinstance(name, str) else type(dataset).__name__
 
 
+# Items whose content identifies a dataset without a fingerprint() of its own: evenly spaced, first and last in.
+FINGERPRINT_ITEMS = 16
+
+
 def dataset_fingerprint(dataset: Dataset) -> str:
-    """What identifies a dataset across scans: its name, length, and a content fingerprint where it offers one
-    (an image folder hashes its file names, sizes and times; other datasets are trusted by name and length)."""
+    """What identifies a dataset across scans: its name, length and content. A dataset's own ``fingerprint()``
+    gives the content where it has one (an image folder hashes its file names, sizes and times; the in-memory
+    datasets here hash every image and label); otherwise the content of :data:`FINGERPRINT_ITEMS` evenly
+    spaced items is hashed, so two datasets of one type and length with other data are told apart (a dataset
+    whose items are random, augmented say, then changes fingerprint on every call)."""
     parts = [dataset_name(dataset), str(len(dataset))]
     fingerprint = getattr(dataset, "fingerprint", None)
     if callable(fingerprint):
         parts.append(str(fingerprint()))
+    else:
+        digest = hashlib.sha256()
+        for index in sorted(
+            set(np.linspace(0, len(dataset) - 1, FINGERPRINT_ITEMS).round().astype(int).tolist())
+        ):
+            try:
+                item = dataset[index]
+            except (ImageError, OSError) as error:  # an unreadable item is part of the content too
+                item = type(error).__name__
+            _digest_content(item, digest)
+        parts.append(digest.hexdigest())
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _digest_content(value: Any, digest: Any) -> None:
+    """Feed ``value``'s content (images, tensors, arrays, numbers, strings, nested in tuples, lists and dicts)
+    into ``digest``; other objects count by their type only (their repr may hold a memory address)."""
+    if isinstance(value, Image.Image):
+        digest.update(f"image {value.mode} {value.size}".encode())
+        digest.update(value.tobytes())
+    elif isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"tensor {tensor.dtype} {list(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, np.ndarray):
+        digest.update(f"array {value.dtype} {value.shape}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, (tuple, list)):
+        digest.update(f"sequence {len(value)}".encode())
+        for part in value:
+            _digest_content(part, digest)
+    elif isinstance(value, dict):
+        digest.update(f"dict {len(value)}".encode())
+        for key in sorted(value, key=str):
+            digest.update(str(key).encode())
+            _digest_content(value[key], digest)
+    elif value is None or isinstance(value, (bool, int, float, str, bytes, np.generic)):
+        digest.update(f"{type(value).__name__} {value!r}".encode())
+    else:
+        digest.update(type(value).__qualname__.encode())
+
+
+def _images_fingerprint(images: Sequence[Image.Image], labels: Any = None) -> str:
+    digest = hashlib.sha256()
+    _digest_content(list(images), digest)
+    _digest_content(labels, digest)
+    return digest.hexdigest()
 
 
 def source_of(dataset: Dataset, index: int) -> str:
