@@ -681,6 +681,25 @@ def test_other_data_of_the_same_type_and_length_are_told_apart(lenet, tmp_path):
         ds.atlas.scan(lenet, Augmented(), out=tmp_path / "c")
 
 
+def test_a_model_with_another_transform_is_another_run(lenet, tmp_path):
+    import torchvision.transforms as T
+
+    digits = ds.datasets.mnist5k("test").subset(range(50))
+
+    def with_transform(*steps):
+        transform = T.Compose([T.ToTensor(), *steps])
+        return ds.as_vision_model(
+            lenet.module, preprocessing=lenet.preprocessing, labels=lenet.labels, transform=transform
+        )
+
+    plain = ds.atlas.scan(with_transform(), digits, out=tmp_path, thumbnail_size=0)
+    normalised = ds.atlas.scan(
+        with_transform(T.Normalize((0.13,), (0.31,))), digits, out=tmp_path, thumbnail_size=0
+    )
+    assert normalised.run.id != plain.run.id
+    assert ds.atlas.scan(with_transform(), digits, out=tmp_path, thumbnail_size=0).run.id == plain.run.id
+
+
 def test_a_finished_scan_is_returned_not_repeated(atlas, lenet, digits):
     again = ds.atlas.scan(lenet, digits, out=atlas.path, batch_size=128, chunk_size=1000)
     assert again.run.id == atlas.run.id and len(again.store.runs()) == 1

@@ -637,7 +637,8 @@ def _weighted_layers(module: nn.Module) -> list[str]:
 
 
 def model_fingerprint(vm: VisionModel) -> str:
-    """A hash of the model's class, parameters, buffers, preprocessing and class names."""
+    """A hash of the model's class, parameters, buffers, preprocessing (and custom transform, by its repr where
+    that names its settings, as torchvision's do, else by its type) and class names."""
     digest = hashlib.sha256()
     digest.update(type(vm.module).__qualname__.encode())
     for name, tensor in [*vm.module.named_parameters(), *vm.module.named_buffers()]:
@@ -645,6 +646,9 @@ def model_fingerprint(vm: VisionModel) -> str:
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     digest.update(repr(vm.preprocessing).encode())
+    if vm.transform is not None:
+        described = repr(vm.transform)
+        digest.update((type(vm.transform).__qualname__ if " at 0x" in described else described).encode())
     digest.update(repr(vm.labels).encode())
     return digest.hexdigest()[:32]
 
