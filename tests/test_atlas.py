@@ -561,6 +561,25 @@ def test_dict_items_and_numpy_images_scan_like_pil_tuples(lenet, tmp_path):
     np.testing.assert_array_equal(as_dicts.embeddings(), as_tuples.embeddings())
 
 
+def test_lists_image_arrays_and_input_tensors_scan_as_datasets(lenet, tmp_path):
+    test = ds.datasets.mnist5k("test").subset(range(60))
+    reference = ds.atlas.scan(lenet, test, out=tmp_path / "reference", thumbnail_size=0)
+    forms = {
+        "records": [
+            {"image": np.asarray(test[i][0]), "label": test[i][1]} for i in range(60)
+        ],  # as from Hugging Face
+        "pixels": np.stack([np.asarray(image) for image in test.images]),  # uint8 [N,28,28]
+        "inputs": lenet.preprocess(test.images),  # model inputs [N,1,28,28]
+    }
+    for name, data in forms.items():
+        ws = ds.atlas.scan(lenet, data, out=tmp_path / name, thumbnail_size=0)
+        np.testing.assert_array_equal(ws.predictions, reference.predictions)
+        np.testing.assert_allclose(ws.embeddings(), reference.embeddings(), rtol=1e-5, atol=1e-6)
+        assert (ws.labels is not None) == (name == "records")
+    with pytest.raises(SpecError, match="map-style dataset .* got dict"):
+        ds.atlas.scan(lenet, {"a": 1}, out=tmp_path / "dict")
+
+
 class Items(torch.utils.data.Dataset):
     def __init__(self, item):
         self.item = item

@@ -442,9 +442,10 @@ class ChunkScanner:
 
 def default_workers(device: torch.device) -> int:
     """Loader threads ahead of the model. None on the CPU: the forward pass's intra-op threads already keep every
-    core busy, and loaders only compete with them (on 2 cores one loader thread slowed a LeNet scan of MNIST
-    digits from 0.42 to 0.59 s, EfficientNet-Lite0 on 192 photos from 3.3 to 3.5 s). With an accelerator, one
-    per core besides the main thread, at most 8: reading and preprocessing images is then the bottleneck."""
+    core busy, and loaders only compete with them (on 2 cores, 1 and 2 loader threads slowed a LeNet scan of the
+    MNIST digits from 0.64 to 0.80 and 0.91 s; for EfficientNet-Lite0 on a folder of JPEG photos they changed
+    nothing beyond noise, see ``benchmarks/atlas.py``). With an accelerator, one per core besides the main
+    thread, at most 8: reading and preprocessing images is then the bottleneck."""
     if device.type == "cpu":
         return 0
     return max(1, min(8, (os.cpu_count() or 2) - 1))
@@ -777,8 +778,8 @@ def scan(
     in-memory data do; give ``workers=1`` otherwise). Results never depend on ``workers``.
 
     ``engine='ray'`` runs the chunks on Ray Data actors (``address``: an existing cluster, default a local
-    one; ``actors``: the pool size; ``workers`` per actor). A scan that was stopped resumes when called again with the same
-    arguments; a finished one is returned as it is. ``progress=True`` shows a progress bar.
+    one; ``actors``: the pool size; ``workers`` per actor). A scan that was stopped resumes when called again
+    with the same arguments; a finished one is returned as it is. ``progress=True`` shows a progress bar.
 
     >>> import tempfile, deepscope as ds
     >>> digits = ds.datasets.mnist5k("test").subset(range(200))

