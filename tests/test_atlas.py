@@ -22,6 +22,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 import deepscope as ds
 from deepscope.atlas.reductions import BINS, bin_edges
+from deepscope.atlas.scan import default_workers
 from deepscope.errors import DatasetError, DeepscopeError, LayerNotFoundError, SpecError, WorkspaceError
 from deepscope.zoo.datasets import FINGERPRINT_ITEMS
 
@@ -458,6 +459,7 @@ def test_loader_threads_change_nothing_in_the_scan(lenet, digits, tmp_path):
         np.testing.assert_array_equal(ours, theirs)
     with pytest.raises(SpecError, match="workers must be a whole number >= 0"):
         ds.atlas.scan(lenet, digits, out=tmp_path / "bad", workers=-1)
+    assert default_workers(torch.device("cpu")) == 0 and 1 <= default_workers(torch.device("cuda")) <= 8
 
 
 def test_folder_classes_must_name_model_classes(lenet, tmp_path):

@@ -448,7 +448,8 @@ def default_workers(device: torch.device) -> int:
     thread, at most 8: reading and preprocessing images is then the bottleneck."""
     if device.type == "cpu":
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(1, min(8, cores - 1))
 
 
 def _cat(parts: list[torch.Tensor], dtype: torch.dtype, empty: tuple[int, ...]) -> np.ndarray:
