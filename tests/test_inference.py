@@ -166,6 +166,40 @@ def test_forward_only_uses_the_copy_only_where_it_may_and_follows_the_weights(ef
             classifier.bias.copy_(saved)
 
 
+def test_a_copy_follows_modules_swapped_or_reconfigured_on_the_model():
+    """Before, the copy followed the parameters only: a ReLU swapped for a Tanh (then .eval()), or a pooling
+    kernel changed, went on running the old model's function."""
+    import torchvision
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.factor, self.act = 2.0, torch.relu
+
+        def forward(self, x):
+            return self.act(x) * self.factor
+
+    torch.manual_seed(0)
+    module = torchvision.models.resnet18(num_classes=10)
+    module.layer4[1].relu = Scaled()
+    module.eval()
+    vm = ds.as_vision_model(module)
+    x = torch.randn(2, 3, 64, 64)
+    changes = [
+        lambda: setattr(module.layer4[0], "relu", nn.Tanh().eval()),
+        lambda: setattr(module.maxpool, "kernel_size", 5),
+        lambda: setattr(module.layer4[1].relu, "factor", 3.0),
+        lambda: setattr(module.layer4[1].relu, "act", torch.sigmoid),
+    ]
+    with torch.inference_mode():
+        for change in changes:
+            before = vm.forward_only(x)
+            change()
+            after = vm.forward_only(x)
+            assert not torch.allclose(after, before)
+            torch.testing.assert_close(after, module(x), rtol=1e-4, atol=1e-4)
+
+
 def test_tracing_leaves_side_effects_of_the_model_code_on_a_copy(vgg11_bn):
     class Counting(nn.Module):
         def __init__(self, inner):

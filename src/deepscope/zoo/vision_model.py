@@ -314,17 +314,39 @@ class VisionModel:
 
 
 def _inference_state(module: nn.Module) -> tuple | None:
-    """What a forward-only copy depends on: the identity and version of every parameter and buffer. None where
-    no copy may stand in for the module: a submodule in train mode (batch statistics, dropout) or a forward hook
-    anywhere (it must see the module's own calls)."""
+    """What a forward-only copy depends on: every submodule (its identity, type and settings, so that a module
+    swapped for another or a changed stride is seen) and the identity and version of every parameter and buffer.
+    None where no copy may stand in for the module: a submodule in train mode (batch statistics, dropout) or a
+    forward hook anywhere (it must see the module's own calls)."""
     hooks = torch.nn.modules.module
     if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
         return None
+    structure = []
     for sub in module.modules():
         if sub.training or sub._forward_hooks or sub._forward_pre_hooks:
             return None
+        structure.append((id(sub), type(sub), _settings(sub)))
     tensors = [*module.parameters(), *module.buffers()]
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in tensors)
+    return (*structure, *((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in tensors))
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _settings(module: nn.Module) -> tuple:
+    """A module's own plain attributes (kernel size, stride, padding, eps, inplace, a custom scale factor...) and
+    the identity of its function attributes (``self.act = torch.tanh``)."""
+    settings = []
+    for key, value in vars(module).items():
+        if key.startswith("_"):
+            continue
+        if isinstance(value, _PLAIN) or (
+            isinstance(value, tuple) and all(isinstance(v, _PLAIN) for v in value)
+        ):
+            settings.append((key, value))
+        elif callable(value) and not isinstance(value, (nn.Module, torch.Tensor)):
+            settings.append((key, id(value)))
+    return tuple(settings)
 
 
 @contextmanager
