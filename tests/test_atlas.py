@@ -702,7 +702,7 @@ def test_other_data_of_the_same_type_and_length_are_told_apart(lenet, tmp_path):
         ds.atlas.scan(lenet, Augmented(), out=tmp_path / "c")
 
 
-def test_a_model_with_another_transform_is_another_run(lenet, tmp_path):
+def test_a_model_with_another_transform_or_module_is_another_run(lenet, tmp_path):
     import torchvision.transforms as T
 
     digits = ds.datasets.mnist5k("test").subset(range(50))
@@ -719,6 +719,16 @@ def test_a_model_with_another_transform_is_another_run(lenet, tmp_path):
     )
     assert normalised.run.id != plain.run.id
     assert ds.atlas.scan(with_transform(), digits, out=tmp_path, thumbnail_size=0).run.id == plain.run.id
+    original = ds.atlas.scan(lenet, digits, out=tmp_path, thumbnail_size=0)
+    swapped = copy.deepcopy(lenet.module)
+    swapped.relu1 = torch.nn.Tanh()  # no parameters change; the function does
+    tanh = ds.atlas.scan(lenet.with_module(swapped), digits, out=tmp_path, thumbnail_size=0)
+    assert tanh.run.id != original.run.id
+    swapped.train()  # the train/eval flag is no part of the identity: a scan runs in eval mode
+    assert (
+        ds.atlas.scan(lenet.with_module(swapped), digits, out=tmp_path, thumbnail_size=0).run.id
+        == tanh.run.id
+    )
 
 
 def test_a_finished_scan_is_returned_not_repeated(atlas, lenet, digits):

@@ -42,7 +42,7 @@ from deepscope.zoo.datasets import (
 from deepscope.zoo.hooks import INPUT_SUFFIX, first_tensor, layer_hooks, split_layer
 from deepscope.zoo.images import convert_mode
 from deepscope.zoo.loaders import load_model
-from deepscope.zoo.vision_model import VisionModel
+from deepscope.zoo.vision_model import VisionModel, module_settings
 
 ENGINES = ("local", "ray")
 
@@ -639,10 +639,15 @@ def _weighted_layers(module: nn.Module) -> list[str]:
 
 
 def model_fingerprint(vm: VisionModel) -> str:
-    """A hash of the model's class, parameters, buffers, preprocessing (and custom transform, by its repr where
-    that names its settings, as torchvision's do, else by its type) and class names."""
+    """A hash of the model's structure (each module's class and settings), parameters, buffers, preprocessing
+    (and custom transform, by its repr where that names its settings, as torchvision's do, else by its type) and
+    class names."""
     digest = hashlib.sha256()
-    digest.update(type(vm.module).__qualname__.encode())
+    for name, sub in vm.module.named_modules():  # the structure: each module's class and settings
+        settings = [
+            (key, _stable_name(value) if callable(value) else value) for key, value in module_settings(sub)
+        ]
+        digest.update(f"{name} {type(sub).__module__}.{type(sub).__qualname__} {settings!r}".encode())
     for name, tensor in [*vm.module.named_parameters(), *vm.module.named_buffers()]:
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
@@ -653,6 +658,11 @@ def model_fingerprint(vm: VisionModel) -> str:
         digest.update((type(vm.transform).__qualname__ if " at 0x" in described else described).encode())
     digest.update(repr(vm.labels).encode())
     return digest.hexdigest()[:32]
+
+
+def _stable_name(function: Any) -> str:
+    """A function's name that is the same in every process (not its repr, which holds its address)."""
+    return f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', type(function).__qualname__)}"
 
 
 def _run_fingerprint(model_fp: str, dataset_fp: str, plan: ScanPlan) -> str:

@@ -325,7 +325,7 @@ def _inference_state(module: nn.Module) -> tuple | None:
     for sub in module.modules():
         if sub.training or sub._forward_hooks or sub._forward_pre_hooks:
             return None
-        structure.append((id(sub), type(sub), _settings(sub)))
+        structure.append((id(sub), type(sub), module_settings(sub)))
     tensors = [*module.parameters(), *module.buffers()]
     return (*structure, *((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in tensors))
 
@@ -333,19 +333,20 @@ def _inference_state(module: nn.Module) -> tuple | None:
 _PLAIN = (bool, int, float, str, type(None))
 
 
-def _settings(module: nn.Module) -> tuple:
-    """A module's own plain attributes (kernel size, stride, padding, eps, inplace, a custom scale factor...) and
-    the identity of its function attributes (``self.act = torch.tanh``)."""
+def module_settings(module: nn.Module) -> tuple:
+    """A module's own settings, what its computation depends on besides parameters, buffers and submodules:
+    plain attributes (kernel size, stride, padding, eps, inplace, a custom scale factor...) and function
+    attributes (``self.act = torch.tanh``, as the function itself). The train/eval flag is not one of them."""
     settings = []
     for key, value in vars(module).items():
-        if key.startswith("_"):
+        if key.startswith("_") or key == "training":
             continue
-        if isinstance(value, _PLAIN) or (
-            isinstance(value, tuple) and all(isinstance(v, _PLAIN) for v in value)
+        if (
+            isinstance(value, _PLAIN)
+            or (isinstance(value, tuple) and all(isinstance(v, _PLAIN) for v in value))
+            or (callable(value) and not isinstance(value, (nn.Module, torch.Tensor)))
         ):
             settings.append((key, value))
-        elif callable(value) and not isinstance(value, (nn.Module, torch.Tensor)):
-            settings.append((key, id(value)))
     return tuple(settings)
 
 
