@@ -572,6 +572,12 @@ def test_lists_image_arrays_and_input_tensors_scan_as_datasets(lenet, tmp_path):
         ],  # as from Hugging Face
         "pixels": np.stack([np.asarray(image) for image in test.images]),  # uint8 [N,28,28]
         "inputs": lenet.preprocess(test.images),  # model inputs [N,1,28,28]
+        "channels first": torch.from_numpy(np.stack([np.asarray(i) for i in test.images]))[
+            :, None
+        ],  # read_image
+        "channels last": torch.from_numpy(np.stack([np.asarray(i) for i in test.images]))[
+            ..., None
+        ],  # HF torch
     }
     for name, data in forms.items():
         ws = ds.atlas.scan(lenet, data, out=tmp_path / name, thumbnail_size=0)

@@ -123,8 +123,11 @@ def test_top_patches_read_dict_items_with_numpy_colour_images(lenet, digits):
 
     from_records = ds.units.top_patches(lenet, Records(), "conv2", k=4)
     from_tuples = ds.units.top_patches(lenet, digits.subset(range(300)), "conv2", k=4)
-    assert torch.equal(from_records.sample_indices, from_tuples.sample_indices)
-    assert torch.equal(from_records.crops, from_tuples.crops)
+    uint8_images = torch.from_numpy(np.stack([np.asarray(image) for image in digits.images[:300]]))[:, None]
+    from_uint8_tensor = ds.units.top_patches(lenet, uint8_images, "conv2", k=4)
+    for hits in (from_records, from_uint8_tensor):
+        assert torch.equal(hits.sample_indices, from_tuples.sample_indices)
+        assert torch.equal(hits.crops, from_tuples.crops)
 
 
 def test_top_patches_bad_input_is_named(lenet, digits, unchanged):

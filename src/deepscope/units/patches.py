@@ -330,12 +330,15 @@ class _Source:
     def __init__(self, vm: VisionModel, data: Any):
         self.vm = vm
         self.data = data
-        if isinstance(data, torch.Tensor):
-            if data.ndim != 4 or not data.is_floating_point():
-                raise ImageError(
-                    f"a tensor dataset must be float model inputs [N,C,H,W], got {data.dtype} {list(data.shape)}"
-                )
-        elif not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+        # Float [N,C,H,W]: model inputs, sliced as they are; other tensors (uint8 images) are read item by item.
+        self.inputs_tensor = isinstance(data, torch.Tensor) and data.is_floating_point()
+        if self.inputs_tensor and data.ndim != 4:
+            raise ImageError(f"a tensor of model inputs must be [N,C,H,W], got {list(data.shape)}")
+        if isinstance(data, torch.Tensor) and not self.inputs_tensor and data.dtype != torch.uint8:
+            raise ImageError(
+                f"a tensor dataset holds float model inputs [N,C,H,W] or uint8 images, got {data.dtype}"
+            )
+        if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
             raise ImageError(
                 f"data must be a [N,C,H,W] tensor or a sized, indexable dataset, got {type(data).__name__}; "
                 "wrap an iterable in a map-style torch Dataset so that the hits can be cropped afterwards"
@@ -362,7 +365,7 @@ class _Source:
 
     def inputs(self, indices: list[int]) -> torch.Tensor:
         """Model inputs ``[n,C,H,W]`` on the model's device."""
-        if isinstance(self.data, torch.Tensor):
+        if self.inputs_tensor:
             if indices == list(range(indices[0], indices[-1] + 1)):
                 return self.data[indices[0] : indices[-1] + 1].to(self.vm.device)  # a view, no copy
             return self.data[indices].to(self.vm.device)
@@ -373,7 +376,7 @@ class _Source:
 
     def pixels(self, indices: list[int]) -> torch.Tensor:
         """Display pixels ``[n,C,H,W]``: the images resized and cropped, or tensor inputs un-normalised."""
-        if not isinstance(self.data, torch.Tensor):
+        if not self.inputs_tensor:
             items = self._items(indices)
             if isinstance(items[0], Image.Image) and self.vm.transform is None:
                 return self.vm.pixels(items)

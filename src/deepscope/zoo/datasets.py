@@ -403,9 +403,9 @@ def split_item(item: Any) -> tuple[Image.Image | torch.Tensor | Any, int | None]
     """A dataset item -> (image or model-input tensor, label or None).
 
     An item is ``image``, ``(image, label, ...)`` or a dict with one of :data:`IMAGE_KEYS` and optionally one of
-    :data:`LABEL_KEYS`. An image is a PIL image, a uint8 NumPy array ``[H,W]`` or ``[H,W,C]`` (turned into a PIL
-    image), or a ``[C,H,W]`` tensor (the model's input as it is). A label is a class index: an int, or a NumPy or
-    one-element tensor integer.
+    :data:`LABEL_KEYS`. An image is a PIL image, or uint8 pixels (a NumPy array ``[H,W]`` or ``[H,W,C]``, a
+    tensor ``[H,W]``, ``[C,H,W]`` or ``[H,W,C]``), turned into a PIL image; a floating-point ``[C,H,W]`` tensor is
+    the model's input as it is. A label is a class index: an int, or a NumPy or one-element tensor integer.
 
     >>> import numpy as np
     >>> image, label = split_item({"image": np.zeros((28, 28), np.uint8), "label": np.int64(3)})
@@ -423,7 +423,24 @@ def split_item(item: Any) -> tuple[Image.Image | torch.Tensor | Any, int | None]
         image, label = item, None
     if isinstance(image, np.ndarray):
         image = image_from_array(image, "a NumPy image in a dataset item")
+    elif isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
+        image = image_from_array(_channels_last(image), "a uint8 tensor image in a dataset item")
     return image, _class_index(label)
+
+
+def _channels_last(image: torch.Tensor) -> np.ndarray:
+    """A uint8 tensor image, [H,W], [C,H,W] (torchvision.io.read_image) or [H,W,C] (a Hugging Face dataset in
+    torch format), as a [H,W(,C)] array."""
+    if image.ndim == 3:
+        first, last = image.shape[0] in (1, 3, 4), image.shape[2] in (1, 3, 4)
+        if first == last:
+            raise DatasetError(
+                f"a uint8 tensor image of shape {list(image.shape)} could be [C,H,W] or [H,W,C]; give a PIL image "
+                "or a uint8 NumPy array [H,W,C]"
+            )
+        if first:
+            image = image.permute(1, 2, 0)
+    return image.cpu().numpy()
 
 
 def _from_dict(item: Mapping) -> tuple[Any, Any]:
