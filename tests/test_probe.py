@@ -151,6 +151,27 @@ def test_threads_sharing_a_model_each_get_their_own_results(lenet):
             assert run[3] == expected[batch][3]
 
 
+def test_overlapping_evaluation_blocks_restore_each_flag_once():
+    from deepscope.probe.state import evaluation_mode
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Dropout(), nn.BatchNorm1d(2)))
+    model.train()
+    model[1][0].eval()
+    flags = [sub.training for sub in model.modules()]
+    with evaluation_mode(model[1]):
+        with evaluation_mode(model):
+            assert not any(sub.training for sub in model.modules())
+        assert model.training and model[0].training and not model[1].training  # the part is still held
+    assert [sub.training for sub in model.modules()] == flags
+    part, whole = evaluation_mode(model[1]), evaluation_mode(model)  # interleaved, as threads may
+    part.__enter__()
+    whole.__enter__()
+    part.__exit__(None, None, None)
+    assert not any(sub.training for sub in model.modules())  # the whole model is still held
+    whole.__exit__(None, None, None)
+    assert [sub.training for sub in model.modules()] == flags
+
+
 def test_threads_sharing_a_model_in_train_mode_leave_it_in_train_mode():
     torch.manual_seed(0)
     module = nn.Sequential(
