@@ -39,7 +39,7 @@ from deepscope.metrics.faithfulness import (
 from deepscope.metrics.localisation import pointing_game
 from deepscope.metrics.robustness import max_sensitivity
 from deepscope.metrics.sanity import Randomization, fixed_target, random_logit, randomization
-from deepscope.zoo.datasets import load_dataset, split_item
+from deepscope.zoo.datasets import is_map_style, load_dataset, split_item
 from deepscope.zoo.images import convert_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
@@ -117,7 +117,7 @@ def _data(model: VisionModel, data: Any, limit: int | None) -> tuple[torch.Tenso
         x = data[:limit]
     elif isinstance(data, Mapping):
         x = model.preprocess(list(data.values())[:limit])
-    elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+    elif is_map_style(data):
         count = len(data) if limit is None else min(limit, len(data))
         items = [split_item(data[index]) for index in range(count)]
         images = [image for image, _ in items]

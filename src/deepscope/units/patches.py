@@ -23,7 +23,7 @@ from deepscope.probe.receptive_field import ReceptiveField, receptive_fields
 from deepscope.units._forward import UnitError, check_unit, streaming_runner
 from deepscope.units.deconv import RULES, project_units
 from deepscope.units.topk import TopK
-from deepscope.zoo.datasets import split_item
+from deepscope.zoo.datasets import is_map_style, split_item
 from deepscope.zoo.images import convert_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
@@ -338,7 +338,7 @@ class _Source:
             raise ImageError(
                 f"a tensor dataset holds float model inputs [N,C,H,W] or uint8 images, got {data.dtype}"
             )
-        if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+        if not is_map_style(data):
             raise ImageError(
                 f"data must be a [N,C,H,W] tensor or a sized, indexable dataset, got {type(data).__name__}; "
                 "wrap an iterable in a map-style torch Dataset so that the hits can be cropped afterwards"

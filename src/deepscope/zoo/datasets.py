@@ -9,9 +9,9 @@ Data specs (strings), read by :func:`load_dataset` for every command that takes 
   without subfolders has no labels.
 
 A dataset item is ``(image, label)``, ``image``, or a dict such as ``{"image": ..., "label": ...}`` (the Hugging
-Face ``datasets`` convention; see :func:`split_item`). The image is a PIL image or a uint8 NumPy array
-(preprocessed with the model's preprocessing), or a tensor (taken as the model's input as it is). Labels are
-model class indices.
+Face ``datasets`` convention; see :func:`split_item`). The image is a PIL image or uint8 pixels (a NumPy array or
+a tensor; preprocessed with the model's preprocessing), or a float tensor (taken as the model's input as it is).
+Labels are model class indices.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def load_dataset(data: str | os.PathLike | Dataset, labels: Sequence[str] | None
     """
     if isinstance(data, (str, os.PathLike)):
         dataset = _from_spec(str(data), labels)
-    elif _map_style(data):
+    elif is_map_style(data):
         dataset = data
     else:
         raise SpecError(
@@ -239,7 +239,9 @@ def load_dataset(data: str | os.PathLike | Dataset, labels: Sequence[str] | None
     return dataset
 
 
-def _map_style(data: Any) -> bool:
+def is_map_style(data: Any) -> bool:
+    """Whether ``data`` is read as a dataset: a torch ``Dataset``, or anything else with ``len()`` and
+    ``[index]`` items that is not a string or a mapping."""
     if isinstance(data, Dataset):
         return True
     return (
@@ -276,7 +278,7 @@ def _from_python(target: str) -> Dataset:
     from deepscope.zoo.loaders import call_factory
 
     made, _ = call_factory(target, "data")
-    if not _map_style(made):
+    if not is_map_style(made):
         raise SpecError(
             f"python:{target} returned a {type(made).__name__}, not a map-style dataset (a torch Dataset, or "
             "anything with len() and [index])"
