@@ -211,12 +211,8 @@ def loader_threads(repeats: int, device: str) -> dict[str, float]:
 
         def loading(workers: int):
             scanner = ChunkScanner(efficientnet, data, plan, workers=workers)
-            return lambda: [list(scanner._batches(scanner_bounds(chunk))) for chunk in range(plan.n_chunks)]
-
-        def scanner_bounds(chunk: int) -> list[tuple[int, int]]:
-            start, stop = plan.bounds(chunk)
-            return [
-                (first, min(first + plan.batch_size, stop)) for first in range(start, stop, plan.batch_size)
+            return lambda: [
+                list(scanner._batches(plan.batch_bounds(chunk))) for chunk in range(plan.n_chunks)
             ]
 
         def scanning(workers: int):
@@ -226,10 +222,10 @@ def loader_threads(repeats: int, device: str) -> dict[str, float]:
 
             return run
 
-        for workers in (0, 1, 2):
-            timings |= best_of(repeats, {f"load, {workers} threads": loading(workers)})
-        for workers in (0, 1, 2):
-            timings |= best_of(max(repeats // 2, 1), {f"scan, {workers} threads": scanning(workers)})
+        timings |= best_of(repeats, {f"load, {workers} threads": loading(workers) for workers in (0, 1, 2)})
+        timings |= best_of(
+            max(repeats // 2, 1), {f"scan, {workers} threads": scanning(workers) for workers in (0, 1, 2)}
+        )
     return {name: value for name, value in timings.items() if not name.endswith("_cpu")}
 
 
@@ -270,11 +266,10 @@ def lenet_steps(repeats: int, device: str) -> dict[str, float]:
     def recorded():
         with torch.inference_mode():
             for chunk in range(plan.n_chunks):
-                first, stop = plan.bounds(chunk)
                 state = ScanState(list(zip(plan.layers, plan.units, strict=True)), 10, plan.k, lenet.device)
                 recorder = _Recorder(lenet, layers, state)
-                for start in range(first, stop, batch):
-                    loaded = scanner._load_batch(start, min(start + batch, stop))
+                for first, stop in plan.batch_bounds(chunk):
+                    loaded = scanner._load_batch(first, stop)
                     recorder.forward(lenet.normalize(loaded.inputs.to(device)))
                     recorder.end_batch()
                     state.end_batch(torch.tensor(loaded.indices, device=lenet.device))

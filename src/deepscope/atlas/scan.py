@@ -78,6 +78,11 @@ class ScanPlan:
         start = chunk * self.chunk_size
         return start, min(start + self.chunk_size, self.n_samples)
 
+    def batch_bounds(self, chunk: int) -> list[tuple[int, int]]:
+        """(first, stop) of each batch of ``chunk``, in order."""
+        start, stop = self.bounds(chunk)
+        return [(first, min(first + self.batch_size, stop)) for first in range(start, stop, self.batch_size)]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "layers": list(self.layers),
@@ -393,11 +398,8 @@ class ChunkScanner:
         samples: list[tuple[int, str, int | None, str, str | None]] = []
         indices, labels, predicted, probabilities, thumbnails = [], [], [], [], []
         recorder = _Recorder(self.vm, plan.layers, state)
-        bounds = [
-            (first, min(first + plan.batch_size, stop)) for first in range(start, stop, plan.batch_size)
-        ]
         with evaluation_mode(self.vm.module), torch.inference_mode():
-            for batch in self._batches(bounds):
+            for batch in self._batches(plan.batch_bounds(chunk)):
                 samples.extend(batch.samples)
                 if batch.inputs is None:
                     continue
