@@ -239,6 +239,20 @@ def test_weight_histograms_count_every_weight(atlas, lenet):
     assert h.counts.sum() == weights.size and h.low == weights.min() and h.high == weights.max()
     expected, _ = np.histogram(weights, bins=np.append(h.lower, h.upper[-1]))
     assert np.abs(h.counts - expected).sum() <= 2  # float32 vs float64 edge rounding only
+    assert h.mean == pytest.approx(weights.astype(np.float64).mean(), rel=1e-12)
+    assert (h.zeros, h.positives) == (np.count_nonzero(weights == 0), np.count_nonzero(weights > 0))
+    layer = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        layer[0].weight.copy_(torch.tensor([[0.0, -1.0, 2.0, 0.0], [3.0, 0.0, -0.5, 1.0]]))
+    small = ds.atlas.weight_histograms(layer)["0"]  # by hand: 3 zeros, 3 positives, mean 4.5 / 8
+    assert (small.zeros, small.positives, small.total, small.mean, small.low, small.high) == (
+        3,
+        3,
+        8,
+        0.5625,
+        -1,
+        3,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
