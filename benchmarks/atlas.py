@@ -22,11 +22,14 @@ Every ratio is measured within one run, the two sides interleaved, best time of 
 3. LeNet's scan step by step: from the bare loop to the forward-only copy with the reductions the issue asks of
    every layer (histogram of all values, per-unit maximum and mean), then adding the scan's other parts one at a
    time, down to ``ds.atlas.scan`` itself.
-4. Loader threads (``workers``): a folder of JPEG photos, the scan's loading alone and the whole scan, with
+4. Model sweep: LeNet-5 and torchvision models with random weights (ResNet-18 at 32, 64 and 128 pixels,
+   MobileNetV3-small at 96) over photo crops, from about 30 µs to 8 ms of forward per sample: the bare loop and
+   the scan, the scan's fixed cost per call, and the per-sample ratio without it (what a large dataset approaches).
+5. Loader threads (``workers``): a folder of JPEG photos, the scan's loading alone and the whole scan, with
    0, 1 and 2 threads reading ahead of EfficientNet-Lite0.
-5. t-SNE of the 5,000 LeNet embeddings: ``ws.layout('tsne')`` (read embeddings, openTSNE, store) versus
+6. t-SNE of the 5,000 LeNet embeddings: ``ws.layout('tsne')`` (read embeddings, openTSNE, store) versus
    ``openTSNE.TSNE(...).fit`` alone with the same parameters.
-6. UMAP of the same embeddings, each in a fresh process (the first UMAP of a process pays numba's compilation):
+7. UMAP of the same embeddings, each in a fresh process (the first UMAP of a process pays numba's compilation):
    ``ds.atlas.umap`` (exact neighbour lists from scikit-learn) versus ``umap.UMAP(...).fit_transform`` (its own
    pynndescent search above 4,096 points), with the 5-NN accuracy of each 2-D layout as the quality check.
 """
@@ -153,15 +156,7 @@ def throughput(repeats: int, device: str):
     yield "LeNet-5, MNIST-5k preprocessed tensors (forward only)", timings | {"samples": len(tensors)}
 
     efficientnet = on(ds.load_model("zoo:efficientnet_lite0"), device)
-    photos = list(ds.samples().values())
-    rng = np.random.default_rng(0)
-    crops = []
-    for i in range(192):
-        photo = photos[i % len(photos)]
-        size = int(rng.integers(200, min(photo.size)))
-        left = int(rng.integers(0, photo.size[0] - size + 1))
-        top = int(rng.integers(0, photo.size[1] - size + 1))
-        crops.append(photo.crop((left, top, left + size, top + size)))
+    crops = photo_crops(192, smallest=200)
     crop_set = ds.datasets.UnlabelledImages(crops, [f"crop{i}" for i in range(len(crops))], "crops")
     batch = 32
 
@@ -192,6 +187,83 @@ def throughput(repeats: int, device: str):
         f"EfficientNet-Lite0, 192 photo crops (load + preprocess + forward), {layers} layers recorded",
         timings | {"samples": len(crops)},
     )
+
+
+def photo_crops(count: int, smallest: int, size: int | None = None) -> list:
+    """``count`` square crops of the bundled photos at random places (side at least ``smallest`` pixels), resized
+    to ``size`` x ``size`` when given."""
+    photos = list(ds.samples().values())
+    rng = np.random.default_rng(0)
+    crops = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        side = int(rng.integers(smallest, min(photo.size)))
+        left = int(rng.integers(0, photo.size[0] - side + 1))
+        top = int(rng.integers(0, photo.size[1] - side + 1))
+        crop = photo.crop((left, top, left + side, top + side))
+        crops.append(crop.resize((size, size)) if size else crop)
+    return crops
+
+
+# (model, input side, samples): torchvision architectures with random weights (no download; the cost of a forward
+# pass does not depend on the weights' values), from a forward of about 0.1 to 8 ms per sample on 2 CPU cores.
+SWEEP = (
+    ("resnet18", 32, 2000),
+    ("mobilenet_v3_small", 96, 1000),
+    ("resnet18", 64, 1000),
+    ("resnet18", 128, 256),
+)
+
+
+def model_sweep(repeats: int, device: str):
+    """Where the scan's cost stops mattering: for models of growing forward cost, the bare loop and the scan over
+    photo crops, and the scan's fixed cost per call (planning probe, fingerprints, weight histograms, creating the
+    workspace, the last commit), measured as a scan of one batch minus the bare loop over it. The per-sample ratio
+    is bare time / (scan time - fixed cost): what a scan of a large dataset approaches."""
+    import torchvision
+
+    lenet = on(ds.load_model("zoo:lenet_mnist"), device)
+    yield (
+        "LeNet-5 28x28 (MNIST digits), 0.06M weights",
+        scan_and_bare(lenet, ds.datasets.mnist5k().images, repeats, device) | {"samples": 5000},
+    )
+    for architecture, side, count in SWEEP:
+        torch.manual_seed(0)
+        module = getattr(torchvision.models, architecture)(num_classes=10).eval()
+        preprocessing = ds.Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), image_mode="RGB")
+        vm = on(ds.VisionModel(module, architecture, preprocessing), device)
+        timings = scan_and_bare(vm, photo_crops(count, smallest=64, size=side), repeats, device)
+        parameters = sum(p.numel() for p in module.parameters())
+        yield f"{architecture} {side}x{side}, {parameters / 1e6:.1f}M weights", timings | {"samples": count}
+
+
+def scan_and_bare(vm: ds.VisionModel, images: list, repeats: int, device: str, batch: int = 64) -> dict:
+    """Best times of the bare loop and the scan over ``images``, and the scan's fixed cost (``fixed``)."""
+
+    def scanning(count: int):
+        data = ds.datasets.UnlabelledImages(
+            images[:count], [f"crop{i}" for i in range(count)], f"crops{count}"
+        )
+
+        def run():
+            with tempfile.TemporaryDirectory() as out:
+                ds.atlas.scan(vm, data, out=out, batch_size=batch)
+
+        return run
+
+    def bare(x):
+        return vm.module(vm.preprocess(x))
+
+    timings = best_of(
+        repeats,
+        {
+            "bare": forward_loop(bare, images, batch, device),
+            "scan": scanning(len(images)),
+            "bare_batch": forward_loop(bare, images[:batch], batch, device),
+            "scan_batch": scanning(batch),
+        },
+    )
+    return timings | {"fixed": max(timings["scan_batch"] - timings["bare_batch"], 0.0)}
 
 
 def loader_threads(repeats: int, device: str) -> dict[str, float]:
@@ -442,6 +514,24 @@ def main() -> None:
         "forward_only per sample is what the scan's recording, reductions and storage add to each sample. The DataLoader "
         "loop is the usual PyTorch evaluation loop over the same Dataset (per-item transforms, default collation, "
         "no workers): the scan's records next to what a plain evaluation over a Dataset costs."
+    )
+
+    print(
+        "\n| model sweep (photo crops, batch 64) | samples | bare µs per sample | scan µs per sample "
+        "| scan / bare throughput | fixed cost per scan (ms) | per-sample scan / bare |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, t in model_sweep(args.repeats, args.device):
+        per_sample = 1e6 / t["samples"]
+        steady = t["bare"] / max(t["scan"] - t["fixed"], 1e-9)
+        print(
+            f"| {name} | {t['samples']} | {t['bare'] * per_sample:.0f} | {t['scan'] * per_sample:.0f} "
+            f"| {t['bare'] / t['scan']:.2f}x | {1e3 * t['fixed']:.0f} | {steady:.2f}x |",
+            flush=True,
+        )
+    print(
+        "\nFixed cost: a scan of the first batch minus the bare loop over it (the probe pass, fingerprints, weight "
+        "histograms, workspace creation, the last commit); the per-sample ratio leaves it out, as a large dataset does."
     )
 
     threads = loader_threads(args.repeats, args.device)
