@@ -151,6 +151,46 @@ def test_threads_sharing_a_model_each_get_their_own_results(lenet):
             assert run[3] == expected[batch][3]
 
 
+def test_graphs_traced_in_two_threads_at_once_leave_module_calls_unpatched():
+    """fx patches nn.Module.__call__ for the whole process while it traces, and puts back what it found. Two traces
+    interleaved in threads (A starts, B starts, A ends, B ends) left A's patch in place: A's thread then got fx
+    proxies from plain forward passes (a Grad-CAM found "no spatial layer", one in 15 runs of the test above)."""
+    original = nn.Module.__call__
+    a_tracing, b_tracing, a_done = threading.Event(), threading.Event(), threading.Event()
+
+    class Waiting(nn.Module):
+        def __init__(self, first: bool):
+            super().__init__()
+            self.first = first
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            if self.first:  # A, mid-trace: let B start tracing (with traces serialised, B cannot: time out)
+                a_tracing.set()
+                b_tracing.wait(timeout=1)
+            else:
+                b_tracing.set()
+                a_done.wait(timeout=1)
+            return self.conv(x)
+
+    def trace_a():
+        try:
+            return ds.graph(Waiting(True), example=torch.zeros(1, 1, 6, 6))
+        finally:
+            a_done.set()
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(trace_a)
+            assert a_tracing.wait(timeout=5)
+            second = pool.submit(ds.graph, Waiting(False), torch.zeros(1, 1, 6, 6))
+            graphs = [first.result(), second.result()]
+        assert nn.Module.__call__ is original
+    finally:
+        nn.Module.__call__ = original  # the rest of the session must not run under a leaked patch
+    assert [g.nodes[-1].output_shape for g in graphs] == [(1, 2, 4, 4)] * 2
+
+
 def test_overlapping_evaluation_blocks_restore_each_flag_once():
     from deepscope.probe.state import evaluation_mode
 

@@ -69,8 +69,14 @@ class Taps(nn.Module):
             record(name, tensor)
 
 
+# Held while a trace runs: fx patches nn.Module.__call__ and __getattr__ for the whole process and afterwards puts
+# back what it found, so two traces interleaved in threads (A starts, B starts, A ends, B ends) would leave A's
+# patch in place for good. Traces take milliseconds; they run one at a time.
+_TRACING = threading.RLock()
+
+
 class OwnThreadTracer(fx.Tracer):
-    """``fx.Tracer`` that traces the calls of the thread that made it only.
+    """``fx.Tracer`` that traces the calls of the thread that made it only, one trace at a time in the process.
 
     While fx traces, it patches ``nn.Module.__call__`` and ``__getattr__`` for every thread. Module calls and
     attribute reads from other threads (a scan's loader running torchvision transforms, a server thread running
@@ -80,6 +86,10 @@ class OwnThreadTracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.thread = threading.get_ident()
+
+    def trace(self, root: nn.Module | Callable, concrete_args: dict | None = None) -> fx.Graph:
+        with _TRACING:
+            return super().trace(root, concrete_args)
 
     def call_module(self, module: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> object:
         if threading.get_ident() != self.thread:
