@@ -89,6 +89,21 @@ def forward_loop(forward, items, batch: int, device: str):
     return run
 
 
+def bare_loop(vm: ds.VisionModel, images, batch: int, device: str):
+    """A timed function: the bare forward pass ``vm.module(vm.preprocess(batch))`` over ``images``."""
+    return forward_loop(lambda chunk: vm.module(vm.preprocess(chunk)), images, batch, device)
+
+
+def scanning(vm: ds.VisionModel, data, **options):
+    """A timed function: ``ds.atlas.scan(vm, data, **options)`` into a fresh workspace each time."""
+
+    def run():
+        with tempfile.TemporaryDirectory() as out:
+            ds.atlas.scan(vm, data, out=out, **options)
+
+    return run
+
+
 def evaluation_loop(vm: ds.VisionModel, dataset, batch: int, device: str):
     """A timed function: the usual PyTorch evaluation loop over ``dataset``, each item transformed on its own."""
     from torchvision.transforms import v2
@@ -122,17 +137,12 @@ def throughput(repeats: int, device: str):
     digits = ds.datasets.mnist5k()
     batch = 64
 
-    bare_pil = forward_loop(
-        lambda images: lenet.module(lenet.preprocess(images)), digits.images, batch, device
-    )
+    bare_pil = bare_loop(lenet, digits.images, batch, device)
     folded_pil = forward_loop(
         lambda images: lenet.forward_only(lenet.preprocess(images)), digits.images, batch, device
     )
 
-    def scan_pil():
-        with tempfile.TemporaryDirectory() as out:
-            ds.atlas.scan(lenet, digits, out=out, batch_size=batch)
-
+    scan_pil = scanning(lenet, digits, batch_size=batch)
     loader_pil = evaluation_loop(lenet, digits, batch, device)
     timings = best_of(
         repeats, {"bare": bare_pil, "folded": folded_pil, "loader": loader_pil, "scan": scan_pil}
@@ -145,10 +155,7 @@ def throughput(repeats: int, device: str):
     bare_tensor = forward_loop(lambda x: lenet.module(x.to(device)), tensors, batch, device)
     folded_tensor = forward_loop(lambda x: lenet.forward_only(x.to(device)), tensors, batch, device)
 
-    def scan_tensor():
-        with tempfile.TemporaryDirectory() as out:
-            ds.atlas.scan(lenet, labelled, out=out, batch_size=batch, thumbnail_size=0)
-
+    scan_tensor = scanning(lenet, labelled, batch_size=batch, thumbnail_size=0)
     loader_tensor = evaluation_loop(lenet, labelled, batch, device)
     timings = best_of(
         repeats, {"bare": bare_tensor, "folded": folded_tensor, "loader": loader_tensor, "scan": scan_tensor}
@@ -160,16 +167,10 @@ def throughput(repeats: int, device: str):
     crop_set = ds.datasets.UnlabelledImages(crops, [f"crop{i}" for i in range(len(crops))], "crops")
     batch = 32
 
-    bare_efficientnet = forward_loop(
-        lambda images: efficientnet.module(efficientnet.preprocess(images)), crops, batch, device
-    )
+    bare_efficientnet = bare_loop(efficientnet, crops, batch, device)
     folded_efficientnet = forward_loop(
         lambda images: efficientnet.forward_only(efficientnet.preprocess(images)), crops, batch, device
     )
-
-    def scan_efficientnet():
-        with tempfile.TemporaryDirectory() as out:
-            ds.atlas.scan(efficientnet, crop_set, out=out, batch_size=batch)
 
     timings = best_of(
         repeats,
@@ -177,7 +178,7 @@ def throughput(repeats: int, device: str):
             "bare": bare_efficientnet,
             "folded": folded_efficientnet,
             "loader": evaluation_loop(efficientnet, crop_set, batch, device),
-            "scan": scan_efficientnet,
+            "scan": scanning(efficientnet, crop_set, batch_size=batch),
         },
     )
     from deepscope.atlas.scan import default_layers
@@ -240,27 +241,18 @@ def model_sweep(repeats: int, device: str):
 def scan_and_bare(vm: ds.VisionModel, images: list, repeats: int, device: str, batch: int = 64) -> dict:
     """Best times of the bare loop and the scan over ``images``, and the scan's fixed cost (``fixed``)."""
 
-    def scanning(count: int):
-        data = ds.datasets.UnlabelledImages(
+    def first(count: int):
+        return ds.datasets.UnlabelledImages(
             images[:count], [f"crop{i}" for i in range(count)], f"crops{count}"
         )
-
-        def run():
-            with tempfile.TemporaryDirectory() as out:
-                ds.atlas.scan(vm, data, out=out, batch_size=batch)
-
-        return run
-
-    def bare(x):
-        return vm.module(vm.preprocess(x))
 
     timings = best_of(
         repeats,
         {
-            "bare": forward_loop(bare, images, batch, device),
-            "scan": scanning(len(images)),
-            "bare_batch": forward_loop(bare, images[:batch], batch, device),
-            "scan_batch": scanning(batch),
+            "bare": bare_loop(vm, images, batch, device),
+            "scan": scanning(vm, first(len(images)), batch_size=batch),
+            "bare_batch": bare_loop(vm, images[:batch], batch, device),
+            "scan_batch": scanning(vm, first(batch), batch_size=batch),
         },
     )
     return timings | {"fixed": max(timings["scan_batch"] - timings["bare_batch"], 0.0)}
@@ -287,16 +279,15 @@ def loader_threads(repeats: int, device: str) -> dict[str, float]:
                 list(scanner._batches(plan.batch_bounds(chunk))) for chunk in range(plan.n_chunks)
             ]
 
-        def scanning(workers: int):
-            def run():
-                with tempfile.TemporaryDirectory() as out:
-                    ds.atlas.scan(efficientnet, data, out=out, batch_size=16, chunk_size=48, workers=workers)
-
-            return run
-
         timings |= best_of(repeats, {f"load, {workers} threads": loading(workers) for workers in (0, 1, 2)})
         timings |= best_of(
-            max(repeats // 2, 1), {f"scan, {workers} threads": scanning(workers) for workers in (0, 1, 2)}
+            max(repeats // 2, 1),
+            {
+                f"scan, {workers} threads": scanning(
+                    efficientnet, data, batch_size=16, chunk_size=48, workers=workers
+                )
+                for workers in (0, 1, 2)
+            },
         )
     return {name: value for name, value in timings.items() if not name.endswith("_cpu")}
 
@@ -320,7 +311,7 @@ def lenet_steps(repeats: int, device: str) -> dict[str, float]:
             tensor.amax((2, 3))
             tensor.mean((2, 3))
 
-    bare = forward_loop(lambda images: lenet.module(lenet.preprocess(images)), digits.images, batch, device)
+    bare = bare_loop(lenet, digits.images, batch, device)
     reductions = forward_loop(
         lambda images: lenet.forward_only(lenet.preprocess(images), layers, required),
         digits.images,
@@ -351,17 +342,15 @@ def lenet_steps(repeats: int, device: str) -> dict[str, float]:
         for chunk in range(plan.n_chunks):
             scanner.scan_chunk(chunk)
 
-    def scan():
-        with tempfile.TemporaryDirectory() as out:
-            ds.atlas.scan(lenet, digits, out=out, batch_size=batch)
-
     steps = {
         "bare loop: module(vm.preprocess(batch))": bare,
         "+ the forward-only copy, tapped: histogram, max and mean of every layer": reductions,
         "+ items read one by one through the Dataset (labels, sources, skips)": loaded,
         "+ pooled embeddings, unit statistics, top-16 per unit": recorded,
         "+ predictions, confusion matrix, thumbnails: ChunkScanner.scan_chunk": chunks,
-        "+ workspace: rows written, flushed, SQLite commits (ds.atlas.scan)": scan,
+        "+ workspace: rows written, flushed, SQLite commits (ds.atlas.scan)": scanning(
+            lenet, digits, batch_size=batch
+        ),
     }
     return {name: value for name, value in best_of(repeats, steps).items() if not name.endswith("_cpu")}
 
