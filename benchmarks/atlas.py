@@ -10,8 +10,8 @@ Every ratio is measured within one run, the two sides interleaved, best time of 
    workspace (predictions, probabilities, 6 layers of pooled embeddings, float-bit histograms, unit statistics,
    top-16 per unit, thumbnails, confusion matrix, SQLite commits). Also with tensors already preprocessed
    (forward-only baseline), and EfficientNet-Lite0 on 192 photo crops (a forward-heavy model). The scan runs
-   the model's forward-only copy (``VisionModel.forward_only``: batch norms folded, channels-last), so a third
-   loop, ``vm.forward_only(vm.preprocess(batch))``, shows what the scan's recording and storing cost on top of
+   the model's forward-only copy (``deepscope.probe.forward_only``: batch norms folded, channels-last), so a third
+   loop, ``forward_only(vm, vm.preprocess(batch))``, shows what the scan's recording and storing cost on top of
    the fastest forward deepscope has. A fourth loop is the evaluation loop most PyTorch code runs over a Dataset:
    ``torch.utils.data.DataLoader`` (default collation, no worker processes) over the same items, each item
    transformed on its own (the model's resize/crop/to-tensor and normalisation), then ``module(batch)``.
@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 import deepscope as ds
+from deepscope.probe import forward_only
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,7 +140,7 @@ def throughput(repeats: int, device: str):
 
     bare_pil = bare_loop(lenet, digits.images, batch, device)
     folded_pil = forward_loop(
-        lambda images: lenet.forward_only(lenet.preprocess(images)), digits.images, batch, device
+        lambda images: forward_only(lenet, lenet.preprocess(images)), digits.images, batch, device
     )
 
     scan_pil = scanning(lenet, digits, batch_size=batch)
@@ -153,7 +154,7 @@ def throughput(repeats: int, device: str):
     labelled = torch.utils.data.TensorDataset(tensors, digits.labels)
 
     bare_tensor = forward_loop(lambda x: lenet.module(x.to(device)), tensors, batch, device)
-    folded_tensor = forward_loop(lambda x: lenet.forward_only(x.to(device)), tensors, batch, device)
+    folded_tensor = forward_loop(lambda x: forward_only(lenet, x.to(device)), tensors, batch, device)
 
     scan_tensor = scanning(lenet, labelled, batch_size=batch, thumbnail_size=0)
     loader_tensor = evaluation_loop(lenet, labelled, batch, device)
@@ -169,7 +170,7 @@ def throughput(repeats: int, device: str):
 
     bare_efficientnet = bare_loop(efficientnet, crops, batch, device)
     folded_efficientnet = forward_loop(
-        lambda images: efficientnet.forward_only(efficientnet.preprocess(images)), crops, batch, device
+        lambda images: forward_only(efficientnet, efficientnet.preprocess(images)), crops, batch, device
     )
 
     timings = best_of(
@@ -313,7 +314,7 @@ def lenet_steps(repeats: int, device: str) -> dict[str, float]:
 
     bare = bare_loop(lenet, digits.images, batch, device)
     reductions = forward_loop(
-        lambda images: lenet.forward_only(lenet.preprocess(images), layers, required),
+        lambda images: forward_only(lenet, lenet.preprocess(images), layers, required),
         digits.images,
         batch,
         device,
@@ -323,7 +324,7 @@ def lenet_steps(repeats: int, device: str) -> dict[str, float]:
         with torch.inference_mode():
             for start in range(0, len(digits), batch):
                 loaded = scanner._load_batch(start, min(start + batch, len(digits)))
-                lenet.forward_only(lenet.normalize(loaded.inputs.to(device)), layers, required)
+                forward_only(lenet, lenet.normalize(loaded.inputs.to(device)), layers, required)
         synchronize(device)
 
     def recorded():
@@ -358,6 +359,7 @@ def lenet_steps(repeats: int, device: str) -> dict[str, float]:
 MEMORY_CHILD = r"""
 import json, os, sys, tempfile, threading, time, tracemalloc
 import deepscope as ds
+from deepscope.probe import forward_only
 
 def anon_kb():
     with open("/proc/self/status") as status:

@@ -17,8 +17,8 @@ timeout 60 python3 benchmarks/metrics.py --repeats 2 --only lenet 2>&1 | tee "$O
 timeout 160 python3 benchmarks/metrics.py --repeats 1 --only efficientnet 2>&1 | tee "$OUT/bench_cpu_efficientnet.log" | tail -9
 timeout 80 python3 - <<'PY' 2>&1 | tee "$OUT/demo.log" | tail -3
 import time
-from deepscope.demo import DemoContext
-from deepscope.demo_evaluation import evaluation_section
+from deepscope.app.demo import DemoContext
+from deepscope.app.pages.evaluation import evaluation_section
 from deepscope.render.html import Report
 context = DemoContext()
 context.lenet, context.efficientnet, context.photos, context.digits

@@ -24,6 +24,7 @@ import deepscope as ds
 from deepscope.atlas.reductions import BINS, bin_edges
 from deepscope.atlas.scan import default_workers
 from deepscope.errors import DatasetError, DeepscopeError, LayerNotFoundError, SpecError, WorkspaceError
+from deepscope.probe import inference
 from deepscope.zoo.datasets import FINGERPRINT_ITEMS
 
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -897,7 +898,7 @@ def test_a_run_is_written_by_one_scan_at_a_time(lenet, tmp_path):
 def test_an_interrupted_cli_scan_says_how_to_continue(lenet, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from deepscope import cli
+    from deepscope.app import cli
 
     class Interrupting(torch.utils.data.Dataset):
         name = "interrupting"
@@ -984,7 +985,7 @@ def test_ray_engine_without_ray_says_how_to_install(lenet, tmp_path, monkeypatch
 def test_cli_scan_and_compare(tmp_path, digits):
     from typer.testing import CliRunner
 
-    from deepscope import cli
+    from deepscope.app import cli
 
     write_digit_folder(tmp_path / "digits", digits, per_class=4)
     runner = CliRunner()
@@ -1096,7 +1097,7 @@ def test_a_scan_through_hooks_equals_the_scan_through_the_folded_copy(lenet, tmp
     digits = ds.datasets.mnist5k("test").subset(range(300))
     vm = ds.VisionModel(lenet.module, "lenet", lenet.preprocessing, lenet.labels)
     through_copy = ds.atlas.scan(vm, digits, out=tmp_path / "copy", batch_size=64, chunk_size=100)
-    assert any(module is not vm.module for _, module in vm._inference.values())
+    assert any(module is not vm.module for _, module in inference._COPIES[vm.module].values())
     hooked = copy.deepcopy(lenet.module)
     batches = []
     hooked.register_forward_pre_hook(lambda module, inputs: batches.append(inputs[0].shape[0]))

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import deepscope as ds
-from deepscope import cli
+from deepscope.app import cli
 
 runner = CliRunner()
 
@@ -66,7 +66,7 @@ def test_the_package_and_the_help_load_without_torch():
     import subprocess
 
     probe = (
-        "import sys, deepscope, deepscope.cli\n"
+        "import sys, deepscope, deepscope.app.cli\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "import deepscope as ds\n"
         "missing = [name for name in ds.__all__ if getattr(ds, name, None) is None]\n"

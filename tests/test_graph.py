@@ -27,7 +27,7 @@ def test_resnet_skip_connections_are_two_input_nodes(name, skips):
     assert g.tracer == "fx" and not g.notes
     assert len(two_input_adds(g)) == skips
     assert g.node("conv1").output_shape == (1, 64, 112, 112)
-    assert g.node("layer4_1_conv1" if name == "resnet18" else "layer4_2_conv3").output_shape[1:] == (
+    assert g.node("layer4.1.conv1" if name == "resnet18" else "layer4.2.conv3").output_shape[1:] == (
         (512, 7, 7) if name == "resnet18" else (2048, 7, 7)
     )
     assert g.node("output").output_shape == (1, 1000)
@@ -44,6 +44,22 @@ def test_efficientnet_lite0_graph(efficientnet):
     assert len(blocks) == 16
     assert blocks[-1].output_shape == (1, 320, 7, 7)
     assert sum(n.params for n in blocks) == sum(p.numel() for p in efficientnet.module._blocks.parameters())
+
+
+@pytest.mark.parametrize("depth", [None, 2])
+def test_every_layer_name_the_graph_shows_is_a_layer_name_capture_takes(efficientnet, depth):
+    """``graph`` named a functional convolution 'conv2d_48', which every layer= argument refused; a node's id is
+    now its layer name wherever its output is a module's output, and that name records that very tensor."""
+    g = ds.graph(efficientnet, depth=depth)
+    named = [node for node in g.nodes if node.layer is not None]
+    assert all(node.id == node.layer for node in named)
+    assert {"_conv_head", "_swish@1", "_fc"} <= {node.layer for node in named}
+    assert [node.op for node in g.nodes if node.layer is None] == ["input", "view", "output"]
+    x = efficientnet.preprocess(ds.samples(["coffee"])["coffee"])
+    with ds.capture(efficientnet, [node.layer for node in named]) as recording, torch.no_grad():
+        efficientnet(x)
+    for node in named:
+        assert tuple(recording.activations[node.layer].shape[1:]) == node.output_shape[1:], node.layer
 
 
 def test_vit_graph_shapes():

@@ -1,5 +1,6 @@
 """The forward-only copy (deepscope.zoo.inference): the same function as the model, less work, the model untouched."""
 
+import copy
 import warnings
 
 import pytest
@@ -8,9 +9,9 @@ from torch import fx, nn
 
 import deepscope as ds
 from deepscope.errors import DeepscopeError
-from deepscope.zoo import inference
-from deepscope.zoo.hooks import layer_hooks
-from deepscope.zoo.inference import fold_for_inference
+from deepscope.probe import inference
+from deepscope.probe.hooks import layer_hooks
+from deepscope.probe.inference import fold_for_inference, forward_only
 
 
 def modules_of(graph_module: fx.GraphModule) -> list[type]:
@@ -128,18 +129,18 @@ def test_lenet_pools_by_pairwise_maxima_exactly(lenet):
 
 
 def test_forward_only_uses_the_copy_only_where_it_may_and_follows_the_weights(efficientnet, monkeypatch):
-    vm = ds.VisionModel(efficientnet.module, "lite0")
+    vm = ds.VisionModel(copy.deepcopy(efficientnet.module), "lite0")  # a module of its own: no copies yet
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
     folds = []
     original = inference.fold_for_inference
     monkeypatch.setattr(
-        "deepscope.zoo.vision_model.fold_for_inference",
+        "deepscope.probe.inference.fold_for_inference",
         lambda m, layers: folds.append(1) or original(m, layers),
     )
     with torch.inference_mode():
         expected = vm.module(x)
-        torch.testing.assert_close(vm.forward_only(x), expected, rtol=1e-4, atol=1e-4)
-        vm.forward_only(x)
+        torch.testing.assert_close(forward_only(vm, x), expected, rtol=1e-4, atol=1e-4)
+        forward_only(vm, x)
         assert len(folds) == 1  # made once, kept while the parameters stay as they are
     classifier = vm.module._fc
     saved = classifier.bias.detach().clone()
@@ -147,18 +148,18 @@ def test_forward_only_uses_the_copy_only_where_it_may_and_follows_the_weights(ef
         with torch.no_grad():
             classifier.bias.add_(1.0)  # an in-place change of a parameter makes a new copy
         with torch.inference_mode():
-            torch.testing.assert_close(vm.forward_only(x), expected + 1.0, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(forward_only(vm, x), expected + 1.0, rtol=1e-4, atol=1e-4)
         assert len(folds) == 2
         # a hook on the model, or train mode, must see the model's own forward: no copy is made or used
         seen = []
         handle = classifier.register_forward_hook(lambda *args: seen.append(1))
         with torch.inference_mode():
-            vm.forward_only(x)
+            forward_only(vm, x)
         handle.remove()
         assert seen == [1] and len(folds) == 2
         vm.module.train()
         with torch.inference_mode():
-            vm.forward_only(x)
+            forward_only(vm, x)
         assert len(folds) == 2
     finally:
         vm.module.eval()
@@ -193,9 +194,9 @@ def test_a_copy_follows_modules_swapped_or_reconfigured_on_the_model():
     ]
     with torch.inference_mode():
         for change in changes:
-            before = vm.forward_only(x)
+            before = forward_only(vm, x)
             change()
-            after = vm.forward_only(x)
+            after = forward_only(vm, x)
             assert not torch.allclose(after, before)
             torch.testing.assert_close(after, module(x), rtol=1e-4, atol=1e-4)
 
@@ -212,34 +213,36 @@ def test_tracing_leaves_side_effects_of_the_model_code_on_a_copy(vgg11_bn):
 
     counting = Counting(vgg11_bn).eval()
     with torch.inference_mode():
-        ds.VisionModel(counting, "counted").forward_only(torch.randn(2, 3, 64, 64))
+        forward_only(ds.VisionModel(counting, "counted"), torch.randn(2, 3, 64, 64))
     # the model ran twice (the check of the copy on one image, then not again: the copy ran the batch)
     assert counting.calls == [torch.Size([1, 3, 64, 64])]
 
 
 def test_a_copy_that_computes_something_else_is_not_used(efficientnet, monkeypatch):
+    original = inference.fold_for_inference
+
     def broken(module, layers):
-        folded = inference.fold_for_inference(module, layers)
+        folded = original(module, layers)
         folded._folded_0_bias.add_(1.0)
         return folded
 
-    monkeypatch.setattr("deepscope.zoo.vision_model.fold_for_inference", broken)
-    vm = ds.VisionModel(efficientnet.module, "lite0")
+    monkeypatch.setattr("deepscope.probe.inference.fold_for_inference", broken)
+    vm = ds.VisionModel(copy.deepcopy(efficientnet.module), "lite0")  # a module of its own: no copies yet
     x = torch.randn(1, 3, 224, 224)
     with torch.inference_mode(), pytest.warns(RuntimeWarning, match="computes something else"):
-        got = vm.forward_only(x)
+        got = forward_only(vm, x)
     with torch.inference_mode():
         torch.testing.assert_close(got, efficientnet.module(x))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with torch.inference_mode():
-            vm.forward_only(x)  # decided once per state of the parameters
+            forward_only(vm, x)  # decided once per state of the parameters
 
 
 def test_outputs_are_compared_by_structure_and_within_rounding():
     from collections import OrderedDict, namedtuple
 
-    from deepscope.zoo.vision_model import _same_outputs
+    from deepscope.probe.inference import _same_outputs
 
     Pair = namedtuple("Pair", "logits index")
     x = torch.linspace(-10, 10, 12).reshape(3, 4)
@@ -269,10 +272,10 @@ def recorded_by_hooks(module: nn.Module, layers: list[str], x: torch.Tensor) -> 
     return output, seen
 
 
-def recorded_by_taps(copy: fx.GraphModule, layers: list[str], x: torch.Tensor) -> tuple:
+def recorded_by_taps(folded: fx.GraphModule, layers: list[str], x: torch.Tensor) -> tuple:
     seen: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    with copy.get_submodule(inference.TAPS).recording(lambda name, t: seen[name].append(t.clone())):
-        return copy(x), seen
+    with folded.get_submodule(inference.TAPS).recording(lambda name, t: seen[name].append(t.clone())):
+        return folded(x), seen
 
 
 def test_taps_in_the_copy_see_what_hooks_on_the_model_see(efficientnet, unchanged):
@@ -281,16 +284,16 @@ def test_taps_in_the_copy_see_what_hooks_on_the_model_see(efficientnet, unchange
     layers = ["_blocks.3", "_conv_stem", "_blocks.10._project_conv", "_fc:input", "_conv_head"]
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     with unchanged(module), torch.inference_mode():
-        copy = fold_for_inference(module, layers)
+        folded = fold_for_inference(module, layers)
         expected, hooked = recorded_by_hooks(module, layers, x)
-        got, tapped = recorded_by_taps(copy, layers, x)
+        got, tapped = recorded_by_taps(folded, layers, x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     for name in layers:
         assert len(tapped[name]) == 1
         want = hooked[name][0]
         torch.testing.assert_close(tapped[name][0], want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
     # the recorded convolutions keep their batch norms; every other one is folded
-    kinds = modules_of(copy)
+    kinds = modules_of(folded)
     assert kinds.count(nn.BatchNorm2d) == 3 and kinds.count(inference.Taps) == len(layers)
 
 
@@ -326,10 +329,10 @@ def test_layers_the_trace_cannot_tap_once_mean_no_copy():
     assert fold_for_inference(model, ["attention.out_proj"]) is None  # inside a module fx keeps whole
     vm = ds.VisionModel(model, "shared")
     with torch.inference_mode(), pytest.raises(DeepscopeError, match="runs more than once"):
-        vm.forward_only(torch.randn(2, 3, 8, 8), ["act"], lambda name, t: None)
+        forward_only(vm, torch.randn(2, 3, 8, 8), ["act"], lambda name, t: None)
     # MultiheadAttention reads out_proj's weights without calling it: hooks do not see it run either
     with torch.inference_mode(), pytest.raises(DeepscopeError, match="did not run"):
-        vm.forward_only(torch.randn(2, 3, 8, 8), ["attention.out_proj"], lambda name, t: None)
+        forward_only(vm, torch.randn(2, 3, 8, 8), ["attention.out_proj"], lambda name, t: None)
 
 
 def test_forward_only_records_each_layer_once_through_the_copy_or_hooks(lenet):
@@ -338,18 +341,18 @@ def test_forward_only_records_each_layer_once_through_the_copy_or_hooks(lenet):
     vm = ds.VisionModel(lenet.module, "lenet", lenet.preprocessing)
     seen: list[tuple[str, torch.Tensor]] = []
     with torch.inference_mode():
-        vm.forward_only(x, layers, lambda name, t: seen.append((name, t.clone())))
-        assert vm._inference[tuple(layers)][1] is not vm.module  # the copy ran
+        forward_only(vm, x, layers, lambda name, t: seen.append((name, t.clone())))
+        assert inference._COPIES[vm.module][tuple(layers)][1] is not vm.module  # the copy ran
         handle = vm.module.register_forward_pre_hook(lambda *args: None)
         try:
-            vm.forward_only(x, layers, lambda name, t: seen.append((name, t.clone())))
+            forward_only(vm, x, layers, lambda name, t: seen.append((name, t.clone())))
         finally:
             handle.remove()
     assert [name for name, _ in seen] == layers * 2
     for (_, tapped), (_, hooked) in zip(seen[:2], seen[2:], strict=True):
         torch.testing.assert_close(tapped, hooked, rtol=0, atol=0)
     with torch.inference_mode(), pytest.raises(ValueError, match="record"):
-        vm.forward_only(x, layers)
+        forward_only(vm, x, layers)
 
 
 def test_tracing_leaves_modules_run_by_other_threads_alone(vgg11_bn):
@@ -389,15 +392,15 @@ def test_tracing_leaves_modules_run_by_other_threads_alone(vgg11_bn):
 def test_a_model_pickles_without_its_copies(lenet):
     import pickle
 
-    vm = ds.VisionModel(lenet.module, "lenet", lenet.preprocessing)
+    vm = ds.VisionModel(copy.deepcopy(lenet.module), "lenet", lenet.preprocessing)
     with torch.inference_mode():
-        vm.forward_only(torch.zeros(2, 1, 28, 28), ["conv1"], lambda name, t: None)
-    assert vm._inference
+        forward_only(vm, torch.zeros(2, 1, 28, 28), ["conv1"], lambda name, t: None)
+    assert inference._COPIES[vm.module]
     again = pickle.loads(pickle.dumps(vm))  # what a Ray actor receives
-    assert again._inference == {} and vm._inference
+    assert again.module not in inference._COPIES and inference._COPIES[vm.module]
     with torch.inference_mode():
         torch.testing.assert_close(
-            again.forward_only(torch.ones(2, 1, 28, 28)), vm.module(torch.ones(2, 1, 28, 28))
+            forward_only(again, torch.ones(2, 1, 28, 28)), vm.module(torch.ones(2, 1, 28, 28))
         )
 
 
@@ -408,7 +411,7 @@ def test_a_model_that_refuses_channels_last_hands_each_layer_over_once(flattenin
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(5))
     seen: dict[str, list[torch.Tensor]] = {"conv1": [], "conv2": []}
     with torch.inference_mode():
-        output = viewing.forward_only(x, ["conv1", "conv2"], lambda name, t: seen[name].append(t))
+        output = forward_only(viewing, x, ["conv1", "conv2"], lambda name, t: seen[name].append(t))
         expected = reshaping.module(x)
     assert not viewing.channels_last and reshaping.channels_last
     assert [len(calls) for calls in seen.values()] == [1, 1]
@@ -428,7 +431,7 @@ def test_threads_sharing_a_copy_each_get_their_own_layers(lenet):
     images = lenet.preprocess(ds.datasets.mnist5k("test").images[:16]).split(8)
     with torch.inference_mode():
         expected = [recorded_by_hooks(lenet.module, layers, x)[1] for x in images]
-        vm.forward_only(images[0], layers, lambda name, t: None)  # the copy, made once, shared below
+        forward_only(vm, images[0], layers, lambda name, t: None)  # the copy, made once, shared below
     errors: list[BaseException] = []
 
     def work(side: int) -> None:
@@ -436,7 +439,7 @@ def test_threads_sharing_a_copy_each_get_their_own_layers(lenet):
             with torch.inference_mode():
                 for _ in range(30):
                     seen: dict[str, torch.Tensor] = {}
-                    vm.forward_only(images[side], layers, seen.__setitem__)
+                    forward_only(vm, images[side], layers, seen.__setitem__)
                     for name in layers:
                         torch.testing.assert_close(seen[name], expected[side][name][0], rtol=0, atol=0)
         except BaseException as error:  # reported by the main thread

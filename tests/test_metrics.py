@@ -683,7 +683,7 @@ def test_metrics_on_cuda_equal_cpu(lenet, unchanged):
 def test_evaluate_command_prints_the_table_and_writes_plots(tmp_path):
     from typer.testing import CliRunner
 
-    from deepscope import cli
+    from deepscope.app import cli
 
     out = tmp_path / "evaluation"
     result = CliRunner().invoke(

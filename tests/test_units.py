@@ -501,7 +501,7 @@ def test_units_command_writes_the_pictures(tmp_path, digits):
     from PIL import Image
     from typer.testing import CliRunner
 
-    from deepscope import cli
+    from deepscope.app import cli
 
     folder = tmp_path / "digits"
     folder.mkdir()

@@ -9,7 +9,7 @@
 
 import lazy_loader
 
-__version__ = "0.1.0"
+from deepscope._version import __version__
 
 # Subpackages and names load on first use (scikit-image's lazy_loader): `import deepscope` and `deepscope --help`
 # do not pay for torch and torchvision (about 3 s) until something needs them.

@@ -1,5 +1,5 @@
 """`python -m deepscope` runs the command line."""
 
-from deepscope.cli import main
+from deepscope.app.cli import main
 
 main()

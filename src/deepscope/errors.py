@@ -11,6 +11,15 @@ class DeepscopeError(Exception):
     """Base class of every error deepscope raises on purpose."""
 
 
+class SettingError(DeepscopeError, ValueError):
+    """An argument or option whose value deepscope cannot use: out of range, inconsistent with another, or missing
+    one it needs."""
+
+
+class SettingTypeError(SettingError, TypeError):
+    """An argument of the wrong type (a string where a number belongs, a list where a tensor does)."""
+
+
 class SpecError(DeepscopeError, ValueError):
     """A model, dataset or objective spec that deepscope cannot understand."""
 

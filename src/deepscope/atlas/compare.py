@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from deepscope.errors import DatasetError, WorkspaceError
+from deepscope.probe.inference import forward_only
 from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.loaders import load_model
 from deepscope.zoo.vision_model import VisionModel
@@ -208,7 +209,7 @@ def _layer_grams(vm: VisionModel, layers: Sequence[str], inputs: torch.Tensor) -
         flat = tensor.detach().flatten(1).float()
         grams[name] = (flat @ flat.T).double()
 
-    vm.forward_only(inputs, layers, record)
+    forward_only(vm, inputs, layers, record)
     return grams
 
 
@@ -234,7 +235,7 @@ def cka(
     >>> result.layers_a[:2], [round(float(v), 6) for v in result.matrix.diagonal()[:2]]
     (['fc3:input', 'conv1'], [1.0, 1.0])
     """
-    from deepscope.atlas.scan import _batch_input, _Loader, plan_scan
+    from deepscope.atlas.scan import Loader, batch_input, plan_scan
     from deepscope.zoo.datasets import load_dataset
 
     if not isinstance(batch_size, int) or batch_size < 4:
@@ -250,7 +251,7 @@ def cka(
     names_b = list(
         plan_scan(vm_b, dataset, layers_b, batch_size=1, chunk_size=1, k=1, thumbnail_size=0).layers
     )
-    loaders = (_Loader(vm_a, dataset), _Loader(vm_b, dataset))
+    loaders = (Loader(vm_a, dataset), Loader(vm_b, dataset))
     cross = torch.zeros(len(names_a), len(names_b), dtype=torch.float64)
     self_a = torch.zeros(len(names_a), dtype=torch.float64)
     self_b = torch.zeros(len(names_b), dtype=torch.float64)
@@ -273,7 +274,7 @@ def cka(
             for side, (vm, names) in enumerate(((vm_a, names_a), (vm_b, names_b))):
                 kinds = [kind for kind, *_ in prepared[side]]
                 tensors = loaders[side].tensors(kinds, [tensor for _, tensor, *_ in prepared[side]])
-                inputs, _ = _batch_input(vm, kinds, tensors, vm.device)
+                inputs, _ = batch_input(vm, kinds, tensors, vm.device)
                 grams.append({name: gram.cpu() for name, gram in _layer_grams(vm, names, inputs).items()})
             hsic_a = [hsic_unbiased(grams[0][name], grams[0][name]) for name in names_a]
             hsic_b = [hsic_unbiased(grams[1][name], grams[1][name]) for name in names_b]

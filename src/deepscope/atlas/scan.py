@@ -29,7 +29,9 @@ from torch.utils.data import Dataset
 
 from deepscope.atlas.reductions import ScanState
 from deepscope.errors import DatasetError, DeepscopeError, ImageError, SpecError
-from deepscope.probe.layers import find_layers
+from deepscope.probe.hooks import first_tensor, layer_hooks
+from deepscope.probe.inference import forward_only, module_settings
+from deepscope.probe.layers import INPUT_SUFFIX, find_layers
 from deepscope.probe.state import evaluation_mode
 from deepscope.workspace.store import Run, Store, pack_arrays, sync_array, unpack_arrays
 from deepscope.zoo.datasets import (
@@ -39,10 +41,9 @@ from deepscope.zoo.datasets import (
     source_of,
     split_item,
 )
-from deepscope.zoo.hooks import INPUT_SUFFIX, first_tensor, layer_hooks, split_layer
 from deepscope.zoo.images import convert_mode
 from deepscope.zoo.loaders import load_model
-from deepscope.zoo.vision_model import VisionModel, module_settings
+from deepscope.zoo.vision_model import VisionModel
 
 ENGINES = ("local", "ray")
 
@@ -174,7 +175,7 @@ class ChunkResult:
 # per-sample loading
 
 
-class _Loader:
+class Loader:
     """Reads dataset items into model inputs or pixels; an unreadable item becomes a reported skip."""
 
     def __init__(self, vm: VisionModel, dataset: Dataset):
@@ -245,7 +246,7 @@ def _stack(kinds: list[str], tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors)
 
 
-def _batch_input(vm: VisionModel, kinds: list[str], tensors: list[torch.Tensor], device: torch.device):
+def batch_input(vm: VisionModel, kinds: list[str], tensors: list[torch.Tensor], device: torch.device):
     """Stack one batch onto ``device`` -> (model input, pixels or None)."""
     batch = _stack(kinds, tensors).to(device, non_blocking=True)
     if kinds[0] == "pixels":
@@ -271,7 +272,7 @@ def _thumbnails(pixels: torch.Tensor | None, inputs: torch.Tensor, size: tuple[i
 
 class _Recorder:
     """Reduces each recorded layer's tensor as soon as the forward pass produces it (nothing is kept but the
-    pooled [B, units] rows). The forward is :meth:`VisionModel.forward_only`: the folded copy of the model with
+    pooled [B, units] rows). The forward is :func:`~deepscope.probe.inference.forward_only`: the folded copy of the model with
     the layers tapped, or the model with hooks where no copy may stand in."""
 
     def __init__(self, vm: VisionModel, layers: Sequence[str], state: ScanState):
@@ -292,7 +293,7 @@ class _Recorder:
     def forward(self, inputs: torch.Tensor) -> Any:
         """The model's output for a new batch, its layers recorded."""
         self.current = {}
-        return self.vm.forward_only(inputs, self.layers, self._record)
+        return forward_only(self.vm, inputs, self.layers, self._record)
 
     def end_batch(self) -> None:
         """Keep the pooled rows of the batch's layers."""
@@ -347,7 +348,7 @@ class ChunkScanner:
         self.plan = plan
         self.device = device or vm.device
         self.workers = default_workers(self.device) if workers is None else workers
-        self.loader = _Loader(vm, dataset)
+        self.loader = Loader(vm, dataset)
 
     def _load_batch(self, first: int, stop: int) -> _LoadedBatch:
         batch = _LoadedBatch()
@@ -497,14 +498,14 @@ def plan_scan(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not isinstance(thumbnail_size, int) or thumbnail_size < 0:
         raise ValueError(f"thumbnail_size must be an int >= 0 (0: no thumbnails), got {thumbnail_size!r}")
-    loader = _Loader(vm, dataset)
+    loader = Loader(vm, dataset)
     for index in range(len(dataset)):
         kind, tensor, _, _ = loader.load(index)
         if kind != "skipped":
             break
     else:
         raise DatasetError(f"no sample of {dataset_name(dataset)} could be read")
-    inputs, pixels = _batch_input(vm, [kind], loader.tensors([kind], [tensor]), vm.device)
+    inputs, pixels = batch_input(vm, [kind], loader.tensors([kind], [tensor]), vm.device)
 
     module = vm.module
     requested = _requested_layers(vm, layers)
@@ -580,13 +581,7 @@ def _requested_layers(vm: VisionModel, layers: str | Sequence[str] | None) -> li
         raise ValueError("layers is empty; give layer names or globs, or None for the defaults")
     chosen: list[str] = []
     for pattern in patterns:
-        if not isinstance(pattern, str):
-            raise TypeError(f"layer names are strings, got {type(pattern).__name__}: {pattern!r}")
-        target, is_input = split_layer(pattern)
-        for name in find_layers(vm, target):
-            entry = name + INPUT_SUFFIX if is_input else name
-            if entry not in chosen:
-                chosen.append(entry)
+        chosen.extend(name for name in find_layers(vm, pattern) if name not in chosen)
     return chosen
 
 

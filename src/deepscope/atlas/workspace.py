@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from deepscope.atlas import layouts as _layouts
+from deepscope.atlas.layouts import LAYOUTS, GridLayout, image_grid, nearest_neighbors
+from deepscope.atlas.layouts import layout as embedding_layout
 from deepscope.atlas.quality import ClassReport, ConfusedPair, class_report, most_confused
 from deepscope.atlas.reductions import Histogram, histogram_from_state
 from deepscope.errors import LayerNotFoundError, WorkspaceError, suggestion
@@ -234,10 +235,10 @@ class Workspace:
         """A 2-D layout ``[N, 2]`` of ``layer``'s embeddings: 'tsne', 'umap' or 'pca' (``params`` go to
         :func:`deepscope.atlas.layouts.tsne` etc.). Computed once and stored in the workspace."""
         name = self._layer(layer).name
-        if kind not in _layouts.LAYOUTS:
-            raise ValueError(f"unknown layout {kind!r}; choose one of {', '.join(_layouts.LAYOUTS)}")
+        if kind not in LAYOUTS:
+            raise ValueError(f"unknown layout {kind!r}; choose one of {', '.join(LAYOUTS)}")
         return self._cached(
-            kind, name, params, lambda: _layouts.layout(self.embeddings(name), kind, **params)
+            kind, name, params, lambda: embedding_layout(self.embeddings(name), kind, **params)
         )
 
     def neighbors(
@@ -252,7 +253,7 @@ class Workspace:
             name,
             params,
             lambda: np.concatenate(
-                [a.astype(np.float64) for a in _layouts.nearest_neighbors(self.embeddings(name), k, metric)],
+                [a.astype(np.float64) for a in nearest_neighbors(self.embeddings(name), k, metric)],
                 axis=1,
             ),
         )
@@ -261,10 +262,10 @@ class Workspace:
 
     def image_grid(
         self, rows: int, columns: int, kind: str = "tsne", layer: str | None = None, seed: int = 0
-    ) -> _layouts.GridLayout:
+    ) -> GridLayout:
         """The ``kind`` layout snapped to a ``rows x columns`` grid by linear assignment; ``cells`` hold rows of
         this workspace's arrays (-1: empty), so ``ws.thumbnails[cells]`` gives the pictures."""
-        return _layouts.image_grid(self.layout(kind, layer), rows, columns, seed)
+        return image_grid(self.layout(kind, layer), rows, columns, seed)
 
     def _cached(self, kind: str, layer: str, params: dict[str, Any], compute) -> np.ndarray:
         if self.complete:

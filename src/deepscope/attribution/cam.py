@@ -17,7 +17,7 @@ import torch
 
 from deepscope.attribution.base import MethodError, register, upsample
 from deepscope.attribution.gradient import ReluRule, modified_relus, require_relus
-from deepscope.attribution.layers import parse_layer, spatial_layers_hint
+from deepscope.attribution.layers import spatial_layers_hint
 from deepscope.attribution.passes import (
     Needs,
     Pass,
@@ -28,6 +28,7 @@ from deepscope.attribution.passes import (
     run_shared,
 )
 from deepscope.attribution.targets import Classes, TargetLike
+from deepscope.probe.layers import parse_layer
 
 
 class LayerMethod(SharedPassMethod):
@@ -193,7 +194,7 @@ def gap_linear_head(context: SharedContext, layer: str) -> torch.nn.Linear:
     advice = "; grad_cam works with any head"
     if layer not in found.activations:
         raise MethodError(f"layer {layer!r} did not run in the forward of {vm.name}")
-    module, _ = parse_layer(vm, layer)
+    module = parse_layer(vm, layer).path
     features = found.activations[layer]
     call = next(c for c in found.calls if c.module == module)
     if found.last_linear is None:

@@ -25,13 +25,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from deepscope.attribution.base import MethodError, PassCount
-from deepscope.errors import LayerNotFoundError
-from deepscope.probe.layers import get_layer
+from deepscope.probe.hooks import first_tensor, hooks
+from deepscope.probe.layers import LayerAddress
 from deepscope.probe.state import evaluation_mode
-from deepscope.zoo.hooks import first_tensor, in_this_thread
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 MAX_PREFIX_TOKENS = 8
@@ -82,19 +80,6 @@ def _token_grid(count: int, height: int, width: int) -> tuple[int, int] | None:
         if h * w < count:
             return None
     return None
-
-
-def parse_layer(model: VisionModel | nn.Module, layer: str) -> tuple[str, int | None]:
-    """``'name'`` or ``'name@N'`` -> (module path, call index or None); a wrong name lists close ones."""
-    if not isinstance(layer, str):
-        raise LayerNotFoundError(f"a layer is named by a string like 'layer4' or '_swish@1', got {layer!r}")
-    path, at, call = layer.partition("@")
-    get_layer(model, path)
-    if not at:
-        return path, None
-    if not call.isdigit():
-        raise LayerNotFoundError(f"in {layer!r} the call after '@' must be a number (0 = the first call)")
-    return path, int(call)
 
 
 @dataclass
@@ -167,20 +152,12 @@ def probe(model: VisionModel | nn.Module, example: torch.Tensor, keep: set[str] 
 
         return hook
 
-    handles: list[RemovableHandle] = []
-    try:
+    with hooks(vm.module) as hooked:
         for name, module in vm.module.named_modules():
             if name:
-                handles.append(
-                    module.register_forward_hook(
-                        in_this_thread(make_hook(name, isinstance(module, nn.Linear)))
-                    )
-                )
+                hooked.after(module, make_hook(name, isinstance(module, nn.Linear)))
         with torch.inference_mode(), evaluation_mode(vm.module):
             output = vm.module(example[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
     found = Probe(calls, counts, last_linear[0] if last_linear else None, output, kept)
     if last_spatial:
         name, index, tensor = last_spatial[0]
@@ -239,12 +216,9 @@ def _last_token_grid_with_gradient(vm: VisionModel, example: torch.Tensor, spati
 
         return hook
 
-    handles: list[RemovableHandle] = []
-    try:
+    with hooks(vm.module) as hooked:
         for name in {call.module for call in candidates}:
-            handles.append(
-                vm.module.get_submodule(name).register_forward_hook(in_this_thread(make_hook(name)))
-            )
+            hooked.after(name, make_hook(name))
         with torch.enable_grad(), evaluation_mode(vm.module):
             x = example[:1].detach().requires_grad_(True)
             output = vm.module(x)
@@ -254,9 +228,6 @@ def _last_token_grid_with_gradient(vm: VisionModel, example: torch.Tensor, spati
                 )
             keys = [key for key in wanted if key in captured]
             grads = torch.autograd.grad(output[0].max(), [captured[k] for k in keys], allow_unused=True)
-    finally:
-        for handle in handles:
-            handle.remove()
     total_counts: dict[str, int] = {}
     for call in spatial:
         total_counts[call.module] = max(total_counts.get(call.module, 0), call.index + 1)
@@ -277,12 +248,13 @@ def spatial_layers_hint(found: Probe, count: int = 6) -> str:
 
 
 class Tap:
-    """The output of one call of one module during a forward, kept attached to the autograd graph."""
+    """The output (or input) of one call of one module during a forward, kept attached to the autograd graph."""
 
-    def __init__(self, name: str, module: str, call: int | None):
+    def __init__(self, name: str, address: LayerAddress):
         self.name = name
-        self.module = module
-        self.call = call
+        self.module = address.path
+        self.call = address.call
+        self.input = address.input
         self.calls = 0
         self.raw: torch.Tensor | None = None
         self.version = 0
@@ -337,28 +309,26 @@ class Tap:
 
 @contextmanager
 def taps(
-    vm: VisionModel, layers: dict[str, tuple[str, int | None]], input_size: tuple[int, int]
+    vm: VisionModel, layers: dict[str, LayerAddress], input_size: tuple[int, int]
 ) -> Iterator[dict[str, Tap]]:
-    """Forward hooks recording, for each ``name -> (module, call)``, that call's output (attached)."""
-    tapped = {name: Tap(name, module, call) for name, (module, call) in layers.items()}
-    by_module: dict[str, list[Tap]] = {}
+    """Hooks recording, for each ``name -> address``, that call's output (or input), attached to the graph."""
+    tapped = {name: Tap(name, address) for name, address in layers.items()}
+    by_module: dict[tuple[str, bool], list[Tap]] = {}
     for tap in tapped.values():
-        by_module.setdefault(tap.module, []).append(tap)
+        by_module.setdefault((tap.module, tap.input), []).append(tap)
 
     def make_hook(module_taps: list[Tap]):
-        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-            tensor = first_tensor(output)
+        def hook(module: nn.Module, inputs: tuple, output: Any = None) -> None:
+            tensor = first_tensor(inputs if module_taps[0].input else output)
             for tap in module_taps:
                 tap.record(tensor, input_size)
 
         return hook
 
-    handles: list[RemovableHandle] = []
-    try:
-        for module, module_taps in by_module.items():
-            hook = in_this_thread(make_hook(module_taps))
-            handles.append(vm.module.get_submodule(module).register_forward_hook(hook))
+    with hooks(vm.module) as hooked:
+        for (module, is_input), module_taps in by_module.items():
+            if is_input:
+                hooked.before(module, make_hook(module_taps))
+            else:
+                hooked.after(module, make_hook(module_taps))
         yield tapped
-    finally:
-        for handle in handles:
-            handle.remove()

@@ -25,8 +25,10 @@ from deepscope.attribution.base import (
     target_rows,
     target_scores,
 )
-from deepscope.attribution.layers import Tap, default_layer, parse_layer, probe, taps
+from deepscope.attribution.layers import Tap, default_layer, probe, taps
 from deepscope.attribution.targets import Classes, TargetLike
+from deepscope.probe.inference import forward_only
+from deepscope.probe.layers import parse_layer
 from deepscope.zoo.vision_model import VisionModel
 
 
@@ -343,7 +345,7 @@ def perturbed_scores(
     with torch.inference_mode(), kept_buffers(vm):
         for points in chunks(total, batch_size, device):
             inputs, rows = build(points)
-            scores.append(score(vm.forward_only(inputs), rows))
+            scores.append(score(forward_only(vm, inputs), rows))
             passes.add(len(points), batch, backward=False)
     return torch.cat(scores) if scores else torch.empty(0, device=device)
 

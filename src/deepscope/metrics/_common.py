@@ -20,6 +20,7 @@ from torch import nn
 from deepscope.attribution.base import check_inputs, chunk_size
 from deepscope.attribution.targets import TargetLike, resolve_target
 from deepscope.errors import DeepscopeError
+from deepscope.probe.inference import forward_only
 from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
@@ -140,7 +141,7 @@ class ModelRunner:
             for begin in range(0, count, self.step):
                 end = min(begin + self.step, count)
                 inputs, rows = build(begin, end)
-                output = self.vm.forward_only(inputs)
+                output = forward_only(self.vm, inputs)
                 scores[begin:end] = self.score(output, target, rows, batch).to(device)
         return scores
 

@@ -1,21 +1,29 @@
-"""Layer addressing, scoped hooks, receptive fields and the architecture graph."""
+"""Model access: layer addressing, the scoped hooks, the forward-only inference copy, receptive fields and the
+architecture graph."""
 
 from deepscope.probe.capture import Recording, capture
 from deepscope.probe.graph import Graph, Node, graph
-from deepscope.probe.layers import find_layers, get_layer, layer_names
+from deepscope.probe.hooks import hooks, layer_hooks
+from deepscope.probe.inference import forward_only
+from deepscope.probe.layers import LayerAddress, find_layers, get_layer, layer_names, parse_layer
 from deepscope.probe.receptive_field import ReceptiveField, receptive_field
 from deepscope.probe.state import evaluation_mode
 
 __all__ = [
     "Graph",
+    "LayerAddress",
     "Node",
     "ReceptiveField",
     "Recording",
     "capture",
     "evaluation_mode",
     "find_layers",
+    "forward_only",
     "get_layer",
     "graph",
+    "hooks",
+    "layer_hooks",
     "layer_names",
+    "parse_layer",
     "receptive_field",
 ]

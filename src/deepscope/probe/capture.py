@@ -7,11 +7,10 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from deepscope.errors import DeepscopeError
+from deepscope.probe.hooks import hooks, layer_hooks
 from deepscope.probe.layers import find_layers
-from deepscope.zoo.hooks import layer_hooks
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 
@@ -100,18 +99,12 @@ def capture(
     vm = as_vision_model(model)
     names = find_layers(vm, layers)
     recording = Recording(names, gradients)
-    gradient_handles: list[RemovableHandle] = []
+    with hooks(vm.module) as hooked:
 
-    def record(name: str, tensor: torch.Tensor) -> None:
-        recording.activations._append(name, tensor.detach() if detach else tensor)
-        if recording.gradients is not None and tensor.requires_grad:
-            gradient_handles.append(
-                tensor.register_hook(lambda grad: recording.gradients._append(name, grad))
-            )
+        def record(name: str, tensor: torch.Tensor) -> None:
+            recording.activations._append(name, tensor.detach() if detach else tensor)
+            if recording.gradients is not None and tensor.requires_grad:
+                hooked.gradient(tensor, lambda grad: recording.gradients._append(name, grad))
 
-    try:
         with layer_hooks(vm.module, names, record):
             yield recording
-    finally:
-        for handle in gradient_handles:
-            handle.remove()

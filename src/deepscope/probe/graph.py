@@ -19,9 +19,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.overrides import TorchFunctionMode
 
 from deepscope.errors import GraphError
+from deepscope.probe.hooks import hooks
+from deepscope.probe.inference import OwnThreadTracer
 from deepscope.probe.state import evaluation_mode
-from deepscope.zoo.hooks import in_this_thread
-from deepscope.zoo.inference import OwnThreadTracer
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -30,7 +30,14 @@ CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 @dataclass
 class Node:
     """One operation. ``module`` is the dotted path of the module this node is a call of (None for
-    functions); ``scope`` is the module it runs inside; ``attrs`` holds window geometry for conv/pool/pad."""
+    functions); ``scope`` is the module it runs inside; ``attrs`` holds window geometry for conv/pool/pad.
+
+    ``layer`` is the layer name (see :mod:`deepscope.probe.layers`) whose output this node's output is, the name
+    every ``layer=`` argument takes: a module call's path (``'PATH@N'`` for the N-th call of a module that runs
+    more than once), or for a function the module whose output it is (``F.conv2d`` inside a convolution module
+    of its own). None for a function whose output no module hands on (a residual addition inside a block). The
+    node's ``id`` is its layer name where it has one.
+    """
 
     id: str
     op: str
@@ -39,6 +46,7 @@ class Node:
     params: int
     scope: str = ""
     attrs: dict[str, Any] = field(default_factory=dict)
+    layer: str | None = None
 
 
 @dataclass
@@ -82,7 +90,8 @@ class Graph:
         }
 
     def summary(self) -> str:
-        """A text table: one line per node with its op, module, output shape, parameters and inputs."""
+        """A text table: one line per node (its id, the layer name where it has one) with its op, output shape,
+        parameters and inputs."""
         lines = [f"{'node':32s} {'op':26s} {'output shape':20s} {'params':>11s}  inputs"]
         for node in self.nodes:
             shape = "x".join(map(str, node.output_shape)) if node.output_shape else "-"
@@ -351,7 +360,7 @@ def _trace_fx(root: nn.Module, example: torch.Tensor) -> Graph:
         sources[fx_node] = [node.id]
         nodes.append(node)
         edges.extend((source, node.id) for source in feeding)
-    return Graph(nodes, edges, "fx")
+    return _named_by_layer(Graph(nodes, edges, "fx"))
 
 
 def _fetch_attr(root: nn.Module, target: str) -> Any:
@@ -494,17 +503,13 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 
 def _trace_dynamic(root: nn.Module, example: torch.Tensor) -> Graph:
     tracer = _DynamicTracer(root)
-    handles = []
-    try:
+    with hooks(root) as hooked:
         for module in root.modules():
-            handles.append(module.register_forward_pre_hook(in_this_thread(tracer.pre_hook)))
-            handles.append(module.register_forward_hook(in_this_thread(tracer.post_hook)))
+            hooked.before(module, tracer.pre_hook)
+            hooked.after(module, tracer.post_hook)
         tracer.add_input(example)
         with tracer:
             output = root(example)
-    finally:
-        for handle in handles:
-            handle.remove()
     sources = tracer._sources([output])
     tensors = _tensors(output)
     tracer.nodes.append(Node("output", "output", None, tuple(tensors[0].shape) if tensors else None, 0))
@@ -514,11 +519,83 @@ def _trace_dynamic(root: nn.Module, example: torch.Tensor) -> Graph:
     for src, dst in reversed(tracer.edges):
         if dst in useful:
             useful.add(src)
-    return Graph(
-        [node for node in tracer.nodes if node.id in useful],
-        [(src, dst) for src, dst in tracer.edges if src in useful],
-        "dynamic",
+    return _named_by_layer(
+        Graph(
+            [node for node in tracer.nodes if node.id in useful],
+            [(src, dst) for src, dst in tracer.edges if src in useful],
+            "dynamic",
+        )
     )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# layer names
+
+
+def _named_by_layer(found: Graph) -> Graph:
+    """Give each node its layer name (see :class:`Node`) and, where it has one, that name as its id.
+
+    A module that runs more than once gets ``'PATH@N'`` per call (N from 0, in execution order). A function's
+    output is its innermost module's output when it is the only tensor leaving that module: no other node inside
+    the module feeds a node outside it.
+    """
+    calls: dict[str, int] = {}
+    for node in found.nodes:
+        node.layer = None
+        if node.module is not None:
+            calls[node.module] = calls.get(node.module, 0) + 1
+    seen: dict[str, int] = {}
+    for node in found.nodes:
+        if node.module is not None:
+            index = seen.get(node.module, 0)
+            seen[node.module] = index + 1
+            node.layer = node.module if calls[node.module] == 1 else f"{node.module}@{index}"
+    scopes = {node.id: _scope_path(node) for node in found.nodes}
+    leaving: dict[str, list[str]] = {}
+    for src, dst in found.edges:
+        for scope in _enclosing(scopes[src]):
+            if not _inside(scopes[dst], scope) and src not in leaving.setdefault(scope, []):
+                leaving[scope].append(src)
+    for node in found.nodes:
+        scope = scopes[node.id]
+        if node.module is None and scope and leaving.get(scope) == [node.id] and _single_call(node.scope):
+            node.layer = _call_name(node.scope, calls)
+    taken = {node.layer for node in found.nodes if node.layer}
+    renamed: dict[str, str] = {}
+    for node in found.nodes:
+        if node.layer and node.id != node.layer:
+            renamed[node.id] = node.layer
+        elif node.id in taken and node.layer != node.id:
+            renamed[node.id] = f"{node.id}_{node.op}"  # an op id that reads like another node's layer name
+    for node in found.nodes:
+        node.id = renamed.get(node.id, node.id)
+    found.edges = [(renamed.get(src, src), renamed.get(dst, dst)) for src, dst in found.edges]
+    return found
+
+
+def _scope_path(node: Node) -> str:
+    """The module path a node runs inside, without the call suffix."""
+    return node.scope.partition("@")[0]
+
+
+def _enclosing(scope: str) -> list[str]:
+    """``'a.b.c'`` -> ``['a.b.c', 'a.b', 'a']``."""
+    parts = scope.split(".") if scope else []
+    return [".".join(parts[:end]) for end in range(len(parts), 0, -1)]
+
+
+def _inside(scope: str, outer: str) -> bool:
+    return scope == outer or scope.startswith(outer + ".")
+
+
+def _single_call(scope: str) -> bool:
+    """The scope is one call of its module: modules run more than once are left unnamed by their functions,
+    whose calls cannot be told apart by path alone."""
+    return "@" not in scope
+
+
+def _call_name(scope: str, calls: dict[str, int]) -> str:
+    return scope if calls.get(scope, 0) <= 1 else f"{scope}@0"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -556,11 +633,18 @@ def _collapse(full: Graph, root: nn.Module, depth: int) -> Graph:
         last = (leaving or members)[-1]
         scope = ".".join(path.split(".")[:-1])
         nodes.append(
-            Node(group, type(module).__name__, path, last.output_shape, _parameter_count(module), scope)
+            Node(
+                group,
+                type(module).__name__,
+                path,
+                last.output_shape,
+                _parameter_count(module),
+                scope,
+            )
         )
     edges: list[tuple[str, str]] = []
     for src, dst in full.edges:
         edge = (renamed[src], renamed[dst])
         if edge[0] != edge[1] and edge not in edges:
             edges.append(edge)
-    return Graph(nodes, edges, full.tracer, list(full.notes), depth)
+    return _named_by_layer(Graph(nodes, edges, full.tracer, list(full.notes), depth))

@@ -1,9 +1,23 @@
-"""Layer addressing: dotted ``named_modules()`` paths, with globs, and errors that suggest the closest names."""
+"""Layer addressing: one grammar for every ``layer=`` argument, with globs, and errors that suggest the closest
+names.
+
+A layer is named by the dotted ``named_modules()`` path of a module (``'layer4.1.conv2'``), which addresses its
+output. Two suffixes refine it:
+
+- ``'PATH@N'``: the N-th call (from 0) of a module that runs more than once in one forward (EfficientNet-Lite0
+  applies its ``ReLU6`` module ``_swish`` in the stem and again in the head: ``'_swish@1'``);
+- ``'PATH:input'``: the module's input instead of its output (the pooled features entering a classifier,
+  ``'fc:input'``); both combine as ``'PATH@N:input'``.
+
+The names :func:`deepscope.graph` gives its nodes are such addresses.
+"""
 
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -11,6 +25,53 @@ from deepscope.errors import LayerNotFoundError, close_matches
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 GLOB_CHARACTERS = set("*?[")
+INPUT_SUFFIX = ":input"
+_ADDRESS = re.compile(r"^(?P<path>.*?)(?:@(?P<call>[^:@]*))?(?P<input>:input)?$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class LayerAddress:
+    """A parsed layer name: the module's dotted ``path``, ``call`` (N of ``'PATH@N'``; None for a module's only
+    call) and ``input`` (True for ``'PATH:input'``). ``str()`` gives the name back.
+
+    >>> split_address("_swish@1"), str(split_address("fc@0:input"))
+    (LayerAddress(path='_swish', call=1, input=False), 'fc@0:input')
+    """
+
+    path: str
+    call: int | None = None
+    input: bool = False
+
+    def __str__(self) -> str:
+        call = f"@{self.call}" if self.call is not None else ""
+        return f"{self.path}{call}{INPUT_SUFFIX if self.input else ''}"
+
+
+def split_address(name: str) -> LayerAddress:
+    """The parts of a layer name (its syntax only; :func:`parse_layer` also checks the model has the module)."""
+    if not isinstance(name, str):
+        raise LayerNotFoundError(f"a layer is named by a string like 'layer4' or '_swish@1', got {name!r}")
+    match = _ADDRESS.match(name)
+    call = match["call"]
+    if call is not None and not call.isdigit():
+        raise LayerNotFoundError(
+            f"in {name!r} the call after '@' must be a number (0 = the module's first call in the forward)"
+        )
+    if not match["path"]:
+        raise LayerNotFoundError(f"{name!r} names no module; layers are named like 'layer4' or 'features.3'")
+    return LayerAddress(match["path"], None if call is None else int(call), bool(match["input"]))
+
+
+def parse_layer(model: VisionModel | nn.Module, name: str | LayerAddress) -> LayerAddress:
+    """The address of layer ``name`` in ``model``; a module the model does not have lists the closest names.
+
+    >>> import deepscope as ds
+    >>> parse_layer(ds.load_model("zoo:lenet_mnist"), "fc3:input")
+    LayerAddress(path='fc3', call=None, input=True)
+    """
+    address = name if isinstance(name, LayerAddress) else split_address(name)
+    get_layer(model, address.path)
+    return address
 
 
 def layer_names(model: VisionModel | nn.Module) -> list[str]:
@@ -25,40 +86,44 @@ def layer_names(model: VisionModel | nn.Module) -> list[str]:
 
 
 def find_layers(model: VisionModel | nn.Module, layers: str | Sequence[str]) -> list[str]:
-    """Resolve names and globs (``'layer*.0.conv?'``) to dotted layer names, in model order, without repeats.
+    """Resolve layer names and globs (``'layer*.0.conv?'``) to layer names, in model order, without repeats. A glob
+    matches module paths; a ``@N`` or ``:input`` suffix carries over to every module it matches.
 
     A name or glob that matches nothing raises :class:`LayerNotFoundError` listing the closest names.
 
     >>> import deepscope as ds
-    >>> ds.find_layers(ds.load_model("zoo:lenet_mnist"), "conv*")
-    ['conv1', 'conv2']
+    >>> ds.find_layers(ds.load_model("zoo:lenet_mnist"), ["conv*", "fc3:input"])
+    ['conv1', 'conv2', 'fc3:input']
     """
     names = layer_names(model)
     patterns = [layers] if isinstance(layers, str) else list(layers)
     if not patterns:
         raise LayerNotFoundError("no layer names given")
-    chosen: set[str] = set()
+    chosen: dict[str, list[str]] = {}
     for pattern in patterns:
-        if not isinstance(pattern, str):
-            raise TypeError(f"layer names are strings, got {type(pattern).__name__}: {pattern!r}")
-        if GLOB_CHARACTERS & set(pattern):
-            matched = fnmatch.filter(names, pattern)
+        address = split_address(pattern)
+        if GLOB_CHARACTERS & set(address.path):
+            matched = fnmatch.filter(names, address.path)
         else:
-            matched = [pattern] if pattern in names else []
+            matched = [address.path] if address.path in names else []
         if not matched:
-            raise LayerNotFoundError(_not_found_message(model, pattern, names))
-        chosen.update(matched)
-    return [name for name in names if name in chosen]
+            raise LayerNotFoundError(_not_found_message(model, address.path, names))
+        for path in matched:
+            found = str(LayerAddress(path, address.call, address.input))
+            if found not in chosen.setdefault(path, []):
+                chosen[path].append(found)
+    return [found for name in names for found in chosen.get(name, [])]
 
 
-def get_layer(model: VisionModel | nn.Module, name: str) -> nn.Module:
-    """The module at the exact dotted path ``name`` (no globs)."""
-    if not isinstance(name, str) or GLOB_CHARACTERS & set(name):
+def get_layer(model: VisionModel | nn.Module, name: str | LayerAddress) -> nn.Module:
+    """The module a layer name addresses (one exact name, no globs; ``'_swish@1'`` is the module ``_swish``)."""
+    address = name if isinstance(name, LayerAddress) else split_address(name)
+    if GLOB_CHARACTERS & set(address.path):
         raise LayerNotFoundError(f"expected one exact layer name, got {name!r}; use find_layers() for globs")
     names = layer_names(model)
-    if name not in names:
-        raise LayerNotFoundError(_not_found_message(model, name, names))
-    return as_vision_model(model).module.get_submodule(name)
+    if address.path not in names:
+        raise LayerNotFoundError(_not_found_message(model, address.path, names))
+    return as_vision_model(model).module.get_submodule(address.path)
 
 
 def _not_found_message(model: VisionModel | nn.Module, pattern: str, names: list[str]) -> str:

@@ -97,14 +97,13 @@ def randomization_plot(results: Mapping[str, Any], measure: str | None = None) -
 def evaluation_plots(evaluation: Any) -> dict[str, Image.Image]:
     """The pictures of a ``ds.evaluate`` result: one per curve metric (mean curve and spread per method) and one
     for the randomisation test, keyed by metric name."""
-    from deepscope.metrics.evaluate import METRICS
-
+    better = dict(zip(evaluation.table["metric"], evaluation.table["better"], strict=True))
     pictures = {}
     for metric in dict.fromkeys(name for _, name in evaluation.results):
         curves = evaluation.curves(metric)
         if curves:
             pictures[metric] = curve_plot(
-                curves, metric.replace("_", " "), higher_is_better=METRICS[metric].higher_is_better
+                curves, metric.replace("_", " "), higher_is_better=better[metric] == "higher"
             )
     randomizations = evaluation.randomizations()
     if randomizations:

@@ -10,9 +10,10 @@ import torch
 
 from deepscope.errors import DeepscopeError
 from deepscope.probe.capture import Recording, capture
+from deepscope.probe.hooks import layer_hooks
+from deepscope.probe.inference import forward_only
 from deepscope.probe.layers import get_layer
 from deepscope.probe.state import evaluation_mode
-from deepscope.zoo.hooks import layer_hooks
 from deepscope.zoo.vision_model import VisionModel
 
 
@@ -81,7 +82,7 @@ def streaming_runner(
 ) -> Iterator[Callable[[torch.Tensor], None]]:
     """Like :func:`layer_runner`, but each layer's output goes to ``on_output(name, tensor)`` the moment it is
     produced and is not kept, so a reduction needs no more memory than the forward pass itself; the pass stops
-    once every layer has run. It is :meth:`VisionModel.forward_only` (the folded copy with the layers tapped,
+    once every layer has run. It is :func:`~deepscope.probe.inference.forward_only` (the folded copy with the layers tapped,
     channels-last), so call it under ``torch.inference_mode()``; each layer must run exactly once. Eval mode
     inside, the model left as found."""
     names = list(dict.fromkeys(layers))
@@ -98,7 +99,7 @@ def streaming_runner(
     def run(x: torch.Tensor) -> None:
         waiting.update(names)
         with suppress(_StopForward):
-            vm.forward_only(x, names, record)
+            forward_only(vm, x, names, record)
 
     with evaluation_mode(vm.module):
         yield run

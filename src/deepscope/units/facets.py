@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from deepscope.units._forward import layer_runner
-from deepscope.units.patches import _Source, top_patches
+from deepscope.units.patches import DataSource, top_patches
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 
@@ -44,7 +44,7 @@ def multifaceted_init(
     indices = hits.sample_indices[0].tolist()
     if len(indices) < facets:
         raise ValueError(f"only {len(indices)} samples for {facets} facets")
-    source = _Source(vm, data)
+    source = DataSource(vm, data)
     cluster_layer = cluster_layer or layer
     features, pixels = [], []
     with torch.no_grad(), layer_runner(vm, [cluster_layer]) as run:

@@ -105,7 +105,7 @@ def top_patches(
         raise ValueError(f"projection must be None or one of {', '.join(RULES)}, got {projection!r}")
     single = isinstance(layer, str) and not set("*?[") & set(layer)
     names = find_layers(vm, layer)
-    source = _Source(vm, data)
+    source = DataSource(vm, data)
     if len(source) == 0:
         raise ImageError("the dataset is empty")
     chosen = _units_per_layer(names, units)
@@ -194,7 +194,7 @@ def _locate(
 
 
 def _cut_crops(
-    source: _Source,
+    source: DataSource,
     found: dict[str, TopPatches],
     windows: dict[str, torch.Tensor],
     fill: float,
@@ -224,7 +224,7 @@ def _cut_crops(
 
 def _project_hits(
     vm: VisionModel,
-    source: _Source,
+    source: DataSource,
     hits: TopPatches,
     windows: torch.Tensor,
     spatial: bool,
@@ -324,7 +324,7 @@ def _check_units(layer: str, shape: tuple[int, ...], units: list[int] | None, de
     return torch.tensor(units, dtype=torch.int64, device=device)
 
 
-class _Source:
+class DataSource:
     """Model inputs and display pixels for samples of a tensor batch or an indexable dataset."""
 
     def __init__(self, vm: VisionModel, data: Any):

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from deepscope._version import __version__
 from deepscope.errors import WorkspaceError
 
 # Version 1: the first layout. Bump on any change to tables, columns or array files, and describe it in
@@ -183,8 +184,6 @@ class Store:
         connection = _connect(path / DATABASE)
         with connection:
             connection.executescript(SCHEMA)
-            from deepscope import __version__
-
             connection.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
                 [("schema_version", str(SCHEMA_VERSION)), ("created_with", f"deepscope {__version__}")],

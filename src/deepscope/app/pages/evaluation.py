@@ -1,5 +1,5 @@
 """The demo page's section "Can I trust this heat map?": every heat-map method through the metrics of
-``deepscope.metrics`` on LeNet/MNIST and EfficientNet-Lite0/photos (see ``deepscope.demo``)."""
+``deepscope.metrics`` on LeNet/MNIST and EfficientNet-Lite0/photos (see ``deepscope.app.demo``)."""
 
 from __future__ import annotations
 

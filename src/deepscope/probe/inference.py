@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import copy
 import threading
+import warnings
+import weakref
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -33,7 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from deepscope.zoo.hooks import INPUT_SUFFIX, first_tensor
+from deepscope.errors import DeepscopeError, SettingError
+from deepscope.probe.hooks import first_tensor, layer_hooks
+from deepscope.probe.layers import split_address
+from deepscope.zoo.vision_model import VisionModel
 
 _CONV_FUNCTIONS = (torch.conv2d, F.conv2d)
 _CONV_DEFAULTS = (None, None, None, 1, 0, 1, 1)  # input, weight, bias, stride, padding, dilation, groups
@@ -103,27 +109,34 @@ class OwnThreadTracer(fx.Tracer):
 
 
 class _TappingTracer(OwnThreadTracer):
-    """Traces like ``fx.symbolic_trace`` and calls the ``Taps`` module where each of ``layers`` (module names,
-    ``NAME:input`` for a module's input) is called, also inside modules that are traced through."""
+    """Traces like ``fx.symbolic_trace`` and calls the ``Taps`` module where each of ``layers`` (layer names:
+    ``NAME``, ``NAME@N``, ``NAME:input``) is called, also inside modules that are traced through."""
 
     def __init__(self, layers: Sequence[str]):
         super().__init__()
-        self.layers = set(layers)
+        self.wanted: dict[tuple[str, bool], list[tuple[str, int | None]]] = {}
+        for layer in layers:
+            address = split_address(layer)
+            self.wanted.setdefault((address.path, address.input), []).append((layer, address.call))
+        self.calls: Counter[str] = Counter()
         self.tapped: list[str] = []
 
     def call_module(self, module: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> object:
         if threading.get_ident() != self.thread:
             return forward(*args, **kwargs)
-        name = self.path_of_module(module)
-        self._tap(name + INPUT_SUFFIX, args)
+        path = self.path_of_module(module)
+        call = self.calls[path]
+        self.calls[path] += 1
+        self._tap(path, call, True, args)
         output = super().call_module(module, forward, args, kwargs)
-        self._tap(name, output)
+        self._tap(path, call, False, output)
         return output
 
-    def _tap(self, name: str, value: object) -> None:
-        if name in self.layers:
-            self.create_proxy("call_module", TAPS, (name, value), {})
-            self.tapped.append(name)
+    def _tap(self, path: str, call: int, is_input: bool, value: object) -> None:
+        for name, wanted_call in self.wanted.get((path, is_input), ()):
+            if wanted_call is None or wanted_call == call:
+                self.create_proxy("call_module", TAPS, (name, value), {})
+                self.tapped.append(name)
 
 
 def fold_for_inference(module: nn.Module, layers: Sequence[str] = ()) -> fx.GraphModule | None:
@@ -132,9 +145,10 @@ def fold_for_inference(module: nn.Module, layers: Sequence[str] = ()) -> fx.Grap
     and ReLU / ReLU6 in place on convolution outputs; None when fx cannot trace the model or it has none of
     these to change.
 
-    With ``layers``, the copy's ``Taps`` module (``copy.get_submodule(TAPS)``) receives each of them once per
-    forward; None as well when one of them is not called exactly once in the trace (a module fx keeps whole
-    hides its submodules; a module reused is recorded with hooks, which report it).
+    With ``layers`` (layer names, see :mod:`deepscope.probe.layers`), the copy's ``Taps`` module
+    (``copy.get_submodule(TAPS)``) receives each of them once per forward; None as well when one of them is not
+    called exactly once in the trace (a module fx keeps whole hides its submodules; a module reused and named
+    without ``@N`` is recorded with hooks, which report it).
     """
     shared = {id(tensor): tensor for tensor in [*module.parameters(), *module.buffers()]}
     tracer = _TappingTracer(layers)
@@ -343,3 +357,187 @@ def _activations_in_place(graph_module: fx.GraphModule) -> int:
             _replace_by_call(graph, node, F.relu, (source, True))
         changed += 1
     return changed
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the forward-only pass
+
+
+# Forward-only copies kept per model (one per set of recorded layers): each holds its own folded kernels.
+MAX_INFERENCE_COPIES = 4
+# module -> {recorded layers: (the module's state, the copy made for both)}. Keyed by the user's module, so that a
+# plain module passed again (wrapped in a new VisionModel each time) finds its copies; gone with the module.
+_COPIES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], tuple[tuple, nn.Module]]] = (
+    weakref.WeakKeyDictionary()
+)
+# Threads sharing a model make and evict its forward-only copies one at a time.
+_COPIES_LOCK = threading.Lock()
+
+
+def forward_only(
+    vm: VisionModel,
+    x: torch.Tensor,
+    layers: Sequence[str] = (),
+    record: Callable[[str, torch.Tensor], None] | None = None,
+):
+    """The model's output for ``x`` where nothing else is needed (no gradient): the forward of the perturbation
+    metrics and methods, and of a dataset scan. In eval mode and without hooks on the module, it runs the copy of
+    :func:`fold_for_inference` (batch norms and paddings folded into convolutions, 2x faster on
+    EfficientNet-Lite0), made once per state of the parameters and set of ``layers``; otherwise the module
+    itself. In the fast layout either way (:meth:`VisionModel.in_fast_layout`); equal to ``vm.module(x)`` up to
+    float rounding. Call it under ``torch.inference_mode()``.
+
+    With ``layers`` (layer names), ``record(name, tensor)`` receives each one's tensor the moment it is produced,
+    exactly as from :func:`~deepscope.probe.hooks.layer_hooks` on the module, and exactly once per call: a layer
+    that runs twice or not at all raises :class:`DeepscopeError`.
+
+    >>> import torch, deepscope as ds
+    >>> vm = ds.load_model("zoo:lenet_mnist")
+    >>> seen = {}
+    >>> with torch.inference_mode():
+    ...     logits = forward_only(vm, torch.zeros(2, 1, 28, 28), ["conv2", "fc3:input"], seen.__setitem__)
+    >>> logits.shape, {name: tuple(t.shape) for name, t in seen.items()}
+    (torch.Size([2, 10]), {'conv2': (2, 16, 10, 10), 'fc3:input': (2, 84)})
+    """
+    layers = tuple(layers)
+    module = _forward_only_module(vm, x, layers)
+    if not layers:
+        return vm.in_fast_layout(module, x)
+    if record is None:
+        raise SettingError("forward_only: layers need a record(name, tensor) callback")
+    if vm.channels_last_for(x) and not vm.channels_last_works:
+        # Settle the layout on one image first: a model that refuses channels-last maps fails part-way, and
+        # the retry in the standard layout would hand the layers before the failure to record twice.
+        vm.in_fast_layout(module, x[:1])
+
+    def recorded(inputs: torch.Tensor):
+        calls = dict.fromkeys(layers, 0)
+
+        def deliver(name: str, tensor: torch.Tensor) -> None:
+            calls[name] += 1
+            if calls[name] > 1:
+                raise DeepscopeError(
+                    f"layer {name!r} runs more than once in one forward pass (a module reused); name one call "
+                    f"as '{name}@N' (N from 0), or choose a layer that runs once, such as the module around it"
+                )
+            record(name, tensor)
+
+        with _recording(vm.module, module, layers, deliver):
+            output = module(inputs)
+        missing = [name for name, count in calls.items() if not count]
+        if missing:
+            raise DeepscopeError(f"layers {missing} did not run in the forward pass of {vm.name}")
+        return output
+
+    return vm.in_fast_layout(recorded, x)
+
+
+def _forward_only_module(vm: VisionModel, x: torch.Tensor, layers: tuple[str, ...]) -> nn.Module:
+    state = _inference_state(vm.module)
+    if state is None:
+        return vm.module
+    with _COPIES_LOCK:
+        copies = _COPIES.setdefault(vm.module, {})
+        cached = copies.get(layers)
+        if cached is None or cached[0] != state:
+            folded = fold_for_inference(vm.module, layers)
+            if folded is not None and not _same_outputs(
+                _recorded_run(folded, vm.module, layers, x[:1]),
+                _recorded_run(vm.module, vm.module, layers, x[:1]),
+            ):
+                warnings.warn(
+                    f"the folded forward-only copy of {vm.name} computes something else than the model; "
+                    "deepscope runs the model as it is (please report this model)",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                folded = None
+            copies.pop(layers, None)
+            while len(copies) >= MAX_INFERENCE_COPIES:
+                del copies[next(iter(copies))]  # the least recently made
+            copies[layers] = (state, folded if folded is not None else vm.module)
+        return copies[layers][1]
+
+
+def _inference_state(module: nn.Module) -> tuple | None:
+    """What a forward-only copy depends on: every submodule (its identity, type and settings, so that a module
+    swapped for another or a changed stride is seen) and the identity and version of every parameter and buffer.
+    None where no copy may stand in for the module: a submodule in train mode (batch statistics, dropout) or a
+    forward hook anywhere (it must see the module's own calls)."""
+    hooks = torch.nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        return None
+    structure = []
+    for sub in module.modules():
+        if sub.training or sub._forward_hooks or sub._forward_pre_hooks:
+            return None
+        structure.append((id(sub), type(sub), module_settings(sub)))
+    tensors = [*module.parameters(), *module.buffers()]
+    return (*structure, *((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in tensors))
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def module_settings(module: nn.Module) -> tuple:
+    """A module's own settings, what its computation depends on besides parameters, buffers and submodules:
+    plain attributes (kernel size, stride, padding, eps, inplace, a custom scale factor...) and function
+    attributes (``self.act = torch.tanh``, as the function itself). The train/eval flag is not one of them."""
+    settings = []
+    for key, value in vars(module).items():
+        if key.startswith("_") or key == "training":
+            continue
+        if (
+            isinstance(value, _PLAIN)
+            or (isinstance(value, tuple) and all(isinstance(v, _PLAIN) for v in value))
+            or (callable(value) and not isinstance(value, (nn.Module, torch.Tensor)))
+        ):
+            settings.append((key, value))
+    return tuple(settings)
+
+
+@contextmanager
+def _recording(
+    model: nn.Module, module: nn.Module, layers: Sequence[str], record: Callable[[str, torch.Tensor], None]
+) -> Iterator[None]:
+    """Inside the block, ``module`` (the model, or a copy of it with taps) hands ``layers`` to ``record``."""
+    if module is model or not layers:
+        with layer_hooks(model, layers, record):
+            yield
+        return
+    with module.get_submodule(TAPS).recording(record):
+        yield
+
+
+def _recorded_run(module: nn.Module, model: nn.Module, layers: Sequence[str], x: torch.Tensor) -> tuple:
+    """(output, every tensor each layer recorded, copied when recorded) of ``module``, the model or its copy."""
+    recorded: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    with _recording(model, module, layers, lambda name, tensor: recorded[name].append(tensor.clone())):
+        output = module(x)
+    return output, recorded
+
+
+def _same_outputs(folded: object, original: object) -> bool:
+    """The folded copy's output and recorded tensors match the model's within float rounding: the same nesting
+    of tuples, lists and dicts (named tuples and dict subclasses included), tensors of the same shapes, every
+    float tensor within 1e-3 of its largest value, other tensors equal, other leaves of the same type."""
+    if isinstance(original, torch.Tensor):
+        if not isinstance(folded, torch.Tensor) or folded.shape != original.shape:
+            return False
+        if not original.is_floating_point():
+            return torch.equal(folded, original)
+        scale = float(original.abs().max()) if original.numel() else 0.0
+        return torch.allclose(folded, original, rtol=1e-3, atol=1e-3 * scale + 1e-6)
+    if isinstance(original, (tuple, list)):
+        return (
+            type(folded) is type(original)
+            and len(folded) == len(original)
+            and all(_same_outputs(a, b) for a, b in zip(folded, original, strict=True))
+        )
+    if isinstance(original, dict):
+        return (
+            type(folded) is type(original)
+            and list(folded) == list(original)
+            and all(_same_outputs(folded[key], original[key]) for key in original)
+        )
+    return type(folded) is type(original)

@@ -16,14 +16,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from deepscope.atlas.report import atlas_section
-from deepscope.demo_evaluation import evaluation_section
-from deepscope.demo_heatmaps import heatmaps_section
+from deepscope.app.pages.atlas import atlas_section
+from deepscope.app.pages.evaluation import evaluation_section
+from deepscope.app.pages.heatmaps import heatmaps_section
+from deepscope.app.pages.units import units_section
 from deepscope.probe.graph import graph
 from deepscope.render.graph_svg import graph_svg
 from deepscope.render.html import Report
 from deepscope.render.images import data_uri, scale_each, thumbnail, tile
-from deepscope.unit_pictures import units_section
 from deepscope.zoo.datasets import ImageDataset, mnist5k
 from deepscope.zoo.images import samples
 from deepscope.zoo.loaders import load_model

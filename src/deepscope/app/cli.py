@@ -254,8 +254,8 @@ def units(
 ) -> None:
     """What a layer's units encode: filters, activations, top-k patches with deconvnet projections, feature
     visualisations and an inversion, written as PNG files."""
+    from deepscope.app.pages.units import write_unit_pictures
     from deepscope.probe.layers import get_layer
-    from deepscope.unit_pictures import write_unit_pictures
     from deepscope.zoo.datasets import load_dataset
     from deepscope.zoo.loaders import load_model
 
@@ -271,7 +271,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Directory for the page")] = Path("deepscope-demo"),
 ) -> None:
     """Write the demo page (bundled models and data, everything offline) and print its path."""
-    from deepscope.demo import build_demo
+    from deepscope.app.demo import build_demo
 
     path = build_demo(out)
     typer.echo(f"wrote {path.resolve()}")
@@ -381,8 +381,8 @@ def compare_command(
 ) -> None:
     """Compare two scans of the same data: linear CKA between every pair of layers (pooled activations) and the
     two confusion matrices side by side."""
+    from deepscope.app.pages.atlas import comparison_report
     from deepscope.atlas import compare, open
-    from deepscope.atlas.report import comparison_report
 
     a, b = open(workspace_a, run_a), open(workspace_b, run_b)
     result = compare(a, b)

@@ -12,7 +12,6 @@ from PIL import Image
 
 from deepscope.render.units import activation_grid, filter_grid, image_strip, patch_grid
 from deepscope.units import activations, filters, invert_layers, top_patches, visualize
-from deepscope.units._forward import layer_shapes
 from deepscope.zoo.datasets import mnist5k, split_item
 from deepscope.zoo.vision_model import VisionModel
 
@@ -34,8 +33,7 @@ def write_unit_pictures(
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     example = torch.zeros(1, vm.preprocessing.channels, *(vm.input_size or (224, 224)), device=vm.device)
-    shapes, _ = layer_shapes(vm, [layer], example)
-    channels = shapes[layer][0]
+    channels = activations(vm, example, layer).shape[1]
     units = list(units) if units is not None else list(range(min(channels, 8)))
 
     def save(picture: Image.Image, name: str) -> None:

@@ -1,0 +1,1 @@
+"""The sections of the demo page and the report pages, each built from library calls and ``deepscope.render``."""
