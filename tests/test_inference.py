@@ -416,8 +416,8 @@ def test_a_model_that_refuses_channels_last_hands_each_layer_over_once(flattenin
     assert not viewing.channels_last and reshaping.channels_last
     assert [len(calls) for calls in seen.values()] == [1, 1]
     torch.testing.assert_close(output, expected)
-    top = ds.units.top_patches(viewing, x, "conv2", k=2, crops=False)
-    same = ds.units.top_patches(reshaping, x, "conv2", k=2, crops=False)
+    top = ds.units.top_patches(viewing, x, "conv2", k=2, crops=False)["conv2"]
+    same = ds.units.top_patches(reshaping, x, "conv2", k=2, crops=False)["conv2"]
     torch.testing.assert_close(top.values, same.values)
     torch.testing.assert_close(top.sample_indices, same.sample_indices)
     torch.testing.assert_close(top.positions, same.positions)

@@ -8,9 +8,8 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 import deepscope as ds
-from deepscope.errors import LayerNotFoundError
+from deepscope.errors import LayerNotFoundError, UnitError
 from deepscope.units import transforms as T
-from deepscope.units._forward import UnitError
 from deepscope.units.facets import kmeans
 from deepscope.units.objectives import Context
 from deepscope.units.parameterizations import FourierImage
@@ -73,7 +72,7 @@ def test_top_patches_equal_brute_force_on_mnist(lenet, digits, digit_inputs, unc
 
 
 def test_top_patch_crops_are_the_receptive_field(lenet, digits):
-    hits = ds.units.top_patches(lenet, digits, "conv2", units=[3, 11], k=5)
+    hits = ds.units.top_patches(lenet, digits, "conv2", units=[3, 11], k=5)["conv2"]
     assert hits.receptive_field.size == (14, 14) and hits.receptive_field.stride == (2, 2)
     assert hits.crops.shape == (2, 5, 1, 14, 14)
     for row in range(2):
@@ -104,10 +103,10 @@ def test_top_patches_stream_once_and_accept_tensors(lenet, digits, digit_inputs)
             return digits[index]
 
     data = Counting()
-    hits = ds.units.top_patches(lenet, data, "conv1", k=4, batch_size=128)
+    hits = ds.units.top_patches(lenet, data, "conv1", k=4, batch_size=128)["conv1"]
     unique = len(set(hits.sample_indices.flatten().tolist()))
     assert data.reads == 700 + unique  # one pass, then only the hits are read again to crop them
-    from_tensors = ds.units.top_patches(lenet, digit_inputs[:700], "conv1", k=4, batch_size=128)
+    from_tensors = ds.units.top_patches(lenet, digit_inputs[:700], "conv1", k=4, batch_size=128)["conv1"]
     assert torch.equal(from_tensors.sample_indices, hits.sample_indices)
     assert torch.allclose(from_tensors.crops, hits.crops, atol=1e-6)  # tensors are un-normalised for display
 
@@ -121,10 +120,10 @@ def test_top_patches_read_dict_items_with_numpy_colour_images(lenet, digits):
             image, label = digits[index]
             return {"img": np.asarray(image.convert("RGB")), "label": label}
 
-    from_records = ds.units.top_patches(lenet, Records(), "conv2", k=4)
-    from_tuples = ds.units.top_patches(lenet, digits.subset(range(300)), "conv2", k=4)
+    from_records = ds.units.top_patches(lenet, Records(), "conv2", k=4)["conv2"]
+    from_tuples = ds.units.top_patches(lenet, digits.subset(range(300)), "conv2", k=4)["conv2"]
     uint8_images = torch.from_numpy(np.stack([np.asarray(image) for image in digits.images[:300]]))[:, None]
-    from_uint8_tensor = ds.units.top_patches(lenet, uint8_images, "conv2", k=4)
+    from_uint8_tensor = ds.units.top_patches(lenet, uint8_images, "conv2", k=4)["conv2"]
     for hits in (from_records, from_uint8_tensor):
         assert torch.equal(hits.sample_indices, from_tuples.sample_indices)
         assert torch.equal(hits.crops, from_tuples.crops)
@@ -175,7 +174,7 @@ def test_projection_matches_captum(lenet, digit_inputs, rule, unchanged):
 def test_top_patches_carry_projections(lenet, digits):
     hits = ds.units.top_patches(
         lenet, digits.subset(range(300)), "conv2", units=[5], k=3, projection="guided"
-    )
+    )["conv2"]
     assert hits.projections.shape == hits.crops.shape
     x = lenet.preprocess(digits.images[int(hits.sample_indices[0, 0])])
     full = ds.units.project(lenet, x, "conv2", 5, rule="guided")[0]
@@ -225,7 +224,7 @@ def test_fourier_with_transforms_survives_jitter(lenet):
 
 def test_visualize_objectives_compose_and_check(lenet, unchanged):
     vm = lenet
-    result = ds.units.visualize(vm, "logit:3 - logit:5", steps=64, batch=2, param="pixel", transforms=None)
+    result = ds.units.visualize(vm, "logit:3 - logit:5", steps=64, images=2, param="pixel", transforms=None)
     with torch.no_grad():
         logits = vm(vm.normalize(result.image))
     assert torch.allclose(result.value, logits[:, 3] - logits[:, 5], atol=1e-4)
@@ -473,7 +472,7 @@ def test_renderings(lenet, digits):
     )
     hits = ds.units.top_patches(
         lenet, digits.subset(range(200)), "conv2", units=[0, 1], k=3, projection="deconvnet"
-    )
+    )["conv2"]
     picture = patch_grid(hits, tile_size=28)
     assert picture.size == (6 * 29 + 1, 2 * 29 + 1)  # per unit: 3 crops, then 3 projections
     assert image_strip(torch.rand(2, 1, 28, 28), ["a", "b"]).size[0] == 2 * 113 + 1

@@ -20,6 +20,11 @@ class SettingTypeError(SettingError, TypeError):
     """An argument of the wrong type (a string where a number belongs, a list where a tensor does)."""
 
 
+class ModelError(DeepscopeError, TypeError):
+    """An object given as a model that deepscope cannot run, or a model whose output is not of the form a call
+    needs (class scores ``[B, classes]``, a tensor)."""
+
+
 class SpecError(DeepscopeError, ValueError):
     """A model, dataset or objective spec that deepscope cannot understand."""
 
@@ -45,6 +50,10 @@ class ReceptiveFieldError(DeepscopeError, ValueError):
 
 class GraphError(DeepscopeError, RuntimeError):
     """A model that neither torch.fx nor the dynamic tracer could turn into a graph."""
+
+
+class UnitError(DeepscopeError, ValueError):
+    """A unit (channel, neuron, position) that the layer does not have, or an objective that cannot be read."""
 
 
 class WorkspaceError(DeepscopeError, RuntimeError):

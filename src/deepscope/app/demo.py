@@ -20,6 +20,7 @@ from deepscope.app.pages.atlas import atlas_section
 from deepscope.app.pages.evaluation import evaluation_section
 from deepscope.app.pages.heatmaps import heatmaps_section
 from deepscope.app.pages.units import units_section
+from deepscope.errors import LayerNotFoundError
 from deepscope.probe.graph import graph
 from deepscope.render.graph_svg import graph_svg
 from deepscope.render.html import Report
@@ -123,7 +124,7 @@ def first_convolution(module: nn.Module) -> tuple[str, nn.Conv2d]:
     for name, sub in module.named_modules():
         if isinstance(sub, nn.Conv2d):
             return name, sub
-    raise ValueError(f"{type(module).__name__} has no Conv2d layer")
+    raise LayerNotFoundError(f"{type(module).__name__} has no Conv2d layer")
 
 
 Section = Callable[[Report, DemoContext], None]

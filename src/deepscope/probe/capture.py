@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from deepscope.errors import DeepscopeError
+from deepscope.errors import DeepscopeError, LayerNotFoundError, suggestion
 from deepscope.probe.hooks import hooks, layer_hooks
 from deepscope.probe.layers import find_layers
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
@@ -36,8 +36,13 @@ class LayerTensors(Mapping[str, torch.Tensor]):
     def all(self, name: str) -> list[torch.Tensor]:
         """Every tensor recorded at ``name``, in call order."""
         if name not in self._calls:
-            raise KeyError(f"{name!r} was not captured; captured layers: {', '.join(self._calls)}")
+            raise LayerNotFoundError(
+                f"{name!r} was not captured.{suggestion(name, self._calls)} Captured layers: {', '.join(self._calls)}"
+            )
         return self._calls[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._calls
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._calls)

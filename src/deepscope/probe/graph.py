@@ -18,7 +18,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.overrides import TorchFunctionMode
 
-from deepscope.errors import GraphError
+from deepscope.errors import GraphError, ImageError, LayerNotFoundError, SettingError, suggestion
 from deepscope.probe.hooks import hooks
 from deepscope.probe.inference import OwnThreadTracer
 from deepscope.probe.state import evaluation_mode
@@ -66,7 +66,9 @@ class Graph:
         for node in self.nodes:
             if node.id == node_id:
                 return node
-        raise KeyError(node_id)
+        raise LayerNotFoundError(
+            f"no node {node_id!r} in the graph.{suggestion(node_id, [n.id for n in self.nodes])}"
+        )
 
     def inputs_of(self, node_id: str) -> list[str]:
         return [src for src, dst in self.edges if dst == node_id]
@@ -134,7 +136,7 @@ def graph(
             full.notes = notes
     if depth is not None:
         if depth < 1:
-            raise ValueError(f"depth must be >= 1 (levels of dotted module names), got {depth}")
+            raise SettingError(f"depth must be >= 1 (levels of dotted module names), got {depth}")
         return _collapse(full, vm.module, depth)
     return full
 
@@ -142,10 +144,10 @@ def graph(
 def _example_input(vm: VisionModel, example: torch.Tensor | None) -> torch.Tensor:
     if example is not None:
         if not isinstance(example, torch.Tensor):
-            raise TypeError(f"example must be a tensor batch, got {type(example).__name__}")
+            raise ImageError(f"example must be a tensor batch, got {type(example).__name__}")
         return example.to(vm.device)
     if vm.input_size is None:
-        raise ValueError(f"{vm.name} has no known input size; pass an example tensor")
+        raise SettingError(f"{vm.name} has no known input size; pass an example tensor")
     return torch.zeros(1, vm.preprocessing.channels, *vm.input_size, device=vm.device)
 
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from deepscope.attribution.base import method_info, methods
+from deepscope.errors import ImageError, SettingError
 from deepscope.render.images import png_bytes
 
 REDUCTIONS = ("sum", "abs_sum", "l2", "max_abs")
@@ -56,9 +57,9 @@ def reduce_channels(attribution: torch.Tensor, how: str = "sum") -> torch.Tensor
     tensor([[3.]])
     """
     if how not in REDUCTIONS:
-        raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {how!r}")
+        raise SettingError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {how!r}")
     if attribution.ndim != 3:
-        raise ValueError(f"expected one map [C,H,W], got shape {list(attribution.shape)}")
+        raise ImageError(f"expected one map [C,H,W], got shape {list(attribution.shape)}")
     if attribution.shape[0] == 1:
         return attribution[0]
     if how == "sum":
@@ -83,7 +84,7 @@ def normalise(values: torch.Tensor, signed: bool, clip: float = 99.5) -> tuple[n
     the ``clip`` percentile.
     """
     if not 0 < clip <= 100:
-        raise ValueError(f"clip is a percentile in (0, 100], got {clip}")
+        raise SettingError(f"clip is a percentile in (0, 100], got {clip}")
     array = values.detach().double().cpu().numpy()
     if signed:
         extent = float(np.percentile(np.abs(array), clip)) or float(np.abs(array).max()) or 1.0
@@ -110,7 +111,7 @@ def _as_image_array(image: Image.Image | torch.Tensor | np.ndarray, size: tuple[
         if tensor.ndim == 4 and tensor.shape[0] == 1:
             tensor = tensor[0]
         if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
-            raise ValueError(f"image tensor must be [C,H,W] with C = 1 or 3, got {list(tensor.shape)}")
+            raise ImageError(f"image tensor must be [C,H,W] with C = 1 or 3, got {list(tensor.shape)}")
         if tensor.shape[0] == 1:
             tensor = tensor.expand(3, -1, -1)
         array = (tensor.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -118,7 +119,9 @@ def _as_image_array(image: Image.Image | torch.Tensor | np.ndarray, size: tuple[
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
-        raise TypeError(f"image must be a PIL image or a [C,H,W] tensor in [0,1], got {type(image).__name__}")
+        raise ImageError(
+            f"image must be a PIL image or a [C,H,W] tensor in [0,1], got {type(image).__name__}"
+        )
     image = image.convert("RGB")
     if image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.BILINEAR)
@@ -173,15 +176,15 @@ def heatmap(
 
 def _one_map(attribution: torch.Tensor) -> torch.Tensor:
     if not isinstance(attribution, torch.Tensor):
-        raise TypeError(f"a heat map is a tensor, got {type(attribution).__name__}")
+        raise ImageError(f"a heat map is a tensor, got {type(attribution).__name__}")
     if attribution.ndim == 4:
         if attribution.shape[0] != 1:
-            raise ValueError(
+            raise ImageError(
                 f"heatmap draws one map, got a batch of {attribution.shape[0]}; index it or use ds.render.grid"
             )
         attribution = attribution[0]
     if attribution.ndim not in (2, 3):
-        raise ValueError(f"expected a map [C,H,W] or [H,W], got shape {list(attribution.shape)}")
+        raise ImageError(f"expected a map [C,H,W] or [H,W], got shape {list(attribution.shape)}")
     return attribution.detach()
 
 
@@ -206,13 +209,13 @@ def grid(
     (104, 86)
     """
     if not maps:
-        raise ValueError("no maps to draw")
+        raise ImageError("no maps to draw")
     batches = {len(batch) for batch in maps.values()}
     if len(batches) != 1:
-        raise ValueError(f"the maps have different batch sizes {sorted(batches)}")
+        raise ImageError(f"the maps have different batch sizes {sorted(batches)}")
     (count,) = batches
     if images is not None and len(images) != count:
-        raise ValueError(f"{len(images)} images for maps of {count}")
+        raise ImageError(f"{len(images)} images for maps of {count}")
     columns = list(maps)
     header, footer, pad = 16, 14 if labels else 0, 2
     with_image = images is not None

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deepscope.errors import ImageError
+
 
 def to_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
     """A [C,H,W] or [H,W] tensor with values in [0,1] (C = 1 or 3) -> PIL image."""
@@ -46,7 +48,7 @@ def tile(
 ) -> Image.Image:
     """Lay [N,C,h,w] tiles with values in [0,1] (C = 1 or 3) out in a grid; ``scale`` enlarges pixels."""
     if tiles.ndim != 4 or tiles.shape[1] not in (1, 3):
-        raise ValueError(f"expected tiles of shape [N,1|3,h,w], got {list(tiles.shape)}")
+        raise ImageError(f"expected tiles of shape [N,1|3,h,w], got {list(tiles.shape)}")
     count, channels, height, width = tiles.shape
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)

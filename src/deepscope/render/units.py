@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from deepscope.errors import ImageError, SettingError, UnitError
 from deepscope.render.images import scale_each, tile
 
 
@@ -31,12 +32,12 @@ def activation_grid(
     """
     if activations.ndim == 4:
         if activations.shape[0] != 1:
-            raise ValueError(f"activation_grid shows one image; got a batch of {activations.shape[0]}")
+            raise ImageError(f"activation_grid shows one image; got a batch of {activations.shape[0]}")
         activations = activations[0]
     if activations.ndim != 3:
-        raise ValueError(f"expected activation maps [C,h,w], got shape {list(activations.shape)}")
+        raise ImageError(f"expected activation maps [C,h,w], got shape {list(activations.shape)}")
     if order not in ("mean", "index"):
-        raise ValueError(f"order must be 'mean' or 'index', got {order!r}")
+        raise SettingError(f"order must be 'mean' or 'index', got {order!r}")
     maps = activations.detach().float().cpu()
     indices = list(range(maps.shape[0]))
     if order == "mean":
@@ -66,7 +67,7 @@ def filter_grid(
     (43, 43)
     """
     if weight.ndim != 4:
-        raise ValueError(f"expected kernels [out, in, kh, kw], got shape {list(weight.shape)}")
+        raise ImageError(f"expected kernels [out, in, kh, kw], got shape {list(weight.shape)}")
     kernels = weight.detach().float().cpu()[:max_filters]
     count, inputs = kernels.shape[:2]
     if inputs == 3:
@@ -94,12 +95,12 @@ def patch_grid(
 
     >>> import deepscope as ds
     >>> vm = ds.load_model("zoo:lenet_mnist")
-    >>> hits = ds.units.top_patches(vm, ds.datasets.mnist5k("test"), "conv1", units=[0, 1], k=3)
+    >>> hits = ds.units.top_patches(vm, ds.datasets.mnist5k("test"), "conv1", units=[0, 1], k=3)["conv1"]
     >>> patch_grid(hits, tile_size=20).size  # 2 rows of 3 crops, 5x5 pixels enlarged 4 times
     (64, 43)
     """
     if patches.crops is None:
-        raise ValueError("these top patches have no crops; call top_patches(..., crops=True)")
+        raise SettingError("these top patches have no crops; call top_patches(..., crops=True)")
     rows = list(range(len(patches.units))) if units is None else [_row(patches, u) for u in units]
     k = patches.crops.shape[1]
     tiles, names = [], []
@@ -131,7 +132,7 @@ def image_strip(
     (52, 18)
     """
     if images.ndim != 4:
-        raise ValueError(f"expected images [N,C,H,W], got shape {list(images.shape)}")
+        raise ImageError(f"expected images [N,C,H,W], got shape {list(images.shape)}")
     tiles = _resize(images.detach().float().cpu().clamp(0, 1), tile_size)
     return _labelled_tile(tiles, captions, columns or len(tiles))
 
@@ -139,7 +140,7 @@ def image_strip(
 def _row(patches, unit: int) -> int:
     matches = (patches.units == unit).nonzero()
     if matches.numel() == 0:
-        raise ValueError(f"unit {unit} is not among the collected units {patches.units.tolist()}")
+        raise UnitError(f"unit {unit} is not among the collected units {patches.units.tolist()}")
     return int(matches[0, 0])
 
 

@@ -8,17 +8,13 @@ from dataclasses import dataclass
 
 import torch
 
-from deepscope.errors import DeepscopeError
+from deepscope.errors import DeepscopeError, SettingError, UnitError
 from deepscope.probe.capture import Recording, capture
 from deepscope.probe.hooks import layer_hooks
 from deepscope.probe.inference import forward_only
 from deepscope.probe.layers import get_layer
 from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel
-
-
-class UnitError(DeepscopeError, ValueError):
-    """A unit (channel, neuron, position) that the layer does not have, or an objective that cannot be read."""
 
 
 class _StopForward(Exception):
@@ -121,7 +117,7 @@ def example_input(vm: VisionModel, size: tuple[int, int] | None = None) -> torch
     """One all-zeros model input of the model's size (or ``size``) on its device."""
     size = size or vm.input_size
     if size is None:
-        raise ValueError(f"{vm.name} sets no input size; pass size=(H, W)")
+        raise SettingError(f"{vm.name} sets no input size; pass size=(H, W)")
     return torch.zeros(1, vm.preprocessing.channels, *size, device=vm.device)
 
 

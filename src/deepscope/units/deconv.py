@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from deepscope.attribution.gradient import ReluRule, modified_relus
+from deepscope.errors import ImageError, SettingError, UnitError
 from deepscope.units._forward import check_unit, layer_runner
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
@@ -54,9 +55,9 @@ def project(
     """
     vm = as_vision_model(model)
     if rule not in RULES:
-        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+        raise SettingError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
     if isinstance(unit, bool) or not isinstance(unit, int):
-        raise TypeError(f"unit must be an int (a channel of {layer!r}), got {unit!r}")
+        raise UnitError(f"unit must be an int (a channel of {layer!r}), got {unit!r}")
     units = torch.full((x.shape[0],), unit, dtype=torch.int64)
     positions = None if position is None else torch.tensor([position] * x.shape[0], dtype=torch.int64)
     return project_units(vm, x, layer, units, positions, rule, check=(unit, position))
@@ -73,7 +74,7 @@ def project_units(
 ) -> torch.Tensor:
     """One unit per image (``units [B]``), at ``positions [B,2]`` or at each image's maximum."""
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(
+        raise ImageError(
             f"x must be a float batch of model inputs [B,C,H,W], got {getattr(x, 'shape', type(x))}"
         )
     inputs = x.detach().clone().requires_grad_(True)
@@ -97,7 +98,7 @@ def project_units(
                 ys, xs = positions[:, 0], positions[:, 1]
             seed[rows, units, ys, xs] = activation.detach()[rows, units, ys, xs]
         else:
-            raise ValueError(
+            raise UnitError(
                 f"project reads [B,units] or [B,C,H,W] layers; {layer!r} gives {list(activation.shape)}"
             )
         (signal,) = torch.autograd.grad(activation, inputs, grad_outputs=seed)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepscope.errors import SettingError
 from deepscope.units._forward import layer_runner
 from deepscope.units.patches import DataSource, top_patches
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
@@ -39,11 +40,11 @@ def multifaceted_init(
     """
     vm = as_vision_model(model)
     if facets < 1 or top < facets:
-        raise ValueError(f"need 1 <= facets <= top, got facets={facets}, top={top}")
-    hits = top_patches(vm, data, layer, units=[unit], k=top, batch_size=batch_size, crops=False)
+        raise SettingError(f"need 1 <= facets <= top, got facets={facets}, top={top}")
+    hits = top_patches(vm, data, layer, units=[unit], k=top, batch_size=batch_size, crops=False)[layer]
     indices = hits.sample_indices[0].tolist()
     if len(indices) < facets:
-        raise ValueError(f"only {len(indices)} samples for {facets} facets")
+        raise SettingError(f"only {len(indices)} samples for {facets} facets")
     source = DataSource(vm, data)
     cluster_layer = cluster_layer or layer
     features, pixels = [], []

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from deepscope.errors import ImageError, SettingError, SettingTypeError, UnitError
 from deepscope.units._forward import layer_runner
 from deepscope.units.objectives import Context, Objective, per_image
 from deepscope.units.objectives import objective as as_objective
@@ -47,7 +48,7 @@ def visualize(
     model: VisionModel | nn.Module,
     objective: str | Objective | Sequence[str | Objective],
     *,
-    batch: int = 1,
+    images: int = 1,
     size: tuple[int, int] | int | None = None,
     param: str = "fourier",
     decorrelate: bool = True,
@@ -59,7 +60,7 @@ def visualize(
     keep_size: bool | None = None,
     seed: int = 0,
 ) -> Visualization:
-    """Optimise ``batch`` images to maximise ``objective`` (a string like ``"conv2:3"`` or an :class:`Objective`;
+    """Optimize ``images`` images together to maximize ``objective`` (a string like ``"conv2:3"`` or an :class:`Objective`;
     a list of them optimises one image per objective in one batched run).
 
     ``param``: ``"fourier"`` (Olah et al. 2017: 1/f-scaled spectrum, ``decorrelate`` colours, sigmoid) or
@@ -81,28 +82,28 @@ def visualize(
     vm = as_vision_model(model)
     if isinstance(objective, (list, tuple)):
         goal = per_image(objective)
-        if init is None and batch not in (1, len(objective)):
-            raise ValueError(f"{len(objective)} objectives, one per image, but batch={batch}")
-        batch = len(objective)
+        if init is None and images not in (1, len(objective)):
+            raise UnitError(f"{len(objective)} objectives, one per image, but images={images}")
+        images = len(objective)
     else:
         goal = as_objective(objective)
     size = _size(vm, size, init)
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise SettingError(f"images must be an int >= 1, got {images!r}")
     if init is not None:
         init = _check_init(vm, init, size)
-        batch = init.shape[0]
+        images = init.shape[0]
     if param not in ("fourier", "pixel"):
-        raise ValueError(f"param must be 'fourier' or 'pixel', got {param!r}")
+        raise SettingError(f"param must be 'fourier' or 'pixel', got {param!r}")
     if regularization is not None and param != "pixel":
-        raise ValueError("Yosinski et al.'s regularisation acts on pixels: use param='pixel' with it")
+        raise SettingError("Yosinski et al.'s regularisation acts on pixels: use param='pixel' with it")
     chain = _transforms(transforms, size)
     steps = steps if steps is not None else (regularization.steps if regularization is not None else 256)
     if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+        raise SettingError(f"steps must be >= 0, got {steps}")
     device = vm.device
     generator = torch.Generator().manual_seed(seed)
-    shape = (batch, vm.preprocessing.channels, *size)
+    shape = (images, vm.preprocessing.channels, *size)
 
     with layer_runner(vm, sorted(goal.layers), need_output=goal.needs_output, detach=False) as run:
         with torch.no_grad():
@@ -187,7 +188,7 @@ def _size(vm: VisionModel, size, init) -> tuple[int, int]:
     if size is None:
         size = vm.input_size
     if size is None:
-        raise ValueError(f"{vm.name} sets no input size; pass size=(H, W)")
+        raise SettingError(f"{vm.name} sets no input size; pass size=(H, W)")
     if isinstance(size, int):
         size = (size, size)
     return (int(size[0]), int(size[1]))
@@ -196,11 +197,11 @@ def _size(vm: VisionModel, size, init) -> tuple[int, int]:
 def _check_init(vm: VisionModel, init: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     channels = vm.preprocessing.channels
     if not isinstance(init, torch.Tensor) or init.ndim != 4 or init.shape[1] != channels:
-        raise ValueError(
+        raise ImageError(
             f"init must be pixels [B,{channels},H,W] in [0,1], got {getattr(init, 'shape', init)}"
         )
     if tuple(init.shape[-2:]) != size:
-        raise ValueError(f"init is {tuple(init.shape[-2:])} but size is {size}")
+        raise ImageError(f"init is {tuple(init.shape[-2:])} but size is {size}")
     return init.detach().to(vm.device, torch.float32)
 
 
@@ -209,14 +210,14 @@ def _transforms(transforms, size) -> list[Transform]:
         return []
     if isinstance(transforms, str):
         if transforms != "standard":
-            raise ValueError(
+            raise SettingError(
                 f"transforms must be 'standard', None or a list of transformations, got {transforms!r}"
             )
         return standard_transforms(size)
     chain = list(transforms)
     for item in chain:
         if not isinstance(item, Transform):
-            raise TypeError(f"transforms must come from deepscope.units.transforms, got {item!r}")
+            raise SettingTypeError(f"transforms must come from deepscope.units.transforms, got {item!r}")
     return chain
 
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from deepscope.errors import ImageError
 from deepscope.probe.layers import find_layers, get_layer
 from deepscope.units._forward import layer_runner
 from deepscope.units.objectives import tv_beta
@@ -102,7 +103,7 @@ def invert(
     vm = as_vision_model(model)
     get_layer(vm, layer)
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(
+        raise ImageError(
             f"x must be a float batch of model inputs [B,C,H,W], got {getattr(x, 'shape', type(x))}"
         )
     if tv_weight is None:

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from deepscope.units._forward import UnitError, check_unit
+from deepscope.errors import SettingTypeError, UnitError
+from deepscope.units._forward import check_unit
 
 
 @dataclass
@@ -136,7 +137,7 @@ def _lift(value: Objective | float) -> Objective:
         return Objective(
             lambda c: torch.full((c.image.shape[0],), constant, device=c.image.device), _number(constant)
         )
-    raise TypeError(f"cannot combine an objective with {type(value).__name__}")
+    raise SettingTypeError(f"cannot combine an objective with {type(value).__name__}")
 
 
 def _layer_check(layer: str, unit: int | None = None, position: tuple[int, int] | None = None):
@@ -255,7 +256,7 @@ def diversity(layer: str) -> Objective:
         activation = c.activations[layer]
         batch = activation.shape[0]
         if batch < 2:
-            raise UnitError("the diversity objective needs a batch of at least 2 images (batch=...)")
+            raise UnitError("the diversity objective needs at least 2 images (visualize(..., images=...))")
         flat = activation.flatten(2) if activation.ndim > 2 else activation[:, :, None]
         gram = torch.bmm(flat, flat.transpose(1, 2)).flatten(1)
         gram = torch.nn.functional.normalize(gram, dim=1)

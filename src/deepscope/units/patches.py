@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from deepscope.errors import ImageError
+from deepscope.errors import ImageError, SettingError, UnitError
 from deepscope.probe.layers import find_layers
 from deepscope.probe.receptive_field import ReceptiveField, receptive_fields
-from deepscope.units._forward import UnitError, check_unit, streaming_runner
+from deepscope.units._forward import check_unit, streaming_runner
 from deepscope.units.deconv import RULES, project_units
 from deepscope.units.topk import TopK
 from deepscope.zoo.datasets import is_map_style, split_item
@@ -79,31 +79,31 @@ def top_patches(
     crops: bool = True,
     projection: str | None = None,
     fill: float = 0.5,
-) -> TopPatches | dict[str, TopPatches]:
-    """The ``k`` strongest samples of each unit of ``layer`` over ``data``, in one streaming pass.
+) -> dict[str, TopPatches]:
+    """The ``k`` strongest samples of each unit of the layers ``layer`` names, over ``data``, in one streaming pass:
+    ``{layer name: TopPatches}``.
 
     ``data``: a ``[N,C,H,W]`` tensor of model inputs, or any sized, indexable dataset whose items are PIL images,
     ``[C,H,W]`` model-input tensors, or tuples whose first element is one (``ds.datasets.mnist5k()``, a
-    torchvision dataset, a list). ``layer``: one exact name (returns :class:`TopPatches`), or a list of names
-    or a glob (returns ``{name: TopPatches}``; every layer is reduced in the same pass). ``units``: None (all),
+    torchvision dataset, a list). ``layer``: a layer name, a glob, or a list of them; every layer they name is
+    reduced in the same pass. ``units``: None (all),
     an index, a list, or ``{layer: indices}``. ``projection``: ``"deconvnet"`` or ``"guided"`` adds the
     projection of each hit (:func:`project`), cropped like the patch. The model runs in eval mode, under
     ``torch.inference_mode``, only as far as the deepest requested layer.
 
     >>> import deepscope as ds
     >>> vm = ds.load_model("zoo:lenet_mnist")
-    >>> hits = ds.units.top_patches(vm, ds.datasets.mnist5k("test"), "conv2", units=[3], k=4)
+    >>> hits = ds.units.top_patches(vm, ds.datasets.mnist5k("test"), "conv2", units=[3], k=4)["conv2"]
     >>> hits.sample_indices.shape, hits.crops.shape  # conv2 sees 14x14 input pixels
     (torch.Size([1, 4]), torch.Size([1, 4, 1, 14, 14]))
     """
     vm = as_vision_model(model)
     if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+        raise SettingError(f"k must be a positive int, got {k!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise SettingError(f"batch_size must be a positive int, got {batch_size!r}")
     if projection is not None and projection not in RULES:
-        raise ValueError(f"projection must be None or one of {', '.join(RULES)}, got {projection!r}")
-    single = isinstance(layer, str) and not set("*?[") & set(layer)
+        raise SettingError(f"projection must be None or one of {', '.join(RULES)}, got {projection!r}")
     names = find_layers(vm, layer)
     source = DataSource(vm, data)
     if len(source) == 0:
@@ -159,7 +159,7 @@ def top_patches(
             found[name].projections = _project_hits(
                 vm, source, found[name], windows[name], len(shapes[name]) == 3, projection, batch_size
             )
-    return found[names[0]] if single else found
+    return found
 
 
 def _locate(

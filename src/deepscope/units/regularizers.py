@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from deepscope.errors import SettingError
+
 
 @dataclass(frozen=True)
 class Yosinski:
@@ -44,12 +46,12 @@ class Yosinski:
 
     def __post_init__(self) -> None:
         if self.lr_policy not in ("constant", "progress"):
-            raise ValueError(f"lr_policy must be 'constant' or 'progress', got {self.lr_policy!r}")
+            raise SettingError(f"lr_policy must be 'constant' or 'progress', got {self.lr_policy!r}")
         for name in ("norm_percentile", "contribution_percentile"):
             if not 0 <= getattr(self, name) < 100:
-                raise ValueError(f"{name} must be in [0, 100), got {getattr(self, name)}")
+                raise SettingError(f"{name} must be in [0, 100), got {getattr(self, name)}")
         if not 0 <= self.decay < 1:
-            raise ValueError(f"decay must be in [0, 1), got {self.decay}")
+            raise SettingError(f"decay must be in [0, 1), got {self.decay}")
 
     def step_size(self, gradient: torch.Tensor) -> torch.Tensor:
         """Per-image step size ``[B,1,1,1]`` for this gradient."""
@@ -100,7 +102,7 @@ def yosinski(setting: int = 3, **changes) -> Yosinski:
     50
     """
     if setting not in _PUBLISHED:
-        raise ValueError(f"Yosinski et al. 2015 published settings 1, 2, 3 and 4; got {setting!r}")
+        raise SettingError(f"Yosinski et al. 2015 published settings 1, 2, 3 and 4; got {setting!r}")
     return replace(_PUBLISHED[setting], **changes)
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from deepscope.errors import SettingError, SettingTypeError
+
 # Sample index of an empty slot: sorts after every real sample on equal (-inf) values.
 EMPTY = torch.iinfo(torch.int64).max
 NO_POSITION = -1
@@ -74,11 +76,11 @@ class TopK:
         dtype: torch.dtype = torch.float32,
     ):
         if not isinstance(units, int) or units < 1:
-            raise ValueError(f"units must be a positive int, got {units!r}")
+            raise SettingError(f"units must be a positive int, got {units!r}")
         if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
+            raise SettingError(f"k must be a positive int, got {k!r}")
         if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+            raise SettingError(f"dtype must be a floating-point dtype, got {dtype}")
         self.units = units
         self.k = k
         self.seen = 0
@@ -124,11 +126,11 @@ class TopK:
         """Add one value per sample and unit: ``values [N, units]``, ``sample_indices [N]`` (int) and, for
         spatial units, ``positions [N, units]`` (flat index of where each value was reached; -1 = none)."""
         if values.ndim != 2 or values.shape[1] != self.units:
-            raise ValueError(f"values must be [N, {self.units}], got shape {list(values.shape)}")
+            raise SettingError(f"values must be [N, {self.units}], got shape {list(values.shape)}")
         count = values.shape[0]
         sample_indices = self._checked_samples(sample_indices, count)
         if positions is not None and positions.shape != values.shape:
-            raise ValueError(
+            raise SettingError(
                 f"positions must have the shape of values {list(values.shape)}, got {list(positions.shape)}"
             )
         if count == 0:
@@ -142,7 +144,7 @@ class TopK:
         """``sample_indices`` as ``count`` int64 indices on the reduction's device, or a clear error."""
         sample_indices = torch.as_tensor(sample_indices, device=self.device)
         if sample_indices.is_floating_point() or sample_indices.shape != (count,):
-            raise ValueError(
+            raise SettingError(
                 f"sample_indices must be {count} integers (one per row of values), "
                 f"got {sample_indices.dtype} of shape {list(sample_indices.shape)}"
             )
@@ -152,7 +154,7 @@ class TopK:
             and sample_indices.device.type == "cpu"
             and (int(sample_indices.min()) < 0 or int(sample_indices.max()) >= _LOW_BITS)
         ):
-            raise ValueError(f"sample indices must lie in 0 .. {_LOW_BITS - 1}")
+            raise SettingError(f"sample indices must lie in 0 .. {_LOW_BITS - 1}")
         return sample_indices.to(torch.int64)
 
     def _add(
@@ -227,7 +229,7 @@ class TopK:
         """Add a batch of activations ``[N, units, *spatial]``: each unit's value for a sample is its maximum
         over positions, at the first position where it is reached. ``[N, units]`` works too (no positions)."""
         if activations.ndim < 2 or activations.shape[1] != self.units:
-            raise ValueError(
+            raise SettingError(
                 f"activations must be [N, {self.units}, ...], got shape {list(activations.shape)}"
             )
         if activations.ndim == 2:
@@ -244,9 +246,9 @@ class TopK:
     def merge(self, other: TopK) -> TopK:
         """Fold in ``other`` (a reduction over other samples) in place and return ``self``."""
         if not isinstance(other, TopK):
-            raise TypeError(f"can only merge another TopK, got {type(other).__name__}")
+            raise SettingTypeError(f"can only merge another TopK, got {type(other).__name__}")
         if (other.units, other.k) != (self.units, self.k):
-            raise ValueError(
+            raise SettingError(
                 f"cannot merge a TopK of {other.units} units, k={other.k} into one of {self.units} units, k={self.k}"
             )
         self._flush()
@@ -283,14 +285,14 @@ class TopK:
         """Rebuild a reduction saved with :meth:`state_dict` (on ``device``, default where it was saved)."""
         missing = {"values", "sample_indices", "positions", "seen"} - set(state)
         if missing:
-            raise ValueError(f"not a TopK state: missing {', '.join(sorted(missing))}")
+            raise SettingError(f"not a TopK state: missing {', '.join(sorted(missing))}")
         values = state["values"]
         if (
             values.ndim != 2
             or state["sample_indices"].shape != values.shape
             or state["positions"].shape != values.shape
         ):
-            raise ValueError(
+            raise SettingError(
                 "not a TopK state: values, sample_indices and positions must share one [units, k] shape"
             )
         device = values.device if device is None else device

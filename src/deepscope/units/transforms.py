@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from deepscope.errors import SettingError
+
 
 class Transform:
     """Base: ``__call__(images, generator)``; geometric ones also give ``matrices(batch, h, w, generator)``."""
@@ -38,7 +40,7 @@ class Pad(Transform):
 
     def __init__(self, width: int, mode: str = "constant", value: float = 0.5):
         if mode not in ("constant", "reflect", "replicate"):
-            raise ValueError(f"pad mode must be 'constant', 'reflect' or 'replicate', got {mode!r}")
+            raise SettingError(f"pad mode must be 'constant', 'reflect' or 'replicate', got {mode!r}")
         self.width, self.mode, self.value = int(width), mode, value
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from deepscope.errors import DatasetError, ImageError, SpecError, close_matches, suggestion
+from deepscope.errors import DatasetError, ImageError, SettingError, SpecError, close_matches, suggestion
 from deepscope.zoo.images import image_from_array, samples
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -47,7 +47,7 @@ class ImageDataset(Dataset):
 
     def __init__(self, images: list[Image.Image], labels: torch.Tensor, classes: list[str], name: str):
         if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+            raise DatasetError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
         self.labels = labels
         self.classes = classes
@@ -98,7 +98,7 @@ def mnist5k(split: str = "all") -> ImageDataset:
     order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
     chosen = {"all": np.arange(len(labels)), "train": order[TEST_SIZE:], "test": order[:TEST_SIZE]}
     if split not in chosen:
-        raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
+        raise SettingError(f"split must be 'all', 'train' or 'test', got {split!r}")
     indices = np.sort(chosen[split])
     images = [Image.fromarray(pixels[i]) for i in indices]
     return ImageDataset(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from deepscope.errors import ImageError, suggestion
+from deepscope.errors import ImageError, SettingError, suggestion
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
@@ -33,7 +33,7 @@ def load_images(
     (8, 8)
     """
     if mode not in ("RGB", "L"):
-        raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
+        raise SettingError(f"mode must be 'RGB' or 'L', got {mode!r}")
     if isinstance(items, (str, os.PathLike, Image.Image)) or (
         isinstance(items, np.ndarray) and items.ndim in (2, 3) and items.dtype == np.uint8
     ):

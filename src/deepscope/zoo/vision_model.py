@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2 as T
 
-from deepscope.errors import ImageError
+from deepscope.errors import ImageError, ModelError
 
 Out = TypeVar("Out")
 
@@ -196,7 +196,7 @@ class VisionModel:
         with torch.inference_mode():
             logits = self.module(x)
         if logits.ndim != 2:
-            raise ValueError(
+            raise ModelError(
                 f"{self.name} returns shape {list(logits.shape)}, not [B, classes]; cannot rank classes"
             )
         probabilities = logits.float().softmax(1)
@@ -253,4 +253,4 @@ def as_vision_model(
             labels=list(labels) if labels is not None else None,
             transform=transform,
         )
-    raise TypeError(f"expected a deepscope VisionModel or a torch.nn.Module, got {type(model).__name__}")
+    raise ModelError(f"expected a deepscope VisionModel or a torch.nn.Module, got {type(model).__name__}")

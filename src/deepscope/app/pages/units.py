@@ -50,7 +50,9 @@ def write_unit_pictures(
         maps = activations(vm, first, layer)
         if maps.ndim == 4:
             save(activation_grid(maps[0], limit=64), "activations.png")
-        hits = top_patches(vm, data, layer, units=units, k=k, batch_size=batch_size, projection="deconvnet")
+        hits = top_patches(vm, data, layer, units=units, k=k, batch_size=batch_size, projection="deconvnet")[
+            layer
+        ]
         save(patch_grid(hits), "top-patches.png")
         strip = invert_layers(vm, first, [layer])
         original = vm.pixels([sample]) if isinstance(sample, Image.Image) else strip[0].image
@@ -89,7 +91,9 @@ def units_section(report, context) -> None:
         activation_grid(activations(lenet, x, "conv2")[0], tile_size=40, columns=8), "conv2 activations"
     )
     section.image(filter_grid(filters(lenet, "conv2"), tile_size=20), "conv2 kernels")
-    hits = top_patches(lenet, digits, "conv2", units=range(6), k=6, batch_size=500, projection="deconvnet")
+    hits = top_patches(lenet, digits, "conv2", units=range(6), k=6, batch_size=500, projection="deconvnet")[
+        "conv2"
+    ]
     section.image(patch_grid(hits, tile_size=40), "conv2 top-6 patches | deconvnet projections")
 
     features = visualize(lenet, [f"conv2:{unit}" for unit in range(8)], steps=192)
