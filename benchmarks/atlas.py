@@ -165,7 +165,7 @@ def throughput(repeats: int, device: str):
 
     efficientnet = on(ds.load_model("zoo:efficientnet_lite0"), device)
     crops = photo_crops(192, smallest=200)
-    crop_set = ds.datasets.UnlabelledImages(crops, [f"crop{i}" for i in range(len(crops))], "crops")
+    crop_set = ds.datasets.UnlabeledImages(crops, [f"crop{i}" for i in range(len(crops))], "crops")
     batch = 32
 
     bare_efficientnet = bare_loop(efficientnet, crops, batch, device)
@@ -243,7 +243,7 @@ def scan_and_bare(vm: ds.VisionModel, images: list, repeats: int, device: str, b
     """Best times of the bare loop and the scan over ``images``, and the scan's fixed cost (``fixed``)."""
 
     def first(count: int):
-        return ds.datasets.UnlabelledImages(
+        return ds.datasets.UnlabeledImages(
             images[:count], [f"crop{i}" for i in range(count)], f"crops{count}"
         )
 

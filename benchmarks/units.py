@@ -1,8 +1,8 @@
 """Speed of deepscope.units, as ratios measured in one run (so that machine noise cancels as far as it can).
 
-1. Feature visualisation: iterations per second of ``ds.units.visualize`` against torch-lucent's ``render_vis``
-   on the same model (EfficientNet-Lite0), image size, parameterisation (Fourier, decorrelated colour, sigmoid),
-   transformations (pad 12, jitter 8, scale 0.9-1.1, rotate -10..10, jitter 4) and optimiser (Adam, lr 0.05),
+1. Feature visualization: iterations per second of ``ds.units.visualize`` against torch-lucent's ``render_vis``
+   on the same model (EfficientNet-Lite0), image size, parameterization (Fourier, decorrelated color, sigmoid),
+   transformations (pad 12, jitter 8, scale 0.9-1.1, rotate -10..10, jitter 4) and optimizer (Adam, lr 0.05),
    for a mid-network channel and for a class logit (where stopping the forward pass early cannot help).
    Target: >= 1.0x.
 2. ``top_patches`` throughput over a dataset against the model's bare forward pass over the same batches
@@ -64,7 +64,7 @@ def import_lucent():
     return param, render
 
 
-def feature_visualisation(
+def feature_visualization(
     vm: ds.VisionModel, size: int, steps: int, repeats: int, device: torch.device
 ) -> None:
     param, render = import_lucent()
@@ -77,7 +77,7 @@ def feature_visualisation(
         T.jitter(4),
     ]
     print(
-        f"\nfeature visualisation: EfficientNet-Lite0, {size}x{size}, Fourier + decorrelated colour, {steps} steps"
+        f"\nfeature visualization: EfficientNet-Lite0, {size}x{size}, Fourier + decorrelated color, {steps} steps"
     )
     print(
         f"{'objective':24s} {'deepscope it/s':>15s} {'lucent it/s':>12s} {'ratio':>7s}   (ratios of {repeats} runs)"
@@ -190,7 +190,7 @@ def main() -> None:
     lite0 = ds.load_model("zoo:efficientnet_lite0")
     lite0.module.to(device)
     if arguments.only in (None, "featurevis"):
-        feature_visualisation(lite0, arguments.size, arguments.steps, arguments.repeats, device)
+        feature_visualization(lite0, arguments.size, arguments.steps, arguments.repeats, device)
     if arguments.only == "featurevis":
         return
 

@@ -36,7 +36,7 @@ CANDIDATES = {
     "ImageNet mean/std, bicubic 256/224": dict(
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), **BICUBIC_CROP
     ),
-    "[0,1] unnormalised, bicubic 256/224": dict(mean=(0.0,) * 3, std=(1.0,) * 3, **BICUBIC_CROP),
+    "[0,1] unnormalized, bicubic 256/224": dict(mean=(0.0,) * 3, std=(1.0,) * 3, **BICUBIC_CROP),
     "[-1,1], bilinear 256/224": {
         **MINUS_ONE_ONE,
         **BICUBIC_CROP,

@@ -88,7 +88,7 @@ def seeded() -> None:
     torch.manual_seed(0)
 
 
-def _randomise_batch_norm(module: nn.Module, generator: torch.Generator) -> nn.Module:
+def _randomize_batch_norm(module: nn.Module, generator: torch.Generator) -> nn.Module:
     """Random running statistics and affine parameters, so that a random-init network is not positively
     homogeneous (with fresh batch norm, IG would equal input x gradient and hide mistakes)."""
     with torch.no_grad():
@@ -104,20 +104,20 @@ def _randomise_batch_norm(module: nn.Module, generator: torch.Generator) -> nn.M
 
 @pytest.fixture(scope="session")
 def resnet18() -> nn.Module:
-    """Random-init torchvision resnet18 (eval mode, batch norm randomised)."""
+    """Random-init torchvision resnet18 (eval mode, batch norm randomized)."""
     import torchvision
 
     torch.manual_seed(0)
-    return _randomise_batch_norm(torchvision.models.resnet18().eval(), torch.Generator().manual_seed(1))
+    return _randomize_batch_norm(torchvision.models.resnet18().eval(), torch.Generator().manual_seed(1))
 
 
 @pytest.fixture(scope="session")
 def vgg11_bn() -> nn.Module:
-    """Random-init torchvision vgg11_bn (eval mode, batch norm randomised); use small inputs (>= 32 px)."""
+    """Random-init torchvision vgg11_bn (eval mode, batch norm randomized); use small inputs (>= 32 px)."""
     import torchvision
 
     torch.manual_seed(0)
-    return _randomise_batch_norm(torchvision.models.vgg11_bn().eval(), torch.Generator().manual_seed(2))
+    return _randomize_batch_norm(torchvision.models.vgg11_bn().eval(), torch.Generator().manual_seed(2))
 
 
 class _Flattening(nn.Module):

@@ -95,7 +95,7 @@ def test_samples_are_real_bundled_photos():
         ds.samples(["cheslea"])
 
 
-def test_mnist5k_is_a_labelled_torch_dataset():
+def test_mnist5k_is_a_labeled_torch_dataset():
     data = ds.datasets.mnist5k()
     assert isinstance(data, torch.utils.data.Dataset) and len(data) == 5000
     image, label = data[0]

@@ -79,7 +79,7 @@ def test_capture_removes_hooks_when_the_forward_raises(lenet, unchanged):
 # --- receptive fields ------------------------------------------------------------------------------------
 
 
-def linearised(module: nn.Module) -> nn.Module:
+def linearized(module: nn.Module) -> nn.Module:
     """A copy whose every unit responds to every input in its field: non-negative weights, no biases, no
     non-linearities, average instead of max pooling, identity batch norm. Geometry is unchanged."""
     clone = copy.deepcopy(module).eval()
@@ -105,7 +105,7 @@ def brute_force_box(
     module: nn.Module, layer: str, shape: tuple, unit: tuple[int, int]
 ) -> tuple[int, int, int, int]:
     """Bounding box (top, left, bottom, right) of input pixels with a non-zero gradient for one output unit."""
-    clone = linearised(module)
+    clone = linearized(module)
     x = torch.rand(*shape, requires_grad=True)
     with ds.capture(clone, layer, detach=False) as rec:
         clone(x)
@@ -165,7 +165,7 @@ def test_graphs_traced_in_two_threads_at_once_leave_module_calls_unpatched():
             self.conv = nn.Conv2d(1, 2, 3)
 
         def forward(self, x):
-            if self.first:  # A, mid-trace: let B start tracing (with traces serialised, B cannot: time out)
+            if self.first:  # A, mid-trace: let B start tracing (with traces serialized, B cannot: time out)
                 a_tracing.set()
                 b_tracing.wait(timeout=1)
             else:

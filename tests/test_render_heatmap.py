@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import deepscope as ds
-from deepscope.render.heatmap import normalise, reduce_channels
+from deepscope.render.heatmap import normalize, reduce_channels
 
 
 def test_channel_reductions():
@@ -23,31 +23,31 @@ def test_channel_reductions():
         reduce_channels(attribution, "mean")
 
 
-def test_signed_maps_are_centred_and_clipped_at_a_percentile():
+def test_signed_maps_are_centered_and_clipped_at_a_percentile():
     values = torch.tensor([[-1.0, 0.0, 0.5, 100.0]])
-    position, magnitude = normalise(values, signed=True, clip=50)  # the median |v| (0.75) is full colour
+    position, magnitude = normalize(values, signed=True, clip=50)  # the median |v| (0.75) is full color
     np.testing.assert_allclose(position, [[0.0, 0.5, 0.5 + 0.5 / 1.5, 1.0]])
     np.testing.assert_allclose(magnitude, [[1.0, 0.0, 0.5 / 0.75, 1.0]])
-    position, _ = normalise(torch.tensor([[2.0, 4.0, 6.0]]), signed=False, clip=100)
+    position, _ = normalize(torch.tensor([[2.0, 4.0, 6.0]]), signed=False, clip=100)
     np.testing.assert_allclose(position, [[0.0, 0.5, 1.0]])
 
 
-def colours(figure) -> np.ndarray:
+def colors(figure) -> np.ndarray:
     return np.asarray(figure.image, dtype=float)
 
 
 def test_negative_evidence_is_blue_and_positive_red_without_an_image():
     attribution = torch.zeros(1, 4, 4)
     attribution[0, 0, 0], attribution[0, 3, 3] = -1.0, 1.0
-    picture = colours(ds.render.heatmap(attribution))
+    picture = colors(ds.render.heatmap(attribution))
     red, blue = picture[3, 3], picture[0, 0]
     assert red[0] > red[2] + 50 and blue[2] > blue[0] + 50  # RdBu_r's dark ends
 
 
 def test_cams_show_their_positive_part_in_a_sequential_colormap():
     cam = torch.tensor([[[-5.0, 0.0], [1.0, 2.0]]])
-    picture = colours(ds.render.heatmap(cam, method="grad_cam"))
-    # inferno: the negative and zero positions are both the darkest colour, 2 the brightest
+    picture = colors(ds.render.heatmap(cam, method="grad_cam"))
+    # inferno: the negative and zero positions are both the darkest color, 2 the brightest
     np.testing.assert_array_equal(picture[0, 0], picture[0, 1])
     assert picture[1, 1].sum() > picture[1, 0].sum() > picture[0, 0].sum()
 
@@ -57,10 +57,10 @@ def test_overlay_keeps_the_photo_where_the_map_is_zero():
     image[0] = 1.0  # pure red photo
     attribution = torch.zeros(3, 4, 4)
     attribution[:, 0, 0] = 1.0
-    picture = colours(ds.render.heatmap(attribution, image, alpha=0.5))
-    grey = (0.25 + 0.6 * 0.299) * 255  # the grey copy of red
-    np.testing.assert_allclose(picture[3, 3], [grey] * 3, atol=1)
-    assert np.abs(picture[0, 0] - grey).max() > 50  # coloured where the map is
+    picture = colors(ds.render.heatmap(attribution, image, alpha=0.5))
+    gray = (0.25 + 0.6 * 0.299) * 255  # the gray copy of red
+    np.testing.assert_allclose(picture[3, 3], [gray] * 3, atol=1)
+    assert np.abs(picture[0, 0] - gray).max() > 50  # colored where the map is
 
 
 def test_figures_display_in_notebooks_and_save(tmp_path):

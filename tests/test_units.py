@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter
+from torch import nn
 
 import deepscope as ds
-from deepscope.errors import LayerNotFoundError, UnitError
+from deepscope.errors import DeepscopeError, LayerNotFoundError, UnitError
 from deepscope.units import transforms as T
 from deepscope.units.facets import kmeans
 from deepscope.units.objectives import Context
@@ -108,15 +109,15 @@ def test_top_patches_stream_once_and_accept_tensors(lenet, digits, digit_inputs)
     assert data.reads == 700 + unique  # one pass, then only the hits are read again to crop them
     from_tensors = ds.units.top_patches(lenet, digit_inputs[:700], "conv1", k=4, batch_size=128)["conv1"]
     assert torch.equal(from_tensors.sample_indices, hits.sample_indices)
-    assert torch.allclose(from_tensors.crops, hits.crops, atol=1e-6)  # tensors are un-normalised for display
+    assert torch.allclose(from_tensors.crops, hits.crops, atol=1e-6)  # tensors are un-normalized for display
 
 
-def test_top_patches_read_dict_items_with_numpy_colour_images(lenet, digits):
+def test_top_patches_read_dict_items_with_numpy_color_images(lenet, digits):
     class Records(torch.utils.data.Dataset):  # as a Hugging Face ``datasets`` table gives them
         def __len__(self):
             return 300
 
-        def __getitem__(self, index):  # in colour: read in the model's mode, as the scan reads them
+        def __getitem__(self, index):  # in color: read in the model's mode, as the scan reads them
             image, label = digits[index]
             return {"img": np.asarray(image.convert("RGB")), "label": label}
 
@@ -183,7 +184,7 @@ def test_top_patches_carry_projections(lenet, digits):
     assert torch.allclose(hits.projections[0, 0], padded[:, top + 2 : top + 16, left + 2 : left + 16])
 
 
-# feature visualisation --------------------------------------------------------------------------------------
+# feature visualization --------------------------------------------------------------------------------------
 
 
 def test_visualize_beats_every_real_digit(lenet, digit_inputs, unchanged):
@@ -299,17 +300,17 @@ def test_multifaceted_init_gives_diverse_starts(lenet, digits):
 
 def test_kmeans_recovers_separated_blobs():
     generator = torch.Generator().manual_seed(1)
-    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    points = torch.cat([c + 0.3 * torch.randn(20, 2, generator=generator) for c in centres])
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = torch.cat([c + 0.3 * torch.randn(20, 2, generator=generator) for c in centers])
     labels = kmeans(points, 3, seed=0)
     groups = {tuple(labels[i * 20 : (i + 1) * 20].unique().tolist()) for i in range(3)}
     assert len(groups) == 3 and all(len(g) == 1 for g in groups)
 
 
-# parameterisations, transforms, regularisers ---------------------------------------------------------------
+# parameterizations, transforms, regularizers ---------------------------------------------------------------
 
 
-def test_fourier_parameterisation_inverts_and_stays_in_range():
+def test_fourier_parameterization_inverts_and_stays_in_range():
     pixels = torch.rand(2, 3, 17, 22) * 0.9 + 0.05
     image = FourierImage.from_pixels(pixels).image()
     assert torch.allclose(image, pixels, atol=1e-4)
@@ -517,3 +518,38 @@ def test_units_command_writes_the_pictures(tmp_path, digits):
     assert Image.open(out / "top-patches.png").size[1] == 2 * (14 * 3 + 1) + 1  # 2 units, 14-pixel crops x3
     wrong = CliRunner().invoke(cli.app, ["units", "zoo:lenet_mnist", "--layer", "conv7"])
     assert wrong.exit_code != 0 and "conv2" in str(wrong.exception)
+
+
+class ReusedReLU(nn.Module):
+    """One ReLU module applied after both convolutions: 'act@0' and 'act@1' are its two calls."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 6, 3, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.act(self.conv2(self.act(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_units_read_the_one_layer_grammar(unchanged):
+    """'PATH@N' named one call of a reused module in attribution only; the units read every layer name the same
+    way (and ds.graph gives these names)."""
+    model = ReusedReLU().eval()
+    x = torch.randn(5, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    with unchanged(model):
+        second = ds.units.activations(model, x, "act@1")
+        torch.testing.assert_close(second, torch.relu(model.conv2(torch.relu(model.conv1(x)))))
+        torch.testing.assert_close(ds.units.activations(model, x, "fc:input"), second.mean((2, 3)))
+        with pytest.raises(DeepscopeError, match="act@N"):
+            ds.units.activations(model, x, "act")
+        hits = ds.units.top_patches(model, x, ["act@0", "act@1"], k=2, crops=False)
+        assert hits["act@1"].values.shape == (6, 2)
+        torch.testing.assert_close(hits["act@1"].values[:, 0], second.amax((2, 3)).amax(0))
+        gray = ds.VisionModel(model, "reused", ds.Preprocessing(mean=(0.0,), std=(1.0,), image_mode="L"))
+        result = ds.units.visualize(gray, "act@1:2", steps=2, size=12, transforms=None)
+        assert result.image.shape == (1, 1, 12, 12)
+    assert {node.layer for node in ds.graph(model, x[:1]).nodes} >= {"act@0", "act@1"}

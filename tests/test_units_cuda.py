@@ -57,7 +57,7 @@ def test_topk_on_cuda_equals_cpu():
         assert torch.equal(a, b)
 
 
-def test_projection_visualisation_inversion_on_cuda(gpu_lenet, digit_batch, unchanged):
+def test_projection_visualization_inversion_on_cuda(gpu_lenet, digit_batch, unchanged):
     cpu = gpu_lenet.with_module(copy.deepcopy(gpu_lenet.module).cpu())
     x = digit_batch[:4]
     with unchanged(gpu_lenet.module):

@@ -19,7 +19,7 @@ def top1(vm: ds.VisionModel, image) -> int:
     return int(indices[0, 0])
 
 
-def test_efficientnet_recognises_the_bundled_photos(efficientnet, photos):
+def test_efficientnet_recognizes_the_bundled_photos(efficientnet, photos):
     assert efficientnet.input_size == (224, 224)
     assert len(efficientnet.labels) == 1000 and len(set(efficientnet.labels)) == 1000
     assert top1(efficientnet, photos["chelsea"]) in range(281, 286)  # ImageNet's domestic cats
@@ -166,7 +166,7 @@ def test_plain_modules_are_accepted():
         ("zoo:efficientnet_lite", "Did you mean: efficientnet_lite0"),
         ("torchvision:resnet181", "Did you mean: resnet18"),
         ("torchvision:resnet18?weights=IMAGENET9", "no weights 'IMAGENET9'; available: IMAGENET1K_V1"),
-        ("torchvision:resnet18?weights=none&colour=red", "unknown option"),
+        ("torchvision:resnet18?weights=none&color=red", "unknown option"),
         ("torchscript:/no/such/file.pt", "not found"),
         ("python:no_such_module_here:make", "cannot import"),
         ("python:deepscope.zoo.lenet:lenet6", "Did you mean: lenet5"),

@@ -29,7 +29,7 @@ ConvertOption = Annotated[
     typer.Option(
         "--convert",
         help="Read image files in the model's mode as image folders are: grayscale replicated to RGB, alpha "
-        "dropped, colour to luminance (without it such files are an error)",
+        "dropped, color to luminance (without it such files are an error)",
     ),
 ]
 
@@ -174,7 +174,7 @@ def evaluate(
         str, typer.Option(help="'top1' (predicted class) or 'label' (dataset labels)")
     ] = "top1",
     layers: Annotated[
-        str | None, typer.Option(help="Layers (names/globs, comma-separated) for the randomisation test")
+        str | None, typer.Option(help="Layers (names/globs, comma-separated) for the randomization test")
     ] = None,
     absolute: Annotated[
         str | None,
@@ -250,10 +250,10 @@ def units(
         list[int] | None, typer.Option("--unit", min=0, help="Units to show (repeat; default: the first 8)")
     ] = None,
     k: Annotated[int, typer.Option(min=1, help="Top patches per unit")] = 9,
-    steps: Annotated[int, typer.Option(min=1, help="Feature-visualisation steps")] = 128,
+    steps: Annotated[int, typer.Option(min=1, help="Feature-visualization steps")] = 128,
 ) -> None:
     """What a layer's units encode: filters, activations, top-k patches with deconvnet projections, feature
-    visualisations and an inversion, written as PNG files."""
+    visualizations and an inversion, written as PNG files."""
     from deepscope.app.pages.units import write_unit_pictures
     from deepscope.probe.layers import get_layer
     from deepscope.zoo.datasets import load_dataset
@@ -346,7 +346,7 @@ def scan_command(
     if labels is not None:
         known = labels >= 0
         typer.echo(
-            f"accuracy {float((ws.predictions[known] == labels[known]).mean()):.2%} on {int(known.sum())} labelled samples"
+            f"accuracy {float((ws.predictions[known] == labels[known]).mean()):.2%} on {int(known.sum())} labeled samples"
         )
         mistakes = [
             f"{ws.classes[pair.label]} -> {ws.classes[pair.predicted]}: {pair.count} "

@@ -159,7 +159,7 @@ _ARITHMETIC = {"add", "sub", "mul", "truediv", "floordiv", "matmul", "pow", "mod
 
 
 def op_name(target: Any) -> str:
-    """A readable, normalised op name: operator.iadd, torch.add, Tensor.add_, Tensor.__radd__ -> 'add'."""
+    """A readable, normalized op name: operator.iadd, torch.add, Tensor.add_, Tensor.__radd__ -> 'add'."""
     name = target if isinstance(target, str) else getattr(target, "__name__", None) or type(target).__name__
     name = name.strip("_") or name
     if name[:1] in ("i", "r") and name[1:] in _ARITHMETIC:

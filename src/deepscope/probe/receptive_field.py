@@ -3,7 +3,7 @@
 For output unit ``(i, j)`` of a layer, the input pixels that can influence it are the rows
 ``offset_h + i*stride_h ... offset_h + i*stride_h + size_h - 1`` (likewise for columns). Offsets are negative
 where the field reaches into padding. Where branches meet (a residual addition), the field is the union of
-theirs. Normalisation layers are treated as pointwise (their batch statistics are fixed in eval mode).
+theirs. Normalization layers are treated as pointwise (their batch statistics are fixed in eval mode).
 A layer behind a global operation (global pooling, flatten + linear, attention over tokens) sees the whole input.
 """
 
@@ -17,7 +17,7 @@ from torch import nn
 
 from deepscope.errors import ReceptiveFieldError
 from deepscope.probe.graph import Graph, Node, graph
-from deepscope.probe.layers import get_layer
+from deepscope.probe.layers import LayerAddress, get_layer, split_address
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 # Ops (module class names and function names) that act on each spatial position alone.
@@ -145,7 +145,8 @@ _GLOBAL = "global"
 def receptive_field(
     model: VisionModel | nn.Module, layer: str, example: torch.Tensor | None = None
 ) -> ReceptiveField:
-    """Receptive field of the output of ``layer`` (a dotted module name) for inputs shaped like ``example``.
+    """Receptive field of what layer name ``layer`` addresses (a module's output, ``'PATH@N'``, ``'PATH:input'``)
+    for inputs shaped like ``example``.
 
     >>> import deepscope as ds
     >>> rf = ds.receptive_field(ds.load_model("zoo:lenet_mnist"), "conv2")
@@ -177,7 +178,7 @@ def _field_of(dataflow: Graph, fields: dict, layer: str, input_size: tuple[int, 
     if len(found) > 1:
         raise ReceptiveFieldError(
             f"layer {layer!r} runs {len(outputs)} times with different receptive fields (a reused module); "
-            "ask for a layer that runs once"
+            f"name one call as '{layer}@N'"
         )
     field = found.pop()
     if field is None:
@@ -191,14 +192,26 @@ def _field_of(dataflow: Graph, fields: dict, layer: str, input_size: tuple[int, 
 
 
 def _layer_outputs(dataflow: Graph, layer: str) -> list[Node]:
-    """The nodes whose outputs are the outputs of module ``layer`` (one per call)."""
-    calls = [node for node in dataflow.nodes if node.module == layer]
+    """The nodes whose outputs are what layer name ``layer`` addresses: a module's output (one node per call
+    unless ``@N`` picks one), or for ``PATH:input`` the nodes that feed the module."""
+    address = split_address(layer)
+    call = LayerAddress(address.path, address.call)
+    named = [node for node in dataflow.nodes if node.layer == str(call)]
+    calls = named or [node for node in dataflow.nodes if node.module == address.path]
+    if address.call is not None and not named:
+        calls = calls[address.call : address.call + 1]
     if calls:
-        return calls
+        if not address.input:
+            return calls
+        return [dataflow.node(source) for node in calls for source in dataflow.inputs_of(node.id)]
     # A module that is not a leaf: its output is the last node inside it that feeds something outside.
-    inside = [n for n in dataflow.nodes if n.scope == layer or n.scope.startswith(layer + ".")]
-    inside += [n for n in dataflow.nodes if n.module and n.module.startswith(layer + ".") and n not in inside]
+    inside = [n for n in dataflow.nodes if n.scope == address.path or n.scope.startswith(address.path + ".")]
+    inside += [
+        n for n in dataflow.nodes if n.module and n.module.startswith(address.path + ".") and n not in inside
+    ]
     ids = {n.id for n in inside}
+    if address.input:
+        return [dataflow.node(src) for src, dst in dataflow.edges if dst in ids and src not in ids]
     leaving = [
         n for n in dataflow.nodes if n.id in ids and any(d not in ids for d in dataflow.outputs_of(n.id))
     ]

@@ -1,4 +1,4 @@
-"""Tensors -> pictures: the only layer that normalises, colours and encodes."""
+"""Tensors -> pictures: the only layer that normalizes, colors and encodes."""
 
 from deepscope.render.graph_svg import graph_svg
 from deepscope.render.heatmap import Figure, grid, heatmap, reduce_channels

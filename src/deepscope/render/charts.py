@@ -35,7 +35,7 @@ def heatmap_image(
     ylabel: str = "",
     size: float = 4.5,
 ) -> Image.Image:
-    """A labelled heat map of ``matrix`` (e.g. CKA between layers); cells are annotated when small enough.
+    """A labeled heat map of ``matrix`` (e.g. CKA between layers); cells are annotated when small enough.
 
     >>> heatmap_image(np.eye(2), ["a", "b"], ["c", "d"]).mode
     'RGB'
@@ -65,7 +65,7 @@ def heatmap_image(
 
 
 def confusion_image(confusion: np.ndarray, classes: Sequence[str], title: str = "") -> Image.Image:
-    """A confusion matrix (rows: true class, columns: predicted), coloured by row-normalised rate, annotated
+    """A confusion matrix (rows: true class, columns: predicted), colored by row-normalized rate, annotated
     with counts when it has at most 20 classes.
 
     >>> confusion_image(np.array([[5, 1], [0, 4]]), ["cat", "dog"]).mode
@@ -143,7 +143,7 @@ def scatter_image(
     classes: Sequence[str] | None = None,
     title: str = "",
 ) -> Image.Image:
-    """A 2-D layout coloured by label (tab10 / tab20), with a legend when there are at most 20 classes."""
+    """A 2-D layout colored by label (tab10 / tab20), with a legend when there are at most 20 classes."""
     points = np.asarray(points)
     figure = Figure(figsize=(5, 4.6), dpi=100, layout="constrained")
     axes = figure.add_subplot()

@@ -1,4 +1,4 @@
-"""Plots of heat-map metrics: perturbation curves per method and similarity across randomised layers."""
+"""Plots of heat-map metrics: perturbation curves per method and similarity across randomized layers."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def _summary(curve: Any, title: str) -> str:
 
 
 def randomization_plot(results: Mapping[str, Any], measure: str | None = None) -> Image.Image:
-    """Similarity to the trained model's maps after each randomisation step, mean over samples, per method
+    """Similarity to the trained model's maps after each randomization step, mean over samples, per method
     (one :class:`deepscope.metrics.Randomization` each)."""
     figure, axes = _figure(6.4, 3.8)
     layers: list[str] = []
@@ -87,7 +87,7 @@ def randomization_plot(results: Mapping[str, Any], measure: str | None = None) -
     first = next(iter(results.values()))
     chosen = measure or next(iter(first.similarity))
     axes.set_ylabel(f"{chosen} to trained maps")
-    axes.set_title(f"{first.order} randomisation (lower = the map depends on the weights)", fontsize=10)
+    axes.set_title(f"{first.order} randomization (lower = the map depends on the weights)", fontsize=10)
     axes.set_ylim(min(-0.1, axes.get_ylim()[0]), 1.05)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="best")
@@ -96,7 +96,7 @@ def randomization_plot(results: Mapping[str, Any], measure: str | None = None) -
 
 def evaluation_plots(evaluation: Any) -> dict[str, Image.Image]:
     """The pictures of a ``ds.evaluate`` result: one per curve metric (mean curve and spread per method) and one
-    for the randomisation test, keyed by metric name."""
+    for the randomization test, keyed by metric name."""
     better = dict(zip(evaluation.table["metric"], evaluation.table["better"], strict=True))
     pictures = {}
     for metric in dict.fromkeys(name for _, name in evaluation.results):

@@ -1,7 +1,7 @@
 """Architecture graph -> node-link diagram as standalone SVG (layered top-to-bottom layout, no external tools).
 
 Ranks are longest paths from the input; nodes within a rank are ordered by the mean position of their inputs.
-Edges between neighbouring ranks are straight; longer ones (skip connections) arc to the side.
+Edges between neighboring ranks are straight; longer ones (skip connections) arc to the side.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from deepscope.probe.graph import Graph
 
 BOX_WIDTH, BOX_HEIGHT = 210, 34
 RANK_GAP, COLUMN_GAP = 22, 40
-COLOURS = {
+COLORS = {
     "input": "#e8eef7",
     "output": "#e8eef7",
     "conv": "#d6e9d4",
@@ -45,7 +45,7 @@ def _family(op: str) -> str:
 
 
 def layout(dataflow: Graph) -> dict[str, tuple[float, float]]:
-    """Node id -> (x, y) of its box centre."""
+    """Node id -> (x, y) of its box center."""
     rank: dict[str, int] = {}
     for node in dataflow.nodes:  # nodes are in topological order
         inputs = dataflow.inputs_of(node.id)
@@ -106,13 +106,13 @@ def graph_svg(dataflow: Graph, title: str = "") -> str:
             )
     for node in dataflow.nodes:
         x, y = position[node.id]
-        colour = COLOURS[_family(node.op)]
+        color = COLORS[_family(node.op)]
         shape = "×".join(map(str, node.output_shape[1:])) if node.output_shape else ""
         label = node.op if not node.module else f"{node.op} · {node.module}"
         tooltip = f"{node.id}: {node.op}\nmodule: {node.module}\noutput: {node.output_shape}\nparams: {node.params:,d}"
         parts.append(
             f'<g><title>{escape(tooltip)}</title><rect x="{x - BOX_WIDTH / 2:.1f}" y="{y - BOX_HEIGHT / 2:.1f}" '
-            f'width="{BOX_WIDTH}" height="{BOX_HEIGHT}" rx="5" fill="{colour}" stroke="#888"/>'
+            f'width="{BOX_WIDTH}" height="{BOX_HEIGHT}" rx="5" fill="{color}" stroke="#888"/>'
             f'<text x="{x:.1f}" y="{y - 3:.1f}" text-anchor="middle">{escape(label[:34])}</text>'
             f'<text x="{x:.1f}" y="{y + 11:.1f}" text-anchor="middle" fill="#555">{escape(shape)}</text></g>'
         )

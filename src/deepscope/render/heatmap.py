@@ -1,10 +1,10 @@
 """Heat maps -> pictures: channel reduction, percentile clipping, colormaps, overlays, method x image grids.
 
-Signed maps (gradients, integrated gradients, occlusion, LRP) are drawn with a diverging colormap centred
+Signed maps (gradients, integrated gradients, occlusion, LRP) are drawn with a diverging colormap centered
 on zero (red positive, blue negative), scaled by a percentile of their absolute values; CAMs are drawn as
 their positive part (the papers' ReLU) with a sequential colormap, as are maps without negative values.
-Overlays blend each pixel's colour, in proportion to its magnitude, into a grey copy of the photo, so
-that zero leaves the photo visible and the colours read the same over any picture.
+Overlays blend each pixel's color, in proportion to its magnitude, into a gray copy of the photo, so
+that zero leaves the photo visible and the colors read the same over any picture.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _family(method: str | None) -> str | None:
     return method_info(method).family if method != "guided_grad_cam" else "gradient"
 
 
-def normalise(values: torch.Tensor, signed: bool, clip: float = 99.5) -> tuple[np.ndarray, np.ndarray]:
+def normalize(values: torch.Tensor, signed: bool, clip: float = 99.5) -> tuple[np.ndarray, np.ndarray]:
     """``[H,W]`` values -> (colormap position in [0,1], magnitude in [0,1]) as float arrays.
 
     Signed: ``v / percentile(|v|, clip)`` clipped to [-1, 1], zero at 0.5. Sequential: from the minimum to
@@ -98,7 +98,7 @@ def normalise(values: torch.Tensor, signed: bool, clip: float = 99.5) -> tuple[n
     return scaled, scaled
 
 
-def _colour(position: np.ndarray, cmap: str) -> np.ndarray:
+def _color(position: np.ndarray, cmap: str) -> np.ndarray:
     import matplotlib
 
     return matplotlib.colormaps[cmap](position)[..., :3]
@@ -145,7 +145,7 @@ def heatmap(
     ``attribution``: ``[C,H,W]``, ``[1,H,W]``, ``[H,W]`` or a batch of one. ``method`` (a registry name)
     picks the display: CAMs as their positive part in a sequential colormap, other methods diverging
     when they have negative values; ``signed`` overrides. ``reduce`` combines channels ('sum', 'abs_sum',
-    'l2', 'max_abs'); ``clip`` is the percentile mapped to full colour; ``alpha`` the largest opacity of the
+    'l2', 'max_abs'); ``clip`` is the percentile mapped to full color; ``alpha`` the largest opacity of the
     overlay.
 
     >>> import torch, deepscope as ds
@@ -161,16 +161,16 @@ def heatmap(
         values = values.clamp(min=0)
     if signed is None:
         signed = family != "cam" and bool((values < 0).any())
-    position, magnitude = normalise(values, signed, clip)
-    colour = _colour(position, cmap or (DIVERGING if signed else SEQUENTIAL))
+    position, magnitude = normalize(values, signed, clip)
+    color = _color(position, cmap or (DIVERGING if signed else SEQUENTIAL))
     if image is None:
-        picture = colour
+        picture = color
     else:
-        # A grey copy of the photo: colours of the map stay readable over any picture.
+        # A gray copy of the photo: colors of the map stay readable over any picture.
         base = _as_image_array(image, tuple(values.shape)) @ np.array([0.299, 0.587, 0.114])
         base = 0.25 + 0.6 * base[..., None]
         weight = alpha * magnitude[..., None]
-        picture = base * (1 - weight) + colour * weight
+        picture = base * (1 - weight) + color * weight
     return Figure(Image.fromarray((np.clip(picture, 0, 1) * 255).round().astype(np.uint8)))
 
 

@@ -1,4 +1,4 @@
-"""Tensors -> pictures: scaling to [0,1], tiling, PNG encoding. The only place where values get normalised."""
+"""Tensors -> pictures: scaling to [0,1], tiling, PNG encoding. The only place where values get normalized."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def to_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
 
 
 def scale_each(tiles: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
-    """Scale each tile of [N,C,h,w] to [0,1] on its own (contrast normalisation per tile).
+    """Scale each tile of [N,C,h,w] to [0,1] on its own (contrast normalization per tile).
 
     ``symmetric=True`` maps 0 to 0.5 and the largest absolute value to 0 or 1 (signed weights).
     """

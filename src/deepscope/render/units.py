@@ -1,5 +1,5 @@
 """Pictures of units: DeepVis-style activation grids, filter tiles, top-patch rows with their projections, and
-labelled image strips (feature visualisations, inversions)."""
+labeled image strips (feature visualizations, inversions)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def activation_grid(
         indices = indices[:limit]
     tiles = scale_each(maps[indices][:, None])
     tiles = _resize(tiles, tile_size)
-    return _labelled_tile(tiles, [str(c) for c in indices] if labels else None, columns)
+    return _labeled_tile(tiles, [str(c) for c in indices] if labels else None, columns)
 
 
 def filter_grid(
@@ -57,9 +57,9 @@ def filter_grid(
     max_inputs: int = 16,
     labels: bool = True,
 ) -> Image.Image:
-    """Convolution kernels ``[out, in, kh, kw]`` as tiles, contrast-normalised per filter: with 3 input channels,
-    one RGB tile per filter (each scaled to its own range); otherwise one row per filter and one grey tile per
-    input channel, all tiles of a filter sharing one symmetric scale (grey = 0). The filter index labels each
+    """Convolution kernels ``[out, in, kh, kw]`` as tiles, contrast-normalized per filter: with 3 input channels,
+    one RGB tile per filter (each scaled to its own range); otherwise one row per filter and one gray tile per
+    input channel, all tiles of a filter sharing one symmetric scale (gray = 0). The filter index labels each
     row (or tile).
 
     >>> import torch
@@ -72,7 +72,7 @@ def filter_grid(
     count, inputs = kernels.shape[:2]
     if inputs == 3:
         tiles = _resize(scale_each(kernels), tile_size)
-        return _labelled_tile(tiles, [str(i) for i in range(count)] if labels else None, None)
+        return _labeled_tile(tiles, [str(i) for i in range(count)] if labels else None, None)
     kernels = kernels[:, :max_inputs]
     extent = kernels.flatten(1).abs().amax(1).clamp_min(1e-12)[:, None, None, None]
     scaled = 0.5 + 0.5 * kernels / extent
@@ -80,7 +80,7 @@ def filter_grid(
     row_labels = []
     for out in range(count):
         row_labels.extend([str(out)] + [""] * (kernels.shape[1] - 1))
-    return _labelled_tile(tiles, row_labels if labels else None, kernels.shape[1])
+    return _labeled_tile(tiles, row_labels if labels else None, kernels.shape[1])
 
 
 def patch_grid(
@@ -91,7 +91,7 @@ def patch_grid(
 ) -> Image.Image:
     """Top patches of a :class:`~deepscope.units.TopPatches`: one row per unit with its ``k`` crops (pixels, as
     they are) and, where the result holds projections, the ``k`` projections beside them (each scaled to its own
-    range, signed: grey = 0), as in Zeiler & Fergus 2014's figures. Rows are labelled with the unit index.
+    range, signed: gray = 0), as in Zeiler & Fergus 2014's figures. Rows are labeled with the unit index.
 
     >>> import deepscope as ds
     >>> vm = ds.load_model("zoo:lenet_mnist")
@@ -115,7 +115,7 @@ def patch_grid(
     channels = max(t.shape[1] for t in tiles)
     stacked = torch.cat([t.expand(-1, channels, -1, -1) for t in tiles])
     columns = k * (2 if patches.projections is not None else 1)
-    return _labelled_tile(_resize(stacked, tile_size), names if labels else None, columns)
+    return _labeled_tile(_resize(stacked, tile_size), names if labels else None, columns)
 
 
 def image_strip(
@@ -125,7 +125,7 @@ def image_strip(
     columns: int | None = None,
 ) -> Image.Image:
     """Pixel images ``[N,C,H,W]`` in [0, 1] side by side (clamped, not rescaled), each with an optional caption:
-    feature visualisations, an inversion strip.
+    feature visualizations, an inversion strip.
 
     >>> import torch
     >>> image_strip(torch.rand(3, 3, 8, 8), ["a", "b", "c"], tile_size=16).size
@@ -134,7 +134,7 @@ def image_strip(
     if images.ndim != 4:
         raise ImageError(f"expected images [N,C,H,W], got shape {list(images.shape)}")
     tiles = _resize(images.detach().float().cpu().clamp(0, 1), tile_size)
-    return _labelled_tile(tiles, captions, columns or len(tiles))
+    return _labeled_tile(tiles, captions, columns or len(tiles))
 
 
 def _row(patches, unit: int) -> int:
@@ -145,7 +145,7 @@ def _row(patches, unit: int) -> int:
 
 
 def _resize(tiles: torch.Tensor, size: int) -> torch.Tensor:
-    """Enlarge (nearest neighbour, whole multiples, so pixels stay square) or shrink (area) to about ``size``."""
+    """Enlarge (nearest neighbor, whole multiples, so pixels stay square) or shrink (area) to about ``size``."""
     height, width = tiles.shape[-2:]
     if max(height, width) <= size:
         factor = max(1, size // max(height, width))
@@ -156,7 +156,7 @@ def _resize(tiles: torch.Tensor, size: int) -> torch.Tensor:
     )
 
 
-def _labelled_tile(tiles: torch.Tensor, names: Sequence[str] | None, columns: int | None) -> Image.Image:
+def _labeled_tile(tiles: torch.Tensor, names: Sequence[str] | None, columns: int | None) -> Image.Image:
     picture = tile(tiles, columns=columns, pad=1)
     if not names:
         return picture

@@ -1,4 +1,4 @@
-"""What units encode: activations, filters, top-k dataset patches, deconvnet projections, feature visualisation
+"""What units encode: activations, filters, top-k dataset patches, deconvnet projections, feature visualization
 and inversion."""
 
 from deepscope.units import transforms

@@ -38,16 +38,19 @@ def layer_runner(
     detach: bool = True,
 ) -> Iterator:
     """Inside the block, ``run(x) -> LayerRun`` forwards ``x`` only as far as needed: to the last of ``layers``
-    (or the whole model when ``need_output``). The model runs in eval mode and every hook is removed on exit.
+    (or the whole model when ``need_output``). The first run goes through the whole model, so that a layer that
+    runs more than once (a reused module named without ``@N``) is an error instead of its first call. The model
+    runs in eval mode and every hook is removed on exit.
     """
     names = list(dict.fromkeys(layers))
     for name in names:
         get_layer(vm, name)  # clear error with suggestions for a wrong name
     waiting: set[str] = set()
+    checked = [False]  # set once a whole forward has shown every layer runs once
 
     def stop(name: str, tensor: torch.Tensor) -> None:
         waiting.discard(name)
-        if not waiting:
+        if not waiting and checked[0]:
             raise _StopForward
 
     stops = layer_hooks(vm.module, names, stop) if names and not need_output else nullcontext()
@@ -62,6 +65,7 @@ def layer_runner(
             with suppress(_StopForward):
                 output = vm.module(x)
             activations = {name: _single(recording, name) for name in names} if recording else {}
+            checked[0] = True
             if need_output and not isinstance(output, torch.Tensor):
                 raise DeepscopeError(
                     f"{vm.name} returns a {type(output).__name__}, not a tensor of scores; "
@@ -85,17 +89,19 @@ def streaming_runner(
     for name in names:
         get_layer(vm, name)
     waiting: set[str] = set()
+    checked = [False]  # the first pass runs whole: forward_only refuses a layer that runs twice
 
     def record(name: str, tensor: torch.Tensor) -> None:
         on_output(name, tensor)
         waiting.discard(name)
-        if not waiting:
+        if not waiting and checked[0]:
             raise _StopForward
 
     def run(x: torch.Tensor) -> None:
         waiting.update(names)
         with suppress(_StopForward):
             forward_only(vm, x, names, record)
+        checked[0] = True
 
     with evaluation_mode(vm.module):
         yield run
@@ -108,7 +114,7 @@ def _single(recording: Recording, name: str) -> torch.Tensor:
     if len(calls) > 1:
         raise DeepscopeError(
             f"layer {name!r} runs {len(calls)} times in one forward pass (a module reused, e.g. one activation "
-            "module applied twice); choose a layer that runs once, such as the module around it"
+            f"module applied twice); name one call as '{name}@N' with N in 0..{len(calls) - 1}"
         )
     return calls[0]
 

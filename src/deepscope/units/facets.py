@@ -1,4 +1,4 @@
-"""Multifaceted feature visualisation's starting images (Nguyen, Yosinski & Clune 2016): the unit's top images,
+"""Multifaceted feature visualization's starting images (Nguyen, Yosinski & Clune 2016): the unit's top images,
 clustered, and the mean image of each cluster."""
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ def multifaceted_init(
     batch_size: int = 64,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Starting images ``[facets,C,H,W]`` (pixels in [0, 1]) for visualising the facets of one unit.
+    """Starting images ``[facets,C,H,W]`` (pixels in [0, 1]) for visualizing the facets of one unit.
 
     The ``top`` samples of ``data`` that most activate unit ``unit`` of ``layer`` (one streaming pass) are
     clustered by k-means (k-means++ seeding with ``seed``) on their activations at ``cluster_layer`` (default:
     ``layer``), and each cluster's mean image is returned, largest cluster first. Nguyen et al. 2016 cluster a
-    class's top training images on fc7 and start the optimisation of each facet from a cluster's mean image;
+    class's top training images on fc7 and start the optimization of each facet from a cluster's mean image;
     pass the result as ``visualize(..., init=...)``.
 
     >>> import deepscope as ds
@@ -67,28 +67,28 @@ def kmeans(points: torch.Tensor, clusters: int, seed: int = 0, iterations: int =
     points = points.double()
     count = points.shape[0]
     first = int(torch.randint(count, (1,), generator=generator))
-    centres = points[first : first + 1]
+    centers = points[first : first + 1]
     for _ in range(1, clusters):
-        distance = torch.cdist(points, centres).min(1).values.pow(2).cpu()
+        distance = torch.cdist(points, centers).min(1).values.pow(2).cpu()
         if float(distance.sum()) == 0:
             chosen = int(torch.randint(count, (1,), generator=generator))
         else:
             chosen = int(torch.multinomial(distance / distance.sum(), 1, generator=generator))
-        centres = torch.cat([centres, points[chosen : chosen + 1]])
-    labels = torch.cdist(points, centres).argmin(1)
+        centers = torch.cat([centers, points[chosen : chosen + 1]])
+    labels = torch.cdist(points, centers).argmin(1)
     for _ in range(iterations):
         for cluster in range(clusters):
             members = labels == cluster
-            if not members.any():  # re-seed an empty cluster with the point farthest from its centre
-                farthest = torch.cdist(points, centres).min(1).values.argmax()
+            if not members.any():  # re-seed an empty cluster with the point farthest from its center
+                farthest = torch.cdist(points, centers).min(1).values.argmax()
                 labels[farthest] = cluster
                 members = labels == cluster
-            centres[cluster] = points[members].mean(0)
-        updated = torch.cdist(points, centres).argmin(1)
+            centers[cluster] = points[members].mean(0)
+        updated = torch.cdist(points, centers).argmin(1)
         if torch.equal(updated, labels):
             break
         labels = updated
     for cluster in range(clusters):
         if not (labels == cluster).any():
-            labels[torch.cdist(points, centres).min(1).values.argmax()] = cluster
+            labels[torch.cdist(points, centers).min(1).values.argmax()] = cluster
     return labels

@@ -1,10 +1,10 @@
-"""Feature visualisation by activation maximisation: find an image that makes an objective large.
+"""Feature visualization by activation maximization: find an image that makes an objective large.
 
-Two optimisers:
+Two optimizers:
 
-- the default: Adam on a parameterised image (Fourier with decorrelated colours, or pixels) under random
+- the default: Adam on a parameterized image (Fourier with decorrelated colors, or pixels) under random
   transformations (Olah et al. 2017, Distill "Feature Visualization"; Mordvintsev et al. 2015);
-- Yosinski et al. 2015's regularised gradient ascent in pixel space (``regularization=yosinski(1..4)``): L2
+- Yosinski et al. 2015's regularized gradient ascent in pixel space (``regularization=yosinski(1..4)``): L2
   decay, Gaussian blur every n steps, clipping of small-norm and small-contribution pixels.
 
 The model runs in eval mode, only as far as the objective's deepest layer, and gradients are taken with respect
@@ -33,9 +33,9 @@ from deepscope.zoo.vision_model import VisionModel, as_vision_model
 class Visualization:
     """The result of :func:`visualize`.
 
-    ``image``: ``[B,C,H,W]`` pixels in [0, 1] (before the model's normalisation). ``value``: ``[B]`` the
+    ``image``: ``[B,C,H,W]`` pixels in [0, 1] (before the model's normalization). ``value``: ``[B]`` the
     objective of each image, computed by running the model on ``image`` as returned (no transformation).
-    ``history``: ``[steps]`` the batch-mean objective at each step, on the transformed images it optimised.
+    ``history``: ``[steps]`` the batch-mean objective at each step, on the transformed images it optimized.
     """
 
     image: torch.Tensor
@@ -61,13 +61,13 @@ def visualize(
     seed: int = 0,
 ) -> Visualization:
     """Optimize ``images`` images together to maximize ``objective`` (a string like ``"conv2:3"`` or an :class:`Objective`;
-    a list of them optimises one image per objective in one batched run).
+    a list of them optimizes one image per objective in one batched run).
 
-    ``param``: ``"fourier"`` (Olah et al. 2017: 1/f-scaled spectrum, ``decorrelate`` colours, sigmoid) or
+    ``param``: ``"fourier"`` (Olah et al. 2017: 1/f-scaled spectrum, ``decorrelate`` colors, sigmoid) or
     ``"pixel"`` (pixels clamped to [0, 1]). ``transforms``: ``"standard"`` (pad, jitter, scale, rotate, jitter;
     pixel amounts scaled to the image size), a list of transformations from ``deepscope.units.transforms``,
     or None. ``regularization``: a :class:`Yosinski` setting (``yosinski(1..4)``) switches to that paper's
-    regularised gradient ascent on pixels; its steps and step size apply unless ``steps``/``lr`` are given.
+    regularized gradient ascent on pixels; its steps and step size apply unless ``steps``/``lr`` are given.
     ``init``: starting pixels ``[B,C,H,W]`` in [0, 1] (e.g. from :func:`multifaceted_init`). ``keep_size``:
     crop transformed images back to ``size`` before the model (None: only when the model cannot take the
     padded size, e.g. a fixed-size linear head). Defaults: ``size`` is the model's input size, 256 steps of
@@ -96,7 +96,7 @@ def visualize(
     if param not in ("fourier", "pixel"):
         raise SettingError(f"param must be 'fourier' or 'pixel', got {param!r}")
     if regularization is not None and param != "pixel":
-        raise SettingError("Yosinski et al.'s regularisation acts on pixels: use param='pixel' with it")
+        raise SettingError("Yosinski et al.'s regularization acts on pixels: use param='pixel' with it")
     chain = _transforms(transforms, size)
     steps = steps if steps is not None else (regularization.steps if regularization is not None else 256)
     if steps < 0:
@@ -119,7 +119,7 @@ def visualize(
         def score(image: torch.Tensor, transform: bool) -> torch.Tensor:
             seen = apply(chain, image, generator) if transform and chain else image
             if keep_size and seen.shape[-2:] != image.shape[-2:]:
-                seen = _centre_crop(seen, size)
+                seen = _center_crop(seen, size)
             outcome = run(vm.normalize(seen))
             return goal(Context(outcome.activations, outcome.output, image))
 
@@ -230,7 +230,7 @@ def _needs_fixed_size(run, vm: VisionModel, transformed: torch.Tensor) -> bool:
     return False
 
 
-def _centre_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     height, width = images.shape[-2:]
     top, left = (height - size[0]) // 2, (width - size[1]) // 2
     return images[..., top : top + size[0], left : left + size[1]]

@@ -1,13 +1,13 @@
 """Representation inversion: the image whose features at a layer match a given image's (Mahendran & Vedaldi 2015,
 "Understanding Deep Image Representations by Inverting Them", CVPR).
 
-The pre-image minimises, over the mean-subtracted image ``x`` on the 0-255 scale (the paper's setting,
-``x = 255 * (pixels - mean)`` with the model's normalisation mean),
+The pre-image minimizes, over the mean-subtracted image ``x`` on the 0-255 scale (the paper's setting,
+``x = 255 * (pixels - mean)`` with the model's normalization mean),
 
     sigma^2 * |phi(x) - phi_0|^2 / |phi_0|^2  +  lambda_tv / 2 * TV_beta(x)  +  lambda_alpha / 2 * N_alpha(x)
 
 with ``N_alpha(x) = sum x^alpha`` and ``TV_beta(x) = sum over channels and pixels of
-((x[i,j+1]-x[i,j])^2 + (x[i+1,j]-x[i,j])^2)^(beta/2)``. The weights and optimiser are those of the authors' code
+((x[i,j+1]-x[i,j])^2 + (x[i+1,j]-x[i,j])^2)^(beta/2)``. The weights and optimizer are those of the authors' code
 for their CNN experiments (deep-goggle, experiment_cnn.m, on 227x227 AlexNet inputs): alpha = 6,
 lambda_alpha = 8e-10, beta = 2, lambda_tv = 1, 10 or 100 for layers in the first, middle and last part of the
 network (AlexNet's layers 1-6, 7-12, 13-20; here by the layer's position among the model's leaf modules);

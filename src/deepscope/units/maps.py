@@ -33,7 +33,7 @@ def filters(model: VisionModel | nn.Module, layer: str) -> torch.Tensor:
     """The kernels of convolution ``layer``: ``[out, in/groups, kh, kw]``, a detached copy of the weight.
 
     Render them with ``deepscope.render.units.filter_grid`` (first layer: one RGB tile per filter; deeper
-    layers: one tile per input channel; contrast normalised per filter).
+    layers: one tile per input channel; contrast normalized per filter).
 
     >>> import deepscope as ds
     >>> ds.units.filters(ds.load_model("zoo:lenet_mnist"), "conv2").shape

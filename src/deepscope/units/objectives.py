@@ -1,12 +1,13 @@
-"""Feature-visualisation objectives: small callables that score each image of a batch, composable with ``+ - *``.
+"""Feature-visualization objectives: small callables that score each image of a batch, composable with ``+ - *``.
 
 An objective reads what one forward pass produced (layer activations, the model output, the pixel image) and
-returns one value per image, ``[B]``; :func:`deepscope.units.visualize` maximises their sum. Strings name the
+returns one value per image, ``[B]``; :func:`deepscope.units.visualize` maximizes their sum. Strings name the
 common ones:
 
-- ``"layer:channel"``: mean activation of one channel over positions (one unit of a linear layer);
+- ``"layer:channel"``: mean activation of one channel over positions (one unit of a linear layer); ``layer`` is
+  a layer name as every ``layer=`` argument reads it (``"_swish@1:5"``, ``"fc:input:3"``);
 - ``"layer:channel@y,x"``: one neuron of a conv layer;
-- ``"logit:cls"``: the unnormalised class score (Simonyan et al. 2014's class model; not the softmax);
+- ``"logit:cls"``: the unnormalized class score (Simonyan et al. 2014's class model; not the softmax);
 - ``"layer"``: the mean squared activation of the whole layer (DeepDream, Mordvintsev et al. 2015);
 
 and expressions combine them: ``"conv2:3 + 0.5*conv2:7"``, ``"logit:1 - logit:7"``, ``"2*(fc1:0 * fc1:1)"``.
@@ -182,7 +183,7 @@ def neuron(layer: str, unit: int, y: int, x: int) -> Objective:
 
 
 def logit(cls: int) -> Objective:
-    """The model's unnormalised score for class ``cls`` (Simonyan et al. 2014: the score, not the softmax,
+    """The model's unnormalized score for class ``cls`` (Simonyan et al. 2014: the score, not the softmax,
     so that the image is not rewarded for lowering the other classes).
 
     >>> logit(7) - logit(1)
@@ -247,7 +248,7 @@ def direction(layer: str, vector: torch.Tensor, name: str | None = None) -> Obje
 def diversity(layer: str) -> Objective:
     """Reward for a batch whose images differ in style at ``layer``: minus the cosine similarity of each
     image's Gram matrix of channels with the other images' (Olah et al. 2017, after Nguyen et al. 2016's
-    multifaceted visualisation). Per image ``i``: ``-sum_{j != i} cos(G_i, G_j) / B``; needs a batch > 1.
+    multifaceted visualization). Per image ``i``: ``-sum_{j != i} cos(G_i, G_j) / B``; needs a batch > 1.
 
     >>> objective("fc3:4") + 0.5 * diversity("fc1")
     fc3:4 + 0.5*diversity(fc1)"""
@@ -267,7 +268,7 @@ def diversity(layer: str) -> Objective:
 
 
 def per_image(objectives: Sequence[str | Objective]) -> Objective:
-    """Image ``i`` of the batch is scored by ``objectives[i]``: several units visualised in one batched run.
+    """Image ``i`` of the batch is scored by ``objectives[i]``: several units visualized in one batched run.
     ``visualize`` builds this when given a list of objectives.
 
     >>> per_image(["conv2:0", "conv2:1"])
@@ -306,7 +307,7 @@ def total_variation(beta: float = 2.0) -> Objective:
 
 def alpha_norm(alpha: float = 6.0) -> Objective:
     """``|x - 0.5|^alpha`` of the pixel image averaged over pixels (the alpha-norm prior of Mahendran & Vedaldi
-    2015, on pixels centred at mid-grey). A penalty: subtract it.
+    2015, on pixels centered at mid-gray). A penalty: subtract it.
 
     >>> objective("conv2:3") - 1e-3 * alpha_norm(6)
     conv2:3 - 0.001*alpha_norm(6)"""
@@ -332,8 +333,10 @@ def tv_beta(image: torch.Tensor, beta: float) -> torch.Tensor:
 # strings -----------------------------------------------------------------------------------------------------
 
 _NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![\w.:])")
-_ATOM = re.compile(r"[\w.]+(?::-?\d+(?:@-?\d+,-?\d+)?)?")
-_ATOM_PARTS = re.compile(r"^(?P<layer>[\w.]+?)(?::(?P<unit>-?\d+)(?:@(?P<y>-?\d+),(?P<x>-?\d+))?)?$")
+# A layer name as every layer= argument reads it (PATH, PATH@N, PATH:input), then an optional ':unit' and '@y,x'.
+_LAYER = r"[\w.]+(?:@\d+)?(?::input)?"
+_ATOM = re.compile(rf"{_LAYER}(?::-?\d+(?:@-?\d+,-?\d+)?)?")
+_ATOM_PARTS = re.compile(rf"^(?P<layer>{_LAYER}?)(?::(?P<unit>-?\d+)(?:@(?P<y>-?\d+),(?P<x>-?\d+))?)?$")
 
 
 def objective(spec: str | Objective) -> Objective:

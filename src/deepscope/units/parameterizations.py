@@ -1,9 +1,9 @@
-"""How feature visualisation represents the image it optimises (Olah, Mordvintsev & Schubert 2017, Distill).
+"""How feature visualization represents the image it optimizes (Olah, Mordvintsev & Schubert 2017, Distill).
 
 - :class:`PixelImage`: the pixels themselves, kept in [0, 1] by clamping after every step (Simonyan et al. 2014,
   Yosinski et al. 2015).
 - :class:`FourierImage`: a spectrum scaled by 1/frequency (so that every frequency moves at the same speed),
-  transformed back by an inverse real FFT, with colours decorrelated by the square root of ImageNet's colour
+  transformed back by an inverse real FFT, with colors decorrelated by the square root of ImageNet's color
   correlation matrix, and squashed into [0, 1] by a sigmoid.
 
 Both map to a pixel image ``[B,C,H,W]`` in [0, 1] and can start from a given image (:meth:`from_pixels`).
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-# Square root of the colour correlation matrix of ImageNet photos (RGB), from Olah et al. 2017's reference code
-# (lucid's ``color_correlation_svd_sqrt``); normalised so that its largest column has unit norm.
+# Square root of the color correlation matrix of ImageNet photos (RGB), from Olah et al. 2017's reference code
+# (lucid's ``color_correlation_svd_sqrt``); normalized so that its largest column has unit norm.
 _COLOR_CORRELATION_SVD_SQRT = torch.tensor(
     [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=torch.float64
 )
@@ -25,7 +25,7 @@ _FOURIER_SCALE = 4.0
 
 
 class PixelImage:
-    """Pixels as the parameter. ``project()`` clamps them to [0, 1] after each optimiser step."""
+    """Pixels as the parameter. ``project()`` clamps them to [0, 1] after each optimizer step."""
 
     def __init__(self, pixels: torch.Tensor):
         self.parameter = pixels.detach().clone().requires_grad_(True)
@@ -55,7 +55,7 @@ class PixelImage:
 
 class FourierImage:
     """A real spectrum ``[B,C,H,W//2+1,2]`` scaled by ``1/max(f, 1/max(H,W))^decay_power``, inverse FFT,
-    colour decorrelation (3 channels, optional) and a sigmoid."""
+    color decorrelation (3 channels, optional) and a sigmoid."""
 
     def __init__(
         self,

@@ -375,7 +375,7 @@ class DataSource:
         return torch.stack(items).to(self.vm.device)
 
     def pixels(self, indices: list[int]) -> torch.Tensor:
-        """Display pixels ``[n,C,H,W]``: the images resized and cropped, or tensor inputs un-normalised."""
+        """Display pixels ``[n,C,H,W]``: the images resized and cropped, or tensor inputs un-normalized."""
         if not self.inputs_tensor:
             items = self._items(indices)
             if isinstance(items[0], Image.Image) and self.vm.transform is None:

@@ -1,12 +1,12 @@
-"""Yosinski et al. 2015's regularised gradient ascent in pixel space, and the Gaussian blur it uses.
+"""Yosinski et al. 2015's regularized gradient ascent in pixel space, and the Gaussian blur it uses.
 
 After each gradient step ``x += lr * grad`` on the mean-subtracted image ``x`` (0-255 scale, as in the paper's
-Caffe setting), the regulariser ``r_theta`` applies, in this order:
+Caffe setting), the regularizer ``r_theta`` applies, in this order:
 
 1. L2 decay: ``x *= 1 - decay``;
 2. every ``blur_every`` steps, a Gaussian blur of standard deviation ``blur_radius`` pixels;
-3. clipping pixels with small norm: pixels whose norm over colour channels is below the ``norm_percentile``-th
-   percentile are set to zero (the mean colour);
+3. clipping pixels with small norm: pixels whose norm over color channels is below the ``norm_percentile``-th
+   percentile are set to zero (the mean color);
 4. clipping pixels with small contribution: pixels whose ``|sum_c x * grad|`` (the first-order estimate of how
    much the objective would change if the pixel were set to zero) is below the ``contribution_percentile``-th
    percentile are set to zero.
@@ -27,7 +27,7 @@ from deepscope.errors import SettingError
 
 @dataclass(frozen=True)
 class Yosinski:
-    """One setting of Yosinski et al. 2015's regularisation and step-size policy.
+    """One setting of Yosinski et al. 2015's regularization and step-size policy.
 
     ``lr_policy='constant'`` steps by ``lr``; ``'progress'`` by ``min(max_lr, desired_progress / |grad|^2)``,
     the step that would raise a linear objective by ``desired_progress``.

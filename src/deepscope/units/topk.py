@@ -148,7 +148,7 @@ class TopK:
                 f"sample_indices must be {count} integers (one per row of values), "
                 f"got {sample_indices.dtype} of shape {list(sample_indices.shape)}"
             )
-        # (checked on the CPU only: on an accelerator the check would cost a synchronisation per batch)
+        # (checked on the CPU only: on an accelerator the check would cost a synchronization per batch)
         if (
             count
             and sample_indices.device.type == "cpu"
@@ -175,7 +175,7 @@ class TopK:
             # wait, flat, and are ranked (exactly, by key) once they are as many as the k slots or WAITING_MIN,
             # instead of ranking all N x units entries of every batch. Meanwhile the threshold
             # is a k-th value that is no higher than the true one, so nothing that could enter is left out.
-            # (On an accelerator, counting the candidates would cost a synchronisation per batch; the dense
+            # (On an accelerator, counting the candidates would cost a synchronization per batch; the dense
             # path below is cheap there.)
             rows, units = (values < self._values[:, -1]).logical_not_().nonzero(as_tuple=True)
             if rows.numel() == 0:

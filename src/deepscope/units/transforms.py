@@ -1,4 +1,4 @@
-"""Random transformations applied to the image at every feature-visualisation step, so that the optimised
+"""Random transformations applied to the image at every feature-visualization step, so that the optimized
 pattern must survive them (transformation robustness; Mordvintsev et al. 2015, Olah et al. 2017).
 
 Each transformation draws its own random amount per image. Consecutive geometric ones (jitter, scale,
@@ -36,7 +36,7 @@ class Transform:
 
 
 class Pad(Transform):
-    """Pad ``width`` pixels on every side with a constant (default mid-grey) or by reflection."""
+    """Pad ``width`` pixels on every side with a constant (default mid-gray) or by reflection."""
 
     def __init__(self, width: int, mode: str = "constant", value: float = 0.5):
         if mode not in ("constant", "reflect", "replicate"):
@@ -74,7 +74,7 @@ class Jitter(Transform):
 
 
 class Scale(Transform):
-    """Zoom about the centre by a factor drawn from ``factors``."""
+    """Zoom about the center by a factor drawn from ``factors``."""
 
     geometric = True
 
@@ -83,7 +83,7 @@ class Scale(Transform):
 
     def matrices(self, batch, height, width, generator):
         factor = self.factors[torch.randint(len(self.factors), (batch,), generator=generator)]
-        return _about_centre(
+        return _about_center(
             torch.diag_embed(torch.stack([factor, factor, torch.ones(batch, dtype=torch.float64)], 1)),
             height,
             width,
@@ -94,7 +94,7 @@ class Scale(Transform):
 
 
 class Rotate(Transform):
-    """Rotate about the centre by an angle (degrees) drawn from ``angles``."""
+    """Rotate about the center by an angle (degrees) drawn from ``angles``."""
 
     geometric = True
 
@@ -107,17 +107,17 @@ class Rotate(Transform):
         matrix = torch.eye(3, dtype=torch.float64).repeat(batch, 1, 1)
         matrix[:, 0, 0], matrix[:, 0, 1] = cos, -sin
         matrix[:, 1, 0], matrix[:, 1, 1] = sin, cos
-        return _about_centre(matrix, height, width)
+        return _about_center(matrix, height, width)
 
     def __repr__(self) -> str:
         return f"rotate({self.angles.min().item():g}..{self.angles.max().item():g})"
 
 
-def _about_centre(matrix: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Conjugate a linear map (in pixel coordinates) so that it acts about the image centre."""
-    centre = torch.eye(3, dtype=torch.float64)
-    centre[0, 2], centre[1, 2] = (width - 1) / 2, (height - 1) / 2
-    return centre @ matrix @ torch.linalg.inv(centre)
+def _about_center(matrix: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Conjugate a linear map (in pixel coordinates) so that it acts about the image center."""
+    center = torch.eye(3, dtype=torch.float64)
+    center[0, 2], center[1, 2] = (width - 1) / 2, (height - 1) / 2
+    return center @ matrix @ torch.linalg.inv(center)
 
 
 def pad(width: int, mode: str = "constant", value: float = 0.5) -> Pad:
@@ -176,7 +176,7 @@ def _warp(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """Resample so that output pixel p shows input pixel ``matrix^-1 p`` (pixel coordinates, bilinear,
     borders replicated)."""
     height, width = images.shape[-2:]
-    # Normalised coordinates (align_corners=True): u = 2 x / (W - 1) - 1.
+    # Normalized coordinates (align_corners=True): u = 2 x / (W - 1) - 1.
     to_unit = torch.tensor(
         [[2 / max(width - 1, 1), 0, -1], [0, 2 / max(height - 1, 1), -1], [0, 0, 1]], dtype=torch.float64
     )

@@ -40,7 +40,7 @@ TEST_SIZE = 1000
 
 
 class ImageDataset(Dataset):
-    """A labelled image dataset held in memory: ``dataset[i] -> (PIL image, label)``.
+    """A labeled image dataset held in memory: ``dataset[i] -> (PIL image, label)``.
 
     ``images`` and ``labels`` are plain lists/tensors, ``classes`` names each label.
     """
@@ -179,7 +179,7 @@ class ImageFolder(Dataset):
         return f"ImageFolder({str(self.root)!r}, {len(self)} images, {len(self.classes)} classes)"
 
 
-class UnlabelledImages(Dataset):
+class UnlabeledImages(Dataset):
     """A list of PIL images without labels (``dataset[i] -> image``), e.g. the bundled photos."""
 
     def __init__(self, images: Sequence[Image.Image], names: Sequence[str], name: str):
@@ -261,7 +261,7 @@ def _from_spec(spec: str, labels: Sequence[str] | None) -> Dataset:
         return mnist5k(split)
     if spec == "samples":
         photos = samples()
-        return UnlabelledImages(list(photos.values()), list(photos), "samples")
+        return UnlabeledImages(list(photos.values()), list(photos), "samples")
     if spec.startswith("python:"):
         return _from_python(spec.partition(":")[2])
     path = Path(spec.partition(":")[2] if spec.startswith("folder:") else spec)

@@ -24,9 +24,9 @@ def load_images(
     """Paths, PIL images or uint8 arrays -> list of PIL images in ``mode`` ('RGB' or 'L').
 
     Nothing is converted silently where information would change: an RGBA image (the alpha would be
-    dropped), a grayscale image asked for as RGB or a colour image asked for as grayscale raises
+    dropped), a grayscale image asked for as RGB or a color image asked for as grayscale raises
     :class:`ImageError` naming the file. ``convert=True`` converts them as image-folder datasets do (and the
-    scan): grayscale replicated to RGB, alpha dropped, colour to luminance.
+    scan): grayscale replicated to RGB, alpha dropped, color to luminance.
 
     >>> import numpy as np, deepscope as ds
     >>> ds.load_images(np.zeros((8, 8, 3), np.uint8))[0].size
@@ -46,7 +46,7 @@ def load_images(
 
 def convert_mode(image: Image.Image, mode: str) -> Image.Image:
     """``image`` in ``mode`` the way dataset images are read (image folders, the scan, ``convert=True``):
-    grayscale replicated to RGB, alpha dropped, colour to luminance."""
+    grayscale replicated to RGB, alpha dropped, color to luminance."""
     return image if image.mode == mode else image.convert(mode)
 
 
@@ -86,7 +86,7 @@ def _load_one(item: ImageLike, index: int) -> Image.Image:
 
 def image_from_array(array: np.ndarray, where: str = "the array") -> Image.Image:
     """uint8 pixels [H,W] or [H,W,C] with 1, 3 or 4 channels -> PIL image (L, RGB or RGBA). Other arrays are
-    refused: their meaning (pixels in [0,1]? a normalised input? channels first?) cannot be told from them."""
+    refused: their meaning (pixels in [0,1]? a normalized input? channels first?) cannot be told from them."""
     channels = array.shape[2] if array.ndim == 3 else None
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or channels not in (None, 1, 3, 4):
         raise ImageError(
@@ -117,8 +117,8 @@ def _check_mode(image: Image.Image, mode: str, where: str) -> Image.Image:
         )
     if mode == "L":
         raise ImageError(
-            f"{where} is a colour image (mode {image.mode}) but grayscale was asked for; "
-            "pass mode='RGB', or convert=True (--convert on the command line) to drop the colour"
+            f"{where} is a color image (mode {image.mode}) but grayscale was asked for; "
+            "pass mode='RGB', or convert=True (--convert on the command line) to drop the color"
         )
     raise ImageError(f"{where} has mode {image.mode!r}, which cannot be read as {mode}")
 

@@ -36,5 +36,5 @@ def lenet5(num_classes: int = 10) -> nn.Sequential:
 
 
 def load_lenet_checkpoint(path: Path = WEIGHTS) -> dict:
-    """The saved checkpoint: ``state_dict``, normalisation ``mean``/``std``, and how it was trained."""
+    """The saved checkpoint: ``state_dict``, normalization ``mean``/``std``, and how it was trained."""
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -47,7 +47,7 @@ def _efficientnet_lite0() -> VisionModel:
     module.eval()
     # Preprocessing decided by measurement (scripts/calibrate_efficientnet_lite0.py, docs/models.md): the
     # stem's batch-norm statistics match inputs scaled to [-1, 1] ((x*255 - 127) / 128, as in the TF-Lite
-    # reference), not ImageNet mean/std; bicubic resize of the short side to 256 and a 224 centre crop.
+    # reference), not ImageNet mean/std; bicubic resize of the short side to 256 and a 224 center crop.
     preprocessing = Preprocessing(
         mean=(127 / 255,) * 3,
         std=(128 / 255,) * 3,

@@ -21,7 +21,7 @@ Size = tuple[int, int]
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How images become model input: resize the short side, centre-crop, scale to [0,1], normalise.
+    """How images become model input: resize the short side, center-crop, scale to [0,1], normalize.
 
     ``resize=None`` skips resizing (all images must then share one size, or ``crop`` must be given);
     ``crop=None`` keeps the resized image whole. ``mean``/``std`` apply per channel to [0,1] pixels.
@@ -39,7 +39,7 @@ class Preprocessing:
         return len(self.mean)
 
     def pixel_transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        """PIL image -> [C,H,W] float tensor in [0,1] (no normalisation)."""
+        """PIL image -> [C,H,W] float tensor in [0,1] (no normalization)."""
         return T.Compose([T.ToImage(), *self._tensor_steps()])
 
     def _tensor_steps(self) -> list[nn.Module]:
@@ -171,7 +171,7 @@ class VisionModel:
         return torch.stack(tensors).to(self.device)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixel-space [0,1] tensor [B,C,H,W] -> model input. Differentiable (used by feature visualisation)."""
+        """Pixel-space [0,1] tensor [B,C,H,W] -> model input. Differentiable (used by feature visualization)."""
         mean = torch.as_tensor(self.preprocessing.mean, dtype=pixels.dtype, device=pixels.device)
         std = torch.as_tensor(self.preprocessing.std, dtype=pixels.dtype, device=pixels.device)
         if pixels.ndim != 4 or pixels.shape[1] != mean.numel():
@@ -181,7 +181,7 @@ class VisionModel:
         return (pixels - mean[:, None, None]) / std[:, None, None]
 
     def preprocess(self, images: Sequence[Image.Image] | Image.Image) -> torch.Tensor:
-        """Images -> [B,C,H,W] model input on the model's device (resize, crop, to tensor, normalise)."""
+        """Images -> [B,C,H,W] model input on the model's device (resize, crop, to tensor, normalize)."""
         if self.transform is not None:
             if isinstance(images, Image.Image):
                 images = [images]

@@ -45,7 +45,7 @@ PHOTO_METHODS: dict[str, Any] = {
     "guided_backprop": {},
     "grad_cam": {},
 }
-# The cascade on EfficientNet-Lite0 stops at a few checkpoints (each step randomises everything above it).
+# The cascade on EfficientNet-Lite0 stops at a few checkpoints (each step randomizes everything above it).
 PHOTO_CHECKPOINTS = ["_fc", "_blocks.14", "_blocks.10", "_blocks.5", "_conv_stem"]
 PHOTO_METRICS: dict[str, dict] = {
     "deletion": {"per_step": 224 * 224 // 10},
@@ -71,10 +71,10 @@ def evaluation_section(report: Report, context: Any) -> None:
         "deepscope.metrics (ds.evaluate) on the model they explain. Faithfulness: pixel flipping and region "
         "perturbation (AOPC, Samek et al. 2017), deletion and insertion (AUC, Petsiuk et al. 2018), infidelity "
         "(Yeh et al. 2019). Robustness: max-sensitivity (Yeh et al. 2019). Sanity: cascading model-parameter "
-        "randomisation (Spearman rank correlation of |maps| to the trained model's, Adebayo et al. 2018) and "
-        "the random-logit test (SSIM to the map of another class, Sixt et al. 2020). Localisation: the pointing "
+        "randomization (Spearman rank correlation of |maps| to the trained model's, Adebayo et al. 2018) and "
+        "the random-logit test (SSIM to the map of another class, Sixt et al. 2020). Localization: the pointing "
         "game on the digit's strokes (Zhang et al. 2018). Sensitivity maps (saliency, SmoothGrad, guided "
-        "backprop, deconvnet) are ranked by magnitude; colour maps are summed over channels."
+        "backprop, deconvnet) are ranked by magnitude; color maps are summed over channels."
     )
 
     lenet = context.lenet
@@ -89,7 +89,7 @@ def evaluation_section(report: Report, context: Any) -> None:
         curve_plot(result.curves("pixel_flipping"), "pixel flipping, most relevant first", True, "logit"),
         "Pixel flipping: the class logit as the most relevant pixels are set to black, 8 per step.",
     )
-    section.image(randomization_plot(result.randomizations()), "Cascading randomisation, LeNet-5.")
+    section.image(randomization_plot(result.randomizations()), "Cascading randomization, LeNet-5.")
     _randomization_maps(section, result, sample=1, size=84)
     section.text(_findings(result, "LeNet-5"))
 
@@ -108,7 +108,7 @@ def evaluation_section(report: Report, context: Any) -> None:
         curve_plot(result.curves("insertion"), "insertion", True, "probability"),
         "Insertion: the class probability as the most relevant pixels return into a blurred copy.",
     )
-    section.image(randomization_plot(result.randomizations()), "Cascading randomisation, EfficientNet-Lite0.")
+    section.image(randomization_plot(result.randomizations()), "Cascading randomization, EfficientNet-Lite0.")
     _randomization_maps(section, result, sample=0, size=112)
     section.text(_findings(result, "EfficientNet-Lite0"))
 
@@ -160,7 +160,7 @@ def _randomization_maps(section: Any, result: Evaluation, sample: int, size: int
     section.table(["method", "trained", *[f"down to {layer}" for layer in layers]], rows, raw=True)
     section.text(
         "One input's |map| (each scaled to its own range) for the trained model and after each step of the cascade, "
-        "which randomises every layer from the output down to the one named."
+        "which randomizes every layer from the output down to the one named."
     )
 
 
@@ -186,7 +186,7 @@ def _findings(result: Evaluation, model: str) -> str:
             sentences.append(
                 f"{' and '.join(failing)} barely change{'s' if len(failing) == 1 else ''} when the output layer "
                 f"loses its weights (Spearman >= {FAILS_AT}): {'it fails' if len(failing) == 1 else 'they fail'} "
-                "the parameter-randomisation check, as Adebayo et al. found for guided backprop."
+                "the parameter-randomization check, as Adebayo et al. found for guided backprop."
             )
         else:
             sentences.append(

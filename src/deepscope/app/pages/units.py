@@ -28,7 +28,7 @@ def write_unit_pictures(
 ) -> list[Path]:
     """Write the layer's pictures into ``out``: ``filters.png`` (convolutions), ``activations.png`` and
     ``top-patches.png`` (with data: the first sample's maps; each unit's top patches with deconvnet projections),
-    ``features.png`` (feature visualisation of each unit), ``inversion.png`` (with data: the first sample
+    ``features.png`` (feature visualization of each unit), ``inversion.png`` (with data: the first sample
     reconstructed from this layer). Returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -100,9 +100,9 @@ def units_section(report, context) -> None:
     classes = visualize(lenet, [f"logit:{digit}" for digit in range(10)], steps=192)
     best = activations(lenet, lenet.preprocess(digits.images), "conv2")[:, :8].mean((2, 3)).max(0).values
     section.text(
-        "Feature visualisation (Olah et al. 2017: Fourier parameterisation, random pad/jitter/scale/rotate). Top: "
+        "Feature visualization (Olah et al. 2017: Fourier parameterization, random pad/jitter/scale/rotate). Top: "
         "conv2 units 0-7, each caption the objective reached and, in brackets, the best of the 5,000 real digits. "
-        "Bottom: the class models of digits 0-9 (Simonyan et al. 2014, unnormalised scores)."
+        "Bottom: the class models of digits 0-9 (Simonyan et al. 2014, unnormalized scores)."
     )
     section.image(
         image_strip(
@@ -135,7 +135,7 @@ def units_section(report, context) -> None:
     vm = context.efficientnet
     photo = context.photos["coffee"]
     section.text(
-        "EfficientNet-Lite0 on a bundled photo: block 3's activations, and feature visualisations of four channels "
+        "EfficientNet-Lite0 on a bundled photo: block 3's activations, and feature visualizations of four channels "
         "of blocks 5 and 10 (128x128, 96 steps each)."
     )
     maps = activations(vm, vm.preprocess([photo]), "_blocks.3")[0]
