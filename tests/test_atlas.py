@@ -169,9 +169,7 @@ def test_fast_float_histogram_equals_bincount_of_the_float_bins():
 
 
 def test_batched_preprocessing_equals_the_per_image_transform(lenet, efficientnet, photos, digits):
-    from deepscope.zoo.vision_model import _to_mode
-
-    pictures = [_to_mode(photo, "RGB") for photo in photos.values()]
+    pictures = list(photos.values())
     cases = [
         (lenet, digits.images[:100]),  # one size, no resize: a single uint8 batch
         (efficientnet, [photo.resize((320, 256)) for photo in pictures]),  # one size: batched resize + crop

@@ -41,8 +41,8 @@ def test_convert_reads_images_as_image_folders_do():
         ds.load_images(digit)
     rgb = ds.load_images(digit, convert=True)[0]
     assert rgb.mode == "RGB" and (np.asarray(rgb) == np.asarray(digit)[:, :, None]).all()
-    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 128))
-    assert ds.load_images(rgba, convert=True)[0].getpixel((0, 0)) == (10, 20, 30)
+    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 128))  # half transparent: shown half way to a white page
+    assert ds.load_images(rgba, convert=True)[0].getpixel((0, 0)) == (132, 137, 142)
     gray = ds.load_images(Image.new("RGB", (4, 4), (200, 200, 200)), mode="L", convert=True)[0]
     assert gray.mode == "L" and gray.getpixel((0, 0)) == 200
     same = Image.new("RGB", (4, 4))
@@ -51,9 +51,9 @@ def test_convert_reads_images_as_image_folders_do():
 
 def test_rgba_is_refused_with_the_fix():
     rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 128))
-    with pytest.raises(ImageError, match="alpha channel.*alpha_composite"):
+    with pytest.raises(ImageError, match="transparency.*alpha_composite"):
         ds.load_images([rgba])
-    with pytest.raises(ImageError, match="alpha channel"):
+    with pytest.raises(ImageError, match="transparency"):
         ds.load_images(np.zeros((4, 4, 4), np.uint8))
 
 
@@ -101,3 +101,81 @@ def test_mnist5k_is_a_labeled_torch_dataset():
     image, label = data[0]
     assert image.mode == "L" and image.size == (28, 28) and label in range(10)
     assert sorted(torch.bincount(data.labels).tolist())[0] > 400
+
+
+GRADIENT = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4  # 0 .. 252
+
+
+def encoded(mode: str) -> Image.Image:
+    """The gradient as PIL opens it in ``mode``, as a file of that kind would hold it."""
+    if mode == "I;16":
+        return Image.fromarray(GRADIENT.astype(np.uint16) * 257)  # 16-bit: 0 .. 64764
+    if mode == "I":
+        return Image.fromarray(GRADIENT.astype(np.int32) * 257, mode="I")  # 16-bit data in 32-bit ints
+    if mode == "F":
+        return Image.fromarray(GRADIENT.astype(np.float32) / 255)  # floats in [0, 1]
+    return Image.fromarray(GRADIENT).convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "I", "F"])
+def test_every_grayscale_depth_reaches_the_model_as_the_same_picture(mode, tmp_path, lenet):
+    """A 16-bit PNG read with mode='L' was clipped to white; each depth is now scaled by its range."""
+    picture = encoded(mode)
+    loaded = ds.load_images(picture, mode="L")[0]
+    np.testing.assert_array_equal(np.asarray(loaded), GRADIENT)
+    if mode in ("L", "I;16"):  # the formats PNG stores
+        path = tmp_path / "gradient.png"
+        picture.save(path)
+        np.testing.assert_array_equal(np.asarray(ds.load_images(path, mode="L")[0]), GRADIENT)
+    gray = ds.VisionModel(lenet.module, "lenet", ds.Preprocessing(image_mode="L", mean=(0.0,), std=(1.0,)))
+    torch.testing.assert_close(gray.preprocess(picture)[0, 0], torch.from_numpy(GRADIENT).float() / 255)
+
+
+@pytest.mark.parametrize("mode", ["1", "P", "CMYK", "YCbCr", "RGB"])
+def test_every_color_mode_reaches_the_model_as_the_same_picture(mode):
+    rgb = np.stack([GRADIENT, GRADIENT[::-1], np.full_like(GRADIENT, 90)], axis=-1)
+    picture = Image.fromarray(rgb).convert(mode)
+    shown = np.asarray(picture.convert("RGB")).astype(int)  # what PIL itself (a viewer) shows
+    loaded = np.asarray(ds.load_images(picture, mode="RGB", convert=mode == "1")[0]).astype(int)
+    assert np.abs(loaded - shown).max() <= 1
+
+
+def test_out_of_range_depths_and_modes_without_a_picture_are_refused():
+    with pytest.raises(ImageError, match="from -5 to 3"):
+        ds.load_images(Image.fromarray(np.array([[-5.0, 3.0]], np.float32)), mode="L")
+    with pytest.raises(ImageError, match="NaN"):
+        ds.load_images(Image.fromarray(np.array([[np.nan, 3.0]], np.float32)), mode="L")
+    with pytest.raises(ImageError, match="L\\*a\\*b\\*"):
+        ds.load_images(Image.new("LAB", (2, 2)))
+
+
+def test_transparency_is_flattened_onto_white_only_when_asked(tmp_path):
+    palette = Image.fromarray(GRADIENT).convert("P")
+    palette.info["transparency"] = int(np.asarray(palette)[0, 0])  # the darkest pixel is transparent
+    for image in (palette, Image.fromarray(np.stack([GRADIENT, GRADIENT * 0 + 255], -1), mode="LA")):
+        with pytest.raises(ImageError, match="transparency"):
+            ds.load_images(image, mode="L")
+    flat = np.asarray(ds.load_images(palette, mode="L", convert=True)[0])
+    assert flat[0, 0] == 255 and flat[7, 7] == GRADIENT[7, 7]
+
+
+def test_frames_and_orientation_are_read_as_a_viewer_shows_them(tmp_path):
+    frames = [Image.fromarray(np.full((6, 4), value, np.uint8)) for value in (10, 200)]
+    path = tmp_path / "animated.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageError, match="2 frames.*convert=True"):
+        ds.load_images(path, mode="L")
+    assert ds.load_images(path, mode="L", convert=True)[0].getpixel((0, 0)) == 10
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    frames[0].save(folder / "a.gif", save_all=True, append_images=frames[1:])
+    assert np.asarray(ds.load_dataset(str(folder))[0].convert("L")).shape == (6, 4)
+    # a photo stored sideways with an EXIF orientation (6: turn 90 degrees clockwise to view)
+    upright = np.zeros((6, 4, 3), np.uint8)
+    upright[0, :] = 255  # a white top row
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1)))  # as the camera wrote it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "sideways.jpg", exif=exif, quality=100)
+    shown = np.asarray(ds.load_images(tmp_path / "sideways.jpg")[0])
+    assert shown.shape == (6, 4, 3) and shown[0].mean() > 200 and shown[1:].mean() < 60

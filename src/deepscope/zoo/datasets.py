@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from deepscope.errors import DatasetError, ImageError, SettingError, SpecError, close_matches, suggestion
-from deepscope.zoo.images import image_from_array, samples
+from deepscope.zoo.images import image_from_array, open_image, samples
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -153,15 +153,7 @@ class ImageFolder(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int | None] | Image.Image:
-        path = self.files[index]
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                image = opened.copy()
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            # PIL reports broken files as OSError (truncated, unidentified), SyntaxError (broken PNG chunks)
-            # or ValueError (bad headers).
-            raise ImageError(f"{path} cannot be decoded: {type(error).__name__}: {error}") from None
+        image = open_image(self.files[index])
         target = self.targets[index]
         return image if target is None else (image, target)
 

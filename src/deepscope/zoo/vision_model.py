@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.transforms import v2 as T
 
 from deepscope.errors import ImageError, ModelError
+from deepscope.zoo.images import to_mode
 
 Out = TypeVar("Out")
 
@@ -160,7 +161,7 @@ class VisionModel:
                 raise ImageError(
                     f"image {index} is a {type(image).__name__}, not a PIL image; use ds.load_images() first"
                 )
-            converted.append(_to_mode(image, self.image_mode))
+            converted.append(to_mode(image, self.image_mode, where=f"image {index}"))
         tensors = self.preprocessing.pixel_batch(converted)
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) > 1:
@@ -214,20 +215,6 @@ class VisionModel:
 def _chw(array: np.ndarray) -> np.ndarray:
     """An image array [H,W] or [H,W,C] -> a contiguous [C,H,W] copy (what ``ToImage`` makes of a PIL image)."""
     return np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
-
-
-def _to_mode(image: Image.Image, mode: str) -> Image.Image:
-    """Convert losslessly where possible: RGB->L only for models that read grayscale."""
-    if image.mode == mode:
-        return image
-    if mode == "L" and image.mode in ("RGB", "P", "1", "I;16", "I", "F"):
-        return image.convert("L")
-    if mode == "RGB" and image.mode in ("P", "CMYK", "YCbCr"):
-        return image.convert("RGB")
-    raise ImageError(
-        f"image has mode {image.mode!r} but the model reads {mode!r} images; "
-        "load it with ds.load_images(..., mode=...) or convert it explicitly"
-    )
 
 
 def as_vision_model(
