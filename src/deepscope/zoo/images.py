@@ -191,7 +191,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
             image = opened.copy()
             image.info[_FRAMES] = getattr(opened, "n_frames", 1)
     except UnidentifiedImageError:
-        raise ImageError(f"{path} cannot be decoded: it is not an image file PIL can read") from None
+        raise ImageError(f"{path} is not an image file PIL can read: it cannot be decoded") from None
     except Image.DecompressionBombError as error:
         raise ImageError(f"{path} is refused as a decompression bomb: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
