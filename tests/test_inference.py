@@ -451,3 +451,20 @@ def test_threads_sharing_a_copy_each_get_their_own_layers(lenet):
     for thread in threads:
         thread.join()
     assert not errors, errors[0]
+
+
+def test_a_model_refusing_channels_last_is_named_once_and_a_failing_model_raises_its_own_error(flattening):
+    """The retry in the standard layout was silent, and a model failing in both layouts raised the retry's error
+    after a silent switch; now the switch warns once, naming the model, and a real failure propagates."""
+    viewing = ds.VisionModel(flattening(view=True), "viewing")
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(RuntimeWarning, match="viewing failed on channels-last inputs .*view"):
+        first = viewing.in_fast_layout(viewing.module, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(viewing.in_fast_layout(viewing.module, x), first)
+    broken = ds.VisionModel(flattening(view=False), "broken")
+    with pytest.raises(RuntimeError, match="channels"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        broken.in_fast_layout(broken.module, torch.randn(2, 5, 8, 8))  # 5 channels into a 3-channel conv
+    assert broken.channels_last  # not a layout problem: the fast layout stays

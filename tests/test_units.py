@@ -9,7 +9,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 import deepscope as ds
-from deepscope.errors import DeepscopeError, LayerNotFoundError, UnitError
+from deepscope.errors import DeepscopeError, ImageError, LayerNotFoundError, UnitError
 from deepscope.units import transforms as T
 from deepscope.units.facets import kmeans
 from deepscope.units.objectives import Context
@@ -553,3 +553,27 @@ def test_units_read_the_one_layer_grammar(unchanged):
         result = ds.units.visualize(gray, "act@1:2", steps=2, size=12, transforms=None)
         assert result.image.shape == (1, 1, 12, 12)
     assert {node.layer for node in ds.graph(model, x[:1]).nodes} >= {"act@0", "act@1"}
+
+
+@pytest.mark.parametrize(
+    ("inputs", "complaint"),
+    [
+        (torch.zeros(0, 1, 28, 28), "holds no image"),
+        (torch.zeros(1, 1, 0, 0), "0x0 pixels"),
+        (torch.zeros(2, 3, 28, 28), "reads 1-channel images .* 3 channels \\(shape \\[2, 3, 28, 28\\]\\)"),
+        (torch.zeros(1, 28, 28), "add the batch dimension"),
+        (torch.zeros(2, 1, 28, 28, dtype=torch.uint8), "vm.preprocess"),
+        (torch.tensor([0.0, float("inf")]).repeat_interleave(784).view(2, 1, 28, 28), "sample 1 \\(of 2\\)"),
+    ],
+)
+def test_bad_inputs_are_named_in_the_callers_terms(lenet, inputs, complaint, unchanged):
+    """An empty batch, a 0x0 image or a wrong channel count failed inside the model (a message about its layers);
+    NaN or infinity gave NaN maps without a word."""
+    with unchanged(lenet.module):
+        for call in (
+            lambda: ds.units.activations(lenet, inputs, "conv2"),
+            lambda: ds.units.project(lenet, inputs, "conv2", 0),
+            lambda: ds.units.invert(lenet, inputs, "conv1", schedule=[(1, 1.0)]),
+        ):
+            with pytest.raises(ImageError, match=complaint):
+                call()

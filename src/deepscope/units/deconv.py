@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from deepscope.attribution.gradient import ReluRule, modified_relus
-from deepscope.errors import ImageError, SettingError, UnitError
+from deepscope.errors import SettingError, UnitError
 from deepscope.units._forward import check_unit, layer_runner
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
@@ -73,10 +73,7 @@ def project_units(
     check: tuple | None = None,
 ) -> torch.Tensor:
     """One unit per image (``units [B]``), at ``positions [B,2]`` or at each image's maximum."""
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-        raise ImageError(
-            f"x must be a float batch of model inputs [B,C,H,W], got {getattr(x, 'shape', type(x))}"
-        )
+    x = vm.check_inputs(x)
     inputs = x.detach().clone().requires_grad_(True)
     state = ReluRule(rule)
     with torch.enable_grad(), layer_runner(vm, [layer], detach=False) as run, modified_relus(state):

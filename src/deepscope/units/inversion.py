@@ -39,7 +39,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from deepscope.errors import ImageError
 from deepscope.probe.layers import find_layers, get_layer
 from deepscope.units._forward import layer_runner
 from deepscope.units.objectives import tv_beta
@@ -102,10 +101,7 @@ def invert(
     """
     vm = as_vision_model(model)
     get_layer(vm, layer)
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-        raise ImageError(
-            f"x must be a float batch of model inputs [B,C,H,W], got {getattr(x, 'shape', type(x))}"
-        )
+    x = vm.check_inputs(x)
     if tv_weight is None:
         area = x.shape[-2] * x.shape[-1]
         tv_weight = depth_tv_weight(vm, layer) * (area / REFERENCE_AREA) ** (beta / 2)

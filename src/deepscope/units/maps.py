@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepscope.errors import ImageError, UnitError
+from deepscope.errors import UnitError
 from deepscope.probe.layers import get_layer
 from deepscope.units._forward import layer_runner
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
@@ -21,10 +21,7 @@ def activations(model: VisionModel | nn.Module, x: torch.Tensor, layer: str) -> 
     torch.Size([2, 16, 10, 10])
     """
     vm = as_vision_model(model)
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-        raise ImageError(
-            f"x must be a float batch of model inputs [B,C,H,W], got {getattr(x, 'shape', type(x))}"
-        )
+    x = vm.check_inputs(x)
     with torch.no_grad(), layer_runner(vm, [layer]) as run:
         return run(x).activations[layer].clone()
 

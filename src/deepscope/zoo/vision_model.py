@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -100,6 +101,9 @@ class VisionModel:
     channels_last: bool = field(default=True, init=False, repr=False)
     # True once a channels-last forward of the module has run through (see in_fast_layout).
     channels_last_works: bool = field(default=False, init=False, repr=False)
+    # False where the preprocessing was not given but assumed (a plain module): inputs are then not refused for
+    # their channel count, which only the module itself knows.
+    channels_known: bool = True
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
@@ -109,21 +113,83 @@ class VisionModel:
         for multi-channel images (on 2 CPU cores, forward+backward is 1.4x faster for EfficientNet-Lite0 and
         1.1x for ResNet-18; the values are equal up to float rounding). Gradients with respect to ``x`` flow
         through the change of layout. A model that cannot take channels-last feature maps (a ``.view()`` of
-        one raises) gets the standard layout, from then on.
+        one raises) gets the standard layout, from then on, with a warning naming it; a forward that fails in the
+        standard layout too raises that error.
         """
         if self.channels_last_for(x):
             try:
                 output = forward(x.contiguous(memory_format=torch.channels_last))
-            except RuntimeError:
+            except RuntimeError as error:
+                output = forward(
+                    x.contiguous()
+                )  # a model that fails here fails the same way without deepscope
                 self.channels_last = False
-            else:
-                self.channels_last_works = True
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                warnings.warn(
+                    f"{self.name} failed on channels-last inputs ({reason}); deepscope runs it in the standard "
+                    "memory layout from now on (a little slower on the CPU)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 return output
+            self.channels_last_works = True
+            return output
         return forward(x.contiguous())
 
     def channels_last_for(self, x: torch.Tensor) -> bool:
         """Whether :meth:`in_fast_layout` tries the channels-last layout for ``x``."""
         return self.channels_last and x.ndim == 4 and x.shape[1] > 1
+
+    def check_inputs(self, inputs: object) -> torch.Tensor:
+        """``inputs`` as a batch of model inputs ``[B,C,H,W]`` (float, at least one image of at least one pixel,
+        the model's channels, finite values), or an :class:`ImageError` saying what is wrong in the caller's
+        terms: the shape it got, the sample holding NaN or infinity.
+
+        >>> import torch, deepscope as ds
+        >>> vm = ds.load_model("zoo:lenet_mnist")
+        >>> x = torch.zeros(3, 1, 28, 28)
+        >>> x[2, 0, 5, 5] = float("nan")
+        >>> vm.check_inputs(x)
+        Traceback (most recent call last):
+        ...
+        deepscope.errors.ImageError: the inputs hold NaN or infinite values in sample 2 (of 3); ...
+        """
+        if isinstance(inputs, (list, tuple)):
+            shapes = {tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)}
+            if len(shapes) > 1:
+                raise ImageError(
+                    f"a batch of mixed sizes {sorted(shapes)}; resize the images to one size first"
+                )
+            raise ImageError("inputs must be one [B,C,H,W] tensor; stack them (or use vm.preprocess)")
+        if not isinstance(inputs, torch.Tensor):
+            raise ImageError(f"inputs must be a [B,C,H,W] tensor, got {type(inputs).__name__}")
+        if inputs.ndim != 4:
+            hint = "; add the batch dimension with x[None]" if inputs.ndim == 3 else ""
+            raise ImageError(f"inputs must be a [B,C,H,W] batch, got shape {list(inputs.shape)}{hint}")
+        if not inputs.is_floating_point():
+            raise ImageError(
+                f"inputs must be a float tensor of model inputs, got {inputs.dtype}; make them with vm.preprocess"
+            )
+        batch, channels, height, width = inputs.shape
+        if batch == 0:
+            raise ImageError(f"the batch holds no image (shape {list(inputs.shape)})")
+        if height == 0 or width == 0:
+            raise ImageError(f"the images are {height}x{width} pixels; an image needs at least one pixel")
+        expected = self.preprocessing.channels
+        if self.channels_known and self.transform is None and channels != expected:
+            raise ImageError(
+                f"{self.name} reads {expected}-channel images ({self.image_mode}), but the inputs have {channels} "
+                f"channels (shape {list(inputs.shape)})"
+            )
+        finite = torch.isfinite(inputs).flatten(1).all(1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().flatten().tolist()
+            listed = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+            raise ImageError(
+                f"the inputs hold NaN or infinite values in sample{'s' if len(bad) > 1 else ''} {listed} "
+                f"(of {batch}); a model's outputs and maps for them would be NaN"
+            )
+        return inputs
 
     @property
     def input_size(self) -> Size | None:
@@ -239,5 +305,6 @@ def as_vision_model(
             preprocessing=preprocessing or Preprocessing(),
             labels=list(labels) if labels is not None else None,
             transform=transform,
+            channels_known=preprocessing is not None,
         )
     raise ModelError(f"expected a deepscope VisionModel or a torch.nn.Module, got {type(model).__name__}")
