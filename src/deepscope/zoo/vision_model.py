@@ -40,6 +40,32 @@ class Preprocessing:
     def channels(self) -> int:
         return len(self.mean)
 
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """Where the model's input lies in an original image of ``width x height`` pixels: ``(left, top, right,
+        bottom)`` in the original's pixels (the center crop of the resized image, mapped back), so that a map of
+        the input can be drawn over the photo as it is.
+
+        >>> Preprocessing(resize=256, crop=(224, 224)).crop_box(512, 256)  # a wide photo: its middle square
+        (144.0, 16.0, 368.0, 240.0)
+        """
+        if self.resize is None:
+            new_height, new_width = height, width
+        elif isinstance(self.resize, int):
+            short, long = sorted((height, width))
+            resized_long = int(
+                self.resize * long / short
+            )  # torchvision's Resize(int) truncates the long side
+            new_height, new_width = (
+                (self.resize, resized_long) if height <= width else (resized_long, self.resize)
+            )
+        else:
+            new_height, new_width = self.resize
+        crop_height, crop_width = self.crop or (new_height, new_width)
+        top = round((new_height - crop_height) / 2.0)  # as torchvision's CenterCrop rounds
+        left = round((new_width - crop_width) / 2.0)
+        scale_y, scale_x = new_height / height, new_width / width
+        return (left / scale_x, top / scale_y, (left + crop_width) / scale_x, (top + crop_height) / scale_y)
+
     def pixel_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """PIL image -> [C,H,W] float tensor in [0,1] (no normalization)."""
         return T.Compose([T.ToImage(), *self._tensor_steps()])
