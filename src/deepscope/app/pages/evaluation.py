@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from deepscope.metrics.evaluate import METRICS, Evaluation, evaluate
+from deepscope.metrics.evaluate import Evaluation, evaluate
+from deepscope.metrics.registry import metric_info, metrics
 from deepscope.render.curves import curve_plot, randomization_plot
 from deepscope.render.html import Report
 from deepscope.render.images import data_uri, scale_each, to_pil
@@ -27,17 +28,17 @@ LENET_METHODS: dict[str, Any] = {
     "deconvnet": {},
     "grad_cam": {},
 }
-LENET_METRICS: dict[str, dict] = {
+# LeNet-5 runs every registered metric; these settings differ from the metrics' defaults (fewer samples and
+# steps keep the section under a minute; the maps of the cascade are kept for the figure).
+LENET_SETTINGS: dict[str, dict] = {
     "pixel_flipping": {"per_step": 8},
     "region_perturbation": {"region_size": 4},
-    "deletion": {},
-    "insertion": {},
     "infidelity": {"perturbation": "square", "patch": 4},
     "max_sensitivity": {"samples": 3},
     "randomization": {"keep_maps": True},
-    "random_logit": {},
     "pointing_game": {"tolerance": 1},
 }
+LENET_METRICS: dict[str, dict] = {info.name: LENET_SETTINGS.get(info.name, {}) for info in metrics()}
 # One pass per map keeps the section under a minute (integrated gradients would cost 16 per map and step).
 PHOTO_METHODS: dict[str, Any] = {
     "saliency": {},
@@ -45,7 +46,7 @@ PHOTO_METHODS: dict[str, Any] = {
     "guided_backprop": {},
     "grad_cam": {},
 }
-# The cascade on EfficientNet-Lite0 stops at a few checkpoints (each step randomises everything above it).
+# The cascade on EfficientNet-Lite0 stops at a few checkpoints (each step randomizes everything above it).
 PHOTO_CHECKPOINTS = ["_fc", "_blocks.14", "_blocks.10", "_blocks.5", "_conv_stem"]
 PHOTO_METRICS: dict[str, dict] = {
     "deletion": {"per_step": 224 * 224 // 10},
@@ -71,10 +72,10 @@ def evaluation_section(report: Report, context: Any) -> None:
         "deepscope.metrics (ds.evaluate) on the model they explain. Faithfulness: pixel flipping and region "
         "perturbation (AOPC, Samek et al. 2017), deletion and insertion (AUC, Petsiuk et al. 2018), infidelity "
         "(Yeh et al. 2019). Robustness: max-sensitivity (Yeh et al. 2019). Sanity: cascading model-parameter "
-        "randomisation (Spearman rank correlation of |maps| to the trained model's, Adebayo et al. 2018) and "
-        "the random-logit test (SSIM to the map of another class, Sixt et al. 2020). Localisation: the pointing "
+        "randomization (Spearman rank correlation of |maps| to the trained model's, Adebayo et al. 2018) and "
+        "the random-logit test (SSIM to the map of another class, Sixt et al. 2020). Localization: the pointing "
         "game on the digit's strokes (Zhang et al. 2018). Sensitivity maps (saliency, SmoothGrad, guided "
-        "backprop, deconvnet) are ranked by magnitude; colour maps are summed over channels."
+        "backprop, deconvnet) are ranked by magnitude; color maps are summed over channels."
     )
 
     lenet = context.lenet
@@ -89,7 +90,7 @@ def evaluation_section(report: Report, context: Any) -> None:
         curve_plot(result.curves("pixel_flipping"), "pixel flipping, most relevant first", True, "logit"),
         "Pixel flipping: the class logit as the most relevant pixels are set to black, 8 per step.",
     )
-    section.image(randomization_plot(result.randomizations()), "Cascading randomisation, LeNet-5.")
+    section.image(randomization_plot(result.randomizations()), "Cascading randomization, LeNet-5.")
     _randomization_maps(section, result, sample=1, size=84)
     section.text(_findings(result, "LeNet-5"))
 
@@ -108,27 +109,24 @@ def evaluation_section(report: Report, context: Any) -> None:
         curve_plot(result.curves("insertion"), "insertion", True, "probability"),
         "Insertion: the class probability as the most relevant pixels return into a blurred copy.",
     )
-    section.image(randomization_plot(result.randomizations()), "Cascading randomisation, EfficientNet-Lite0.")
+    section.image(randomization_plot(result.randomizations()), "Cascading randomization, EfficientNet-Lite0.")
     _randomization_maps(section, result, sample=0, size=112)
     section.text(_findings(result, "EfficientNet-Lite0"))
 
 
 def _table(section: Any, result: Evaluation) -> None:
-    metrics = list(result.ranking.columns[:-1])
+    columns = list(result.ranking.columns[:-1])
     means = result.table.pivot(index="method", columns="metric", values="mean")
     sems = result.table.pivot(index="method", columns="metric", values="sem")
+    higher = {metric: metric_info(metric).higher_is_better for metric in columns}
     best = {
-        metric: (means[metric].idxmax() if METRICS[metric].higher_is_better else means[metric].idxmin())
-        for metric in metrics
+        metric: (means[metric].idxmax() if higher[metric] else means[metric].idxmin()) for metric in columns
     }
-    header = [
-        "method",
-        *[f"{m.replace('_', ' ')} {'↑' if METRICS[m].higher_is_better else '↓'}" for m in metrics],
-    ]
+    header = ["method", *[f"{m.replace('_', ' ')} {'↑' if higher[m] else '↓'}" for m in columns]]
     rows = []
     for method in result.ranking.index:
         cells = [method]
-        for metric in metrics:
+        for metric in columns:
             mean, sem = means.loc[method, metric], sems.loc[method, metric]
             text = f"{mean:.3g}" + ("" if math.isnan(sem) else f" ± {sem:.2g}")
             cells.append(f"<b>{text}</b>" if best[metric] == method else text)
@@ -160,7 +158,7 @@ def _randomization_maps(section: Any, result: Evaluation, sample: int, size: int
     section.table(["method", "trained", *[f"down to {layer}" for layer in layers]], rows, raw=True)
     section.text(
         "One input's |map| (each scaled to its own range) for the trained model and after each step of the cascade, "
-        "which randomises every layer from the output down to the one named."
+        "which randomizes every layer from the output down to the one named."
     )
 
 
@@ -186,7 +184,7 @@ def _findings(result: Evaluation, model: str) -> str:
             sentences.append(
                 f"{' and '.join(failing)} barely change{'s' if len(failing) == 1 else ''} when the output layer "
                 f"loses its weights (Spearman >= {FAILS_AT}): {'it fails' if len(failing) == 1 else 'they fail'} "
-                "the parameter-randomisation check, as Adebayo et al. found for guided backprop."
+                "the parameter-randomization check, as Adebayo et al. found for guided backprop."
             )
         else:
             sentences.append(
