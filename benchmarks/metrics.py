@@ -186,7 +186,7 @@ def cases(name: str, vm, x, y, maps):
         ),
         (
             "pointing_game",
-            # per-pixel maps: for colour maps Quantus compares [B,C*H*W] maxima with [B,H*W] masks and fails
+            # per-pixel maps: for color maps Quantus compares [B,C*H*W] maxima with [B,H*W] masks and fails
             lambda: ds.metrics.pointing_game(vm, x, pixel_maps, target, masks=masks, tolerance=0),
             lambda: np.asarray(
                 quantus.PointingGame(normalise=False, abs=False)(

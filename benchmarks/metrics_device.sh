@@ -10,7 +10,7 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'threads', torch.get_num_threads())"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -x tests/test_metrics.py tests/test_metrics_quantus.py \
+timeout 150 python3 -m pytest -q -p no:cacheprovider -x tests/test_metrics*.py \
     --durations=5 2>&1 | tee "$OUT/tests.log" | tail -12
 timeout 100 python3 benchmarks/metrics.py --repeats 2 --device cuda 2>&1 | tee "$OUT/bench_cuda.log" | tail -17
 timeout 60 python3 benchmarks/metrics.py --repeats 2 --only lenet 2>&1 | tee "$OUT/bench_cpu_lenet.log" | tail -9

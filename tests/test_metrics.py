@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import deepscope as ds
-from deepscope.errors import SpecError
+from deepscope.errors import SettingTypeError, SpecError
 from deepscope.metrics import MetricError
 from deepscope.render.curves import evaluation_plots
 
@@ -196,7 +196,7 @@ def gradient(model, inputs, target):
     return grad
 
 
-def test_gradients_decorrelate_as_layers_are_randomised(lenet, unchanged):
+def test_gradients_decorrelate_as_layers_are_randomized(lenet, unchanged):
     x = lenet.preprocess(ds.datasets.mnist5k("test").images[:16])
     target = ds.metrics.fixed_target(lenet, x)
     maps = gradient(lenet, x, target)
@@ -211,7 +211,7 @@ def test_gradients_decorrelate_as_layers_are_randomised(lenet, unchanged):
     torch.testing.assert_close(ignores.similarity["spearman"], torch.ones(16, 5, dtype=torch.float64))
 
 
-def test_independent_randomisation_touches_one_layer_at_a_time(lenet):
+def test_independent_randomization_touches_one_layer_at_a_time(lenet):
     x = lenet.preprocess(ds.datasets.mnist5k("test").images[:4])
     seen = []
 
@@ -245,7 +245,7 @@ def test_randomization_of_a_block_and_bad_layers(efficientnet, photos, unchanged
         result = ds.metrics.randomization(
             efficientnet, x, maps, target, method=gradient, layers=["_fc", "_blocks.15"], keep_maps=True
         )
-    # a coarse but true cascade: the second step randomises block 15 and everything after it
+    # a coarse but true cascade: the second step randomizes block 15 and everything after it
     assert result.layers == ["_fc", "_blocks.15"] and result.randomized[0] == ["_fc"]
     assert {"_blocks.15._depthwise_conv", "_blocks.15._bn2", "_conv_head", "_bn1"} <= set(
         result.randomized[1]
@@ -329,12 +329,12 @@ def test_pointing_game_tolerance_and_boxes():
     assert ds.metrics.pointing_game(None, x, maps, boxes=boxes, tolerance=3)[1].item() == 1.0
     assert ds.metrics.pointing_game(None, x, maps, boxes=boxes, tolerance=2.9)[1].item() == 0.0
     # channel maps count per pixel: the sum over channels
-    colour = torch.zeros(1, 3, 40, 40)
-    colour[0, :, 5, 5] = 0.4
-    colour[0, 0, 30, 30] = 1.0
+    color = torch.zeros(1, 3, 40, 40)
+    color[0, :, 5, 5] = 0.4
+    color[0, 0, 30, 30] = 1.0
     mask = torch.zeros(1, 40, 40, dtype=torch.bool)
     mask[0, :10, :10] = True
-    assert ds.metrics.pointing_game(None, x[:1], colour, masks=mask, tolerance=0).item() == 1.0
+    assert ds.metrics.pointing_game(None, x[:1], color, masks=mask, tolerance=0).item() == 1.0
     with pytest.raises(MetricError, match="give masks or boxes"):
         ds.metrics.pointing_game(None, x, maps)
 
@@ -359,7 +359,7 @@ def test_infidelity_equals_captum(lenet):
             lenet.module, perturb, x, maps, target=y, n_perturb_samples=6, normalize=normalize
         )
         torch.testing.assert_close(ours, theirs.detach(), rtol=1e-5, atol=1e-6)
-    # normalised infidelity does not depend on the map's scale
+    # normalized infidelity does not depend on the map's scale
     torch.testing.assert_close(
         ds.metrics.infidelity(lenet, x, 100 * maps, y, perturbation=noise),
         ds.metrics.infidelity(lenet, x, maps, y, perturbation=noise),
@@ -381,7 +381,7 @@ def test_infidelity_square_perturbations_and_max_sensitivity_on_smooth_maps(lene
     assert bool((moving > 0).all())
 
 
-def test_a_callable_method_on_a_colour_model_runs_channels_last_with_the_same_results(vgg11_bn):
+def test_a_callable_method_on_a_color_model_runs_channels_last_with_the_same_results(vgg11_bn):
     seen = []
 
     def recording_gradient(model, inputs, target):
@@ -536,24 +536,24 @@ def result_inputs(lenet):
     return lenet.preprocess(ds.datasets.mnist5k("test").images[:8])
 
 
-def test_evaluate_reduces_colour_maps_to_pixels_and_takes_labels(efficientnet, photos):
+def test_evaluate_reduces_color_maps_to_pixels_and_takes_labels(efficientnet, photos):
     seen = []
 
-    def colour(model, x, target):
+    def color(model, x, target):
         seen.append(x.shape[0])
         return gradient(model, x, target) * x
 
     result = ds.evaluate(
-        efficientnet, photos, {"gradient x input": colour}, {"deletion": {"per_step": 224 * 56}}, batch_size=2
+        efficientnet, photos, {"gradient x input": color}, {"deletion": {"per_step": 224 * 56}}, batch_size=2
     )
     assert result.maps["gradient x input"].shape == (5, 1, 224, 224)
     assert seen == [2, 2, 1]  # maps computed batch_size at a time
     assert result.curves("deletion")["gradient x input"].curve.shape == (5, 5)
 
 
-def test_evaluate_reads_dict_items_with_numpy_colour_images(lenet):
+def test_evaluate_reads_dict_items_with_numpy_color_images(lenet):
     digits = ds.datasets.mnist5k("test")
-    # in colour: read in the model's mode, as the scan reads them
+    # in color: read in the model's mode, as the scan reads them
     records = [{"image": np.asarray(digits[i][0].convert("RGB")), "label": digits[i][1]} for i in range(4)]
     from_records = ds.evaluate(lenet, records, {"ink": ink}, ["deletion"])
     from_tuples = ds.evaluate(lenet, digits, {"ink": ink}, ["deletion"], limit=4)
@@ -568,12 +568,53 @@ def test_evaluate_errors(lenet):
         ds.evaluate(lenet, digits, {"ink": ink}, ["pointing_game"], limit=2)
     with pytest.raises(SpecError, match="unknown data spec 'mnist'.*mnist5k"):
         ds.evaluate(lenet, "mnist", {"ink": ink}, ["deletion"])
-    with pytest.raises(MetricError, match="data must be"):
+    with pytest.raises(SettingTypeError, match="data must be"):
         ds.evaluate(lenet, 3, {"ink": ink}, ["deletion"])
     with pytest.raises(MetricError, match="target='label' needs"):
         ds.evaluate(lenet, torch.zeros(2, 1, 28, 28), {"ink": ink}, ["deletion"], target="label")
-    labelled = ds.evaluate(lenet, "mnist5k:test", {"ink": ink}, {"deletion": {}}, target="label", limit=3)
-    assert labelled.table["n"].tolist() == [3]
+    with pytest.raises(MetricError, match="target must be None, 'label' or a target"):
+        ds.evaluate(lenet, digits, {"ink": ink}, ["deletion"], target="labels", limit=2)
+    labeled = ds.evaluate(lenet, "mnist5k:test", {"ink": ink}, {"deletion": {}}, target="label", limit=3)
+    assert labeled.table["n"].tolist() == [3]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [[], {}, torch.zeros(0, 1, 28, 28)],
+    ids=["empty list", "empty dict", "empty batch"],
+)
+def test_evaluate_says_when_the_data_is_empty(lenet, data):
+    with pytest.raises(MetricError, match="no samples to evaluate: the data is empty"):
+        ds.evaluate(lenet, data, {"ink": ink}, ["deletion"])
+
+
+def test_evaluate_says_limit_zero_keeps_no_sample(lenet):
+    digits = ds.datasets.mnist5k("test")
+    for data in (digits, dict(zip("ab", digits.images[:2], strict=True)), torch.zeros(2, 1, 28, 28)):
+        with pytest.raises(MetricError, match="no samples to evaluate: limit=0 keeps none of the"):
+            ds.evaluate(lenet, data, {"ink": ink}, ["deletion"], limit=0)
+    with pytest.raises(MetricError, match="limit must be >= 0"):
+        ds.evaluate(lenet, digits, {"ink": ink}, ["deletion"], limit=-1)
+    with pytest.raises(SettingTypeError, match="limit must be None or an int"):
+        ds.evaluate(lenet, digits, {"ink": ink}, ["deletion"], limit=2.0)
+
+
+def test_evaluate_says_which_sample_is_which_kind(lenet):
+    image = ds.datasets.mnist5k("test").images[0]
+    tensor = lenet.preprocess([image])[0]
+    mixed = [image, tensor, image, "a path", tensor[:, :14]]
+    message = (
+        r"samples must be all PIL images or all \[C,H,W\] tensors of one shape; found PIL images: samples 0, 2; "
+        r"tensors of shape \[1, 28, 28\]: sample 1; str: sample 3; tensors of shape \[1, 14, 28\]: sample 4"
+    )
+    with pytest.raises(MetricError, match=message):
+        ds.evaluate(lenet, mixed, {"ink": ink}, ["deletion"])
+    with pytest.raises(MetricError, match=r"samples must be all PIL images; found PIL images: sample 'a'; "):
+        ds.evaluate(lenet, {"a": image, "b": tensor}, {"ink": ink}, ["deletion"])
+    # samples of one kind are read as before: tensors are model inputs, images are preprocessed
+    as_tensors = ds.evaluate(lenet, [tensor, tensor], {"ink": ink}, ["deletion"])
+    as_images = ds.evaluate(lenet, [image, image], {"ink": ink}, ["deletion"])
+    assert as_tensors.table["mean"].tolist() == pytest.approx(as_images.table["mean"].tolist())
 
 
 class Viewing(nn.Module):
@@ -616,7 +657,7 @@ def test_random_perturbations_do_not_depend_on_batch_size(lenet):
 
 
 class Gain(nn.Module):
-    """A module with a parameter but no reset_parameters(): no randomisation step can re-initialise it."""
+    """A module with a parameter but no reset_parameters(): no randomization step can re-initialize it."""
 
     def __init__(self):
         super().__init__()
@@ -718,7 +759,7 @@ def test_evaluate_command_prints_the_table_and_writes_plots(tmp_path):
     assert table[0].startswith("method,metric,mean,std,sem,n,better") and len(table) == 5
 
 
-def test_guided_backprop_fails_the_randomisation_check_and_gradients_pass(lenet):
+def test_guided_backprop_fails_the_randomization_check_and_gradients_pass(lenet):
     """Adebayo et al. 2018: guided backprop's maps hardly change when the top layers lose their weights; the
     gradient's do. Registry methods, LeNet-5, 16 digits."""
     x = lenet.preprocess(ds.datasets.mnist5k("test").subset(range(0, 1000, 63)).images)

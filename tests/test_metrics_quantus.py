@@ -12,7 +12,7 @@ import deepscope as ds
 from deepscope.metrics.similarity import ssim
 
 quantus = pytest.importorskip("quantus")
-# Quantus warns about its parameterisation and about steps that change nothing (both beside the point here).
+# Quantus warns about its parameterization and about steps that change nothing (both beside the point here).
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 RTOL = 1e-5
@@ -69,7 +69,7 @@ def test_pixel_flipping_equals_quantus(lenet, digits, softmax):
     )
 
 
-def test_pixel_flipping_equals_quantus_on_colour_feature_maps(efficientnet, photos):
+def test_pixel_flipping_equals_quantus_on_color_feature_maps(efficientnet, photos):
     x = efficientnet.preprocess([photos["chelsea"], photos["coffee"]])
     y = torch.tensor([281, 967])
     maps = random_maps((2, 3, 224, 224))  # one value per input feature: features flip one by one
@@ -91,7 +91,7 @@ def test_region_perturbation_equals_quantus(lenet, digits, order, size):
         patch_size=size, order=order, regions_evaluation=30, perturb_baseline=0.0, normalise=False, abs=False
     )
     theirs = metric(lenet.module, *numpy(x, y, maps), channel_first=True, softmax=True, device="cpu")
-    # Quantus returns the drop f(x) - f(x_k) for k >= 1 (5 does not divide 28: both centre the grid).
+    # Quantus returns the drop f(x) - f(x_k) for k >= 1 (5 does not divide 28: both center the grid).
     close(ours.drop[:, 1:], theirs, atol=1e-6)
 
 
@@ -112,7 +112,7 @@ def test_randomization_equals_quantus_mprt(lenet, digits):
             softmax=False,
             device="cpu",
         )
-        # Quantus also scores the unrandomised model ('original': the given maps against themselves).
+        # Quantus also scores the unrandomized model ('original': the given maps against themselves).
         assert list(theirs) == ["original", *ours.layers]
         for step, layer in enumerate(ours.layers):
             close(ours.similarity["spearman"][:, step], theirs[layer], atol=1e-7)

@@ -167,7 +167,10 @@ def evaluate(
     ],
     methods: Annotated[str, typer.Option(help="Heat-map methods, comma-separated (see ds.methods())")],
     metrics: Annotated[
-        str | None, typer.Option(help="Metrics, comma-separated (default: all but the pointing game)")
+        str | None,
+        typer.Option(
+            help="Metrics, comma-separated (see `deepscope metrics`; default: all that need no object masks)"
+        ),
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N samples")] = None,
     target: Annotated[
@@ -190,8 +193,8 @@ def evaluate(
 ) -> None:
     """Evaluate heat-map methods with faithfulness and sanity metrics: print the table and the ranking,
     write the curves as PNG files."""
-    from deepscope.metrics.evaluate import METRICS
     from deepscope.metrics.evaluate import evaluate as run_evaluation
+    from deepscope.metrics.registry import metrics as registered
     from deepscope.render.curves import evaluation_plots
     from deepscope.zoo.loaders import load_model
 
@@ -202,7 +205,7 @@ def evaluate(
     chosen = None if metrics is None else [name.strip() for name in metrics.split(",") if name.strip()]
     settings = None
     if layers is not None:
-        names = chosen or [name for name, spec in METRICS.items() if not spec.needs_objects]
+        names = chosen or [info.name for info in registered() if not info.needs_objects]
         settings = {name: {} for name in names}
         settings["randomization"] = {"layers": [layer.strip() for layer in layers.split(",")]}
     result = run_evaluation(
@@ -224,6 +227,26 @@ def evaluate(
     for name, picture in evaluation_plots(result).items():
         picture.save(out / f"{name}.png")
     typer.echo(f"wrote {out / 'table.csv'} and the plots to {out}/", err=True)
+
+
+@app.command("metrics")
+def list_metrics() -> None:
+    """The heat-map metrics `evaluate` runs: name, family, which way is better, what the score is, its reference
+    and what it needs beyond the maps."""
+    from deepscope.metrics.registry import metrics as registered
+
+    for info in registered():
+        needs = [
+            need
+            for need, needed in (
+                ("recomputes maps with the method", info.needs_method),
+                ("needs object masks or boxes: ds.evaluate(masks=...)", info.needs_objects),
+            )
+            if needed
+        ]
+        better = "higher" if info.higher_is_better else "lower"
+        typer.echo(f"{info.name:20s} {info.family:13s} {better:7s}{info.score}")
+        typer.echo(f"{'':20s} {info.reference}{''.join('; ' + need for need in needs)}")
 
 
 def _evaluation_data(items: list[str], vm, convert: bool):

@@ -1,13 +1,14 @@
-"""Can I trust this heat map? Faithfulness, sanity, localisation and robustness metrics for heat maps.
+"""Can I trust this heat map? Faithfulness, robustness, sanity and localization metrics for heat maps.
 
 Every metric takes ``(model, x, attributions, target, ...)``: a model, a preprocessed batch ``[B,C,H,W]``, the
 maps to judge (``[B,C,H,W]`` or ``[B,1,H,W]``, at the input size) and the target they explain. Curve metrics
 return a :class:`Curve` (``.curve`` ``[B, steps]``, ``.aopc``, ``.auc``); the others a tensor ``[B]`` or a
-result object. :func:`evaluate` runs several methods through several metrics and ranks them.
+result object. Each is registered (:func:`metrics` lists them: what the score is, which way is better, what the
+metric needs); :func:`evaluate` runs several methods through several metrics and ranks them.
 """
 
 from deepscope.metrics._common import MetricError
-from deepscope.metrics.evaluate import METRICS, Evaluation, evaluate
+from deepscope.metrics.evaluate import Evaluation, evaluate
 from deepscope.metrics.faithfulness import (
     Curve,
     deletion,
@@ -16,7 +17,8 @@ from deepscope.metrics.faithfulness import (
     pixel_flipping,
     region_perturbation,
 )
-from deepscope.metrics.localisation import boxes_to_masks, pointing_game
+from deepscope.metrics.localization import boxes_to_masks, pointing_game
+from deepscope.metrics.registry import FAMILIES, MetricInfo, metric_info, metrics, register
 from deepscope.metrics.robustness import max_sensitivity
 from deepscope.metrics.sanity import (
     Randomization,
@@ -28,10 +30,11 @@ from deepscope.metrics.sanity import (
 from deepscope.metrics.similarity import pearson, spearman, ssim
 
 __all__ = [
-    "METRICS",
+    "FAMILIES",
     "Curve",
     "Evaluation",
     "MetricError",
+    "MetricInfo",
     "Randomization",
     "boxes_to_masks",
     "deletion",
@@ -40,6 +43,8 @@ __all__ = [
     "infidelity",
     "insertion",
     "max_sensitivity",
+    "metric_info",
+    "metrics",
     "pearson",
     "pixel_flipping",
     "pointing_game",
@@ -47,6 +52,7 @@ __all__ = [
     "randomizable_layers",
     "randomization",
     "region_perturbation",
+    "register",
     "spearman",
     "ssim",
 ]

@@ -19,7 +19,7 @@ from torch import nn
 
 from deepscope.attribution.base import check_inputs, chunk_size
 from deepscope.attribution.targets import TargetLike, resolve_target
-from deepscope.errors import DeepscopeError
+from deepscope.errors import DeepscopeError, SettingTypeError
 from deepscope.probe.inference import forward_only
 from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
@@ -37,17 +37,26 @@ REPLACEMENTS = ("black", "mean", "uniform", "blur")
 DEFAULT_BATCH_SIZE = 64
 
 
-def check_batch_size(batch_size: int) -> int:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise MetricError(f"batch_size must be a positive int, got {batch_size!r}")
-    return batch_size
+def check_count(name: str, value: int) -> int:
+    """A setting that counts something (``batch_size``, ``per_step``, ``samples``...): a positive int."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingTypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise MetricError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise SettingTypeError(f"seed must be an int, got {seed!r}")
+    return seed
 
 
 def check_maps(x: torch.Tensor, attributions: torch.Tensor) -> torch.Tensor:
     """Attributions as ``[B,k,H,W]`` with k = 1 (one value per pixel) or k = C (one per input feature), detached,
     on the inputs' device. ``[B,H,W]`` counts as one value per pixel."""
     if not isinstance(attributions, torch.Tensor):
-        raise MetricError(f"attributions must be a tensor, got {type(attributions).__name__}")
+        raise SettingTypeError(f"attributions must be a tensor, got {type(attributions).__name__}")
     maps = attributions.detach()
     if maps.ndim == 3:
         maps = maps[:, None]
@@ -84,7 +93,7 @@ class ModelRunner:
     def __init__(self, model: VisionModel | nn.Module, batch_size: int, softmax: bool):
         self.vm = as_vision_model(model)
         self.module = self.vm.module
-        self.batch_size = check_batch_size(batch_size)
+        self.batch_size = check_count("batch_size", batch_size)
         self.softmax = softmax
         self.step = self.batch_size  # inputs per forward of perturbed inputs, fitted to them by start/resolve
 
@@ -163,9 +172,9 @@ def replacement_values(
 ) -> torch.Tensor:
     """``[B,C,H,W]`` values that perturbed features take (in the model's input space).
 
-    - ``"black"``: a black image, i.e. zero pixels passed through the model's normalisation;
+    - ``"black"``: a black image, i.e. zero pixels passed through the model's normalization;
     - ``"mean"``: each image's per-channel mean;
-    - ``"uniform"``: uniform noise in [0, 1] pixel space, normalised like the images (Samek et al. 2017);
+    - ``"uniform"``: uniform noise in [0, 1] pixel space, normalized like the images (Samek et al. 2017);
     - ``"blur"``: a Gaussian blur of the image (kernel 11, sigma 5, as in Petsiuk et al. 2018);
     - a number: that value in input space; a tensor: a fixed baseline broadcast to the inputs.
     """
@@ -177,7 +186,7 @@ def replacement_values(
                 f"a baseline of shape {list(replacement.shape)} does not broadcast to the inputs {list(x.shape)}"
             ) from None
     if isinstance(replacement, bool) or not isinstance(replacement, (str, int, float)):
-        raise MetricError(
+        raise SettingTypeError(
             f"replacement must be one of {REPLACEMENTS}, a number or a tensor; got {replacement!r}"
         )
     if isinstance(replacement, (int, float)):
@@ -217,9 +226,11 @@ def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tens
     return nn.functional.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
 
-def generator_for(device: torch.device, seed: int) -> torch.Generator:
+def generator_for(device: torch.device, seed: int, stream: int = 0) -> torch.Generator:
+    """A private generator (the global RNG is left alone) for one of a seed's independent draws: ``stream`` 0
+    orders units at random, 1 draws replacement noise, so that a metric that does both draws them apart."""
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
+    generator.manual_seed(check_seed(seed) + stream)
     return generator
 
 
@@ -247,8 +258,7 @@ def step_counts(units: int, per_step: int | None, steps: int | None = None) -> t
     """How many units are perturbed after 0, 1, ... steps: ``[0, p, 2p, ..., units]``."""
     if per_step is None:
         per_step = max(1, math.ceil(units / 100))
-    if not isinstance(per_step, int) or per_step < 1:
-        raise MetricError(f"per_step must be a positive int, got {per_step!r}")
+    check_count("per_step", per_step)
     count = math.ceil(units / per_step)
     if steps is not None:
         count = min(count, steps)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,66 +19,31 @@ from PIL import Image
 from torch import nn
 
 from deepscope.attribution.targets import TargetLike
+from deepscope.errors import SettingTypeError, suggestion
 from deepscope.metrics._common import (
     DEFAULT_BATCH_SIZE,
     Explainer,
     MetricError,
-    check_batch_size,
+    check_count,
     explain_chunks,
     make_explainer,
     pixel_maps,
 )
-from deepscope.metrics.faithfulness import (
-    Curve,
-    deletion,
-    infidelity,
-    insertion,
-    pixel_flipping,
-    region_perturbation,
-)
-from deepscope.metrics.localisation import pointing_game
-from deepscope.metrics.robustness import max_sensitivity
-from deepscope.metrics.sanity import Randomization, fixed_target, random_logit, randomization
+from deepscope.metrics.faithfulness import Curve
+from deepscope.metrics.registry import MetricInfo, metric_info
+from deepscope.metrics.registry import metrics as registered_metrics
+from deepscope.metrics.sanity import Randomization, fixed_target
+from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.datasets import is_map_style, load_dataset, split_item
 from deepscope.zoo.images import convert_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """How :func:`evaluate` runs one metric and reads one number per sample from its result."""
-
-    name: str
-    function: Callable[..., Any]
-    score: str  # what the number is
-    summary: Callable[[Any], torch.Tensor]
-    higher_is_better: bool
-    needs_method: bool = False
-    needs_objects: bool = False
-
-
-METRICS: dict[str, MetricSpec] = {
-    spec.name: spec
-    for spec in (
-        MetricSpec("pixel_flipping", pixel_flipping, "AOPC, most relevant first", lambda r: r.aopc, True),
-        MetricSpec(
-            "region_perturbation", region_perturbation, "AOPC, most relevant first", lambda r: r.aopc, True
-        ),
-        MetricSpec("deletion", deletion, "AUC of the probability", lambda r: r.auc, False),
-        MetricSpec("insertion", insertion, "AUC of the probability", lambda r: r.auc, True),
-        MetricSpec("infidelity", infidelity, "infidelity", lambda r: r, False),
-        MetricSpec("max_sensitivity", max_sensitivity, "relative max-sensitivity", lambda r: r, False, True),
-        MetricSpec(
-            "randomization",
-            randomization,
-            "Spearman to the trained maps, mean over layers",
-            lambda r: r.score,
-            False,
-            True,
-        ),
-        MetricSpec("random_logit", random_logit, "SSIM to another class's map", lambda r: r, False, True),
-        MetricSpec("pointing_game", pointing_game, "hit rate", lambda r: r, True, needs_objects=True),
-    )
+# Options of a metric that evaluate() sets itself: the maps function of the method evaluated, and the objects.
+SET_BY_EVALUATE = {
+    "method": "evaluate passes the method evaluated",
+    "method_config": "set a method's options in methods={name: {...}}",
+    "masks": "pass masks= to evaluate",
+    "boxes": "pass boxes= to evaluate",
 }
 
 
@@ -110,33 +75,74 @@ class Evaluation:
 
 def _data(model: VisionModel, data: Any, limit: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Preprocessed inputs and, where every sample has one, labels."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise SettingTypeError(f"limit must be None or an int, got {limit!r}")
+    if limit is not None and limit < 0:
+        raise MetricError(f"limit must be >= 0, got {limit}")
     labels = None
     if isinstance(data, (str, os.PathLike)):
         data = load_dataset(data, model.labels)
     if isinstance(data, torch.Tensor):
+        if data.ndim != 4:
+            raise MetricError(f"a tensor of inputs must be a [B,C,H,W] batch, got shape {list(data.shape)}")
+        _check_not_empty(data.shape[0], limit)
         x = data[:limit]
     elif isinstance(data, Mapping):
-        x = model.preprocess(list(data.values())[:limit])
+        _check_not_empty(len(data), limit)
+        names, images = zip(*list(data.items())[:limit], strict=True)
+        _check_kinds(images, [repr(name) for name in names], tensors_allowed=False)
+        x = model.preprocess(list(images))
     elif is_map_style(data):
+        _check_not_empty(len(data), limit)
         count = len(data) if limit is None else min(limit, len(data))
         items = [split_item(data[index]) for index in range(count)]
         images = [image for image, _ in items]
-        if images and all(isinstance(image, Image.Image) for image in images):
-            x = model.preprocess([convert_mode(image, model.image_mode) for image in images])
-        elif images and all(isinstance(image, torch.Tensor) for image in images):
+        if _check_kinds(images, [str(index) for index in range(count)], tensors_allowed=True):
             x = torch.stack(images)
         else:
-            raise MetricError("dataset samples must all be PIL images or all [C,H,W] tensors")
+            x = model.preprocess([convert_mode(image, model.image_mode) for image in images])
         if all(label is not None for _, label in items):
             labels = torch.tensor([label for _, label in items])
     else:
-        raise MetricError(
+        raise SettingTypeError(
             "data must be a preprocessed [B,C,H,W] tensor, a dataset (e.g. ds.load_dataset('mnist5k:test')), a "
             f"list of PIL images or a dict of them; got {type(data).__name__}"
         )
-    if x.ndim != 4 or x.shape[0] == 0:
-        raise MetricError(f"no samples to evaluate (inputs of shape {list(x.shape)})")
     return x.to(model.device), labels
+
+
+def _check_not_empty(size: int, limit: int | None) -> None:
+    if size == 0:
+        raise MetricError("no samples to evaluate: the data is empty")
+    if limit == 0:
+        raise MetricError(f"no samples to evaluate: limit=0 keeps none of the {size} samples")
+
+
+def _check_kinds(images: Sequence[Any], names: Sequence[str], tensors_allowed: bool) -> bool:
+    """Whether the samples are model inputs (tensors ``[C,H,W]`` of one shape, where ``tensors_allowed``) rather
+    than PIL images; samples of mixed kinds are refused with the list of which sample is which kind."""
+    kinds: dict[str, list[str]] = {}
+    for name, image in zip(names, images, strict=True):
+        if isinstance(image, Image.Image):
+            kind = "PIL images"
+        elif isinstance(image, torch.Tensor):
+            kind = f"tensors of shape {list(image.shape)}"
+        else:
+            kind = type(image).__name__
+        kinds.setdefault(kind, []).append(name)
+    if list(kinds) == ["PIL images"]:
+        return False
+    inputs = isinstance(images[0], torch.Tensor) and images[0].ndim == 3
+    if tensors_allowed and len(kinds) == 1 and inputs:
+        return True
+    wanted = "all PIL images or all [C,H,W] tensors of one shape" if tensors_allowed else "all PIL images"
+    found = "; ".join(f"{kind}: {_first_names(kind_names)}" for kind, kind_names in kinds.items())
+    raise MetricError(f"samples must be {wanted}; found {found}")
+
+
+def _first_names(names: list[str], shown: int = 8) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{'sample' if len(names) == 1 else 'samples'} {', '.join(names[:shown])}{more}"
 
 
 def _methods(methods: str | Sequence[str] | Mapping[str, Any]) -> dict[str, tuple[str | Explainer, dict]]:
@@ -153,7 +159,9 @@ def _methods(methods: str | Sequence[str] | Mapping[str, Any]) -> dict[str, tupl
                     {k: v for k, v in setting.items() if k != "method"},
                 )
             else:
-                raise MetricError(f"method {name!r}: give a callable or a dict of settings, got {setting!r}")
+                raise SettingTypeError(
+                    f"method {name!r}: give a callable or a dict of settings, got {setting!r}"
+                )
     else:
         chosen = {name: (name, {}) for name in methods}
     if not chosen:
@@ -161,25 +169,32 @@ def _methods(methods: str | Sequence[str] | Mapping[str, Any]) -> dict[str, tupl
     return chosen
 
 
-def _metrics(metrics: str | Sequence[str] | Mapping[str, Mapping] | None, objects: bool) -> dict[str, dict]:
-    if metrics is None:
-        return {name: {} for name, spec in METRICS.items() if objects or not spec.needs_objects}
-    if isinstance(metrics, str):
-        metrics = [name.strip() for name in metrics.split(",") if name.strip()]
-    chosen = (
-        {name: dict(settings) for name, settings in metrics.items()}
-        if isinstance(metrics, Mapping)
-        else {name: {} for name in metrics}
-    )
-    for name in chosen:
-        if name not in METRICS:
-            from deepscope.errors import suggestion
-
-            raise MetricError(
-                f"unknown metric {name!r}.{suggestion(name, METRICS)} Known: {', '.join(METRICS)}"
-            )
-        if METRICS[name].needs_objects and not objects:
+def _metrics(
+    requested: str | Sequence[str] | Mapping[str, Mapping] | None, objects: bool
+) -> dict[str, tuple[MetricInfo, dict]]:
+    """The registry entry and the settings of each metric to run, checked against the metric's options."""
+    if requested is None:
+        return {info.name: (info, {}) for info in registered_metrics() if objects or not info.needs_objects}
+    if isinstance(requested, str):
+        requested = [name.strip() for name in requested.split(",") if name.strip()]
+    if not isinstance(requested, Mapping):
+        requested = {name: {} for name in requested}
+    chosen = {}
+    for name, settings in requested.items():
+        info = metric_info(name)
+        if not isinstance(settings, Mapping):
+            raise SettingTypeError(f"the settings of {name} must be a dict of its options, got {settings!r}")
+        if info.needs_objects and not objects:
             raise MetricError(f"{name} needs the objects: pass masks= or boxes= to evaluate")
+        for option in settings:
+            if option in SET_BY_EVALUATE and option in info.options:
+                raise MetricError(f"{name}: {option} is not a setting here; {SET_BY_EVALUATE[option]}")
+            if option not in info.options:
+                known = [o for o in info.options if o not in SET_BY_EVALUATE]
+                raise MetricError(
+                    f"{name} has no option {option!r}.{suggestion(option, known)} Its options: {', '.join(known)}"
+                )
+        chosen[name] = (info, dict(settings))
     if not chosen:
         raise MetricError("no metric to evaluate")
     return chosen
@@ -218,13 +233,15 @@ def evaluate(
     (grayscale replicated to RGB, alpha dropped); a dict's images must be in it already. ``methods``:
     registry names (list or 'a,b'), or a dict name -> settings for ``ds.attribute`` (``{"layer": ...}``,
     ``"method"`` to reuse one method under several names) or name -> callable ``(model, x, target) -> maps``.
-    ``metrics``: names from ``deepscope.metrics.evaluate.METRICS`` (default: all, the pointing game only with
-    ``masks``/``boxes``), or a dict name -> keyword settings of that metric function. ``target``: None (each
+    ``metrics``: names from the registry, ``ds.metrics.metrics()`` (default: all, those that need the objects
+    only with ``masks``/``boxes``), or a dict name -> settings, the metric function's keyword options (an
+    unknown option is refused; ``method``, ``masks`` and ``boxes`` are evaluate's own). ``target``: None (each
     sample's top-1 class, the usual choice), 'label' (the dataset's labels) or any target. ``absolute``: True, or
     the names of the methods whose maps are ranked by magnitude (absolute values, taken before the channel sum):
     the sensitivity maps (saliency, SmoothGrad, guided backprop), whose sign gives a direction of change rather
     than evidence for the class. Every metric sends its perturbed inputs through the model ``batch_size`` at a
-    time under ``torch.inference_mode()``.
+    time under ``torch.inference_mode()``. The model runs in eval mode throughout (each submodule's own flag is
+    restored afterwards).
 
     >>> import deepscope as ds, torch
     >>> vm = ds.load_model("zoo:lenet_mnist")
@@ -241,10 +258,12 @@ def evaluate(
     import pandas as pd
 
     vm = as_vision_model(model)
-    check_batch_size(batch_size)
+    check_count("batch_size", batch_size)
     x, labels = _data(vm, data, limit)
     if isinstance(target, str):
-        if target != "label" or labels is None:
+        if target != "label":
+            raise MetricError(f"target must be None, 'label' or a target (see ds.targets), got {target!r}")
+        if labels is None:
             raise MetricError("target='label' needs a dataset with labels")
         target = labels[: x.shape[0]]
     chosen_methods = _methods(methods)
@@ -257,36 +276,37 @@ def evaluate(
             raise MetricError(f"absolute names methods that are not evaluated: {', '.join(sorted(unknown))}")
     objects = masks is not None or boxes is not None
     chosen_metrics = _metrics(metrics, objects)
-    fixed = fixed_target(vm, x, target)
-    rows = torch.arange(x.shape[0], device=x.device)
 
     scores: dict[tuple[str, str], torch.Tensor] = {}
     results: dict[tuple[str, str], Any] = {}
     maps: dict[str, torch.Tensor] = {}
     seconds: dict[str, float] = {}
-    for method_name, (method, config) in chosen_methods.items():
-        explain = _per_pixel(make_explainer(method, batch_size, config), method_name in absolute_methods)
-        start = time.perf_counter()
-        maps[method_name] = explain_chunks(explain, vm, x, rows, fixed, x.shape[0], batch_size)
-        seconds[f"{method_name}: maps"] = time.perf_counter() - start
-        for metric_name, settings in chosen_metrics.items():
-            spec = METRICS[metric_name]
-            keywords = dict(settings)
-            if spec.needs_objects:
-                keywords.update(masks=masks, boxes=boxes)
-            else:
-                keywords.setdefault("batch_size", batch_size)
-            if spec.needs_method:
-                keywords["method"] = explain
+    # The maps are computed, and the metrics run, in eval mode (the metrics enter it themselves too).
+    with evaluation_mode(vm.module):
+        fixed = fixed_target(vm, x, target)
+        rows = torch.arange(x.shape[0], device=x.device)
+        for method_name, (method, config) in chosen_methods.items():
+            explain = _per_pixel(make_explainer(method, batch_size, config), method_name in absolute_methods)
             start = time.perf_counter()
-            result = spec.function(vm, x, maps[method_name], fixed, **keywords)
-            seconds[f"{method_name}: {metric_name}"] = time.perf_counter() - start
-            results[method_name, metric_name] = result
-            scores[method_name, metric_name] = spec.summary(result).detach().double().cpu()
+            maps[method_name] = explain_chunks(explain, vm, x, rows, fixed, x.shape[0], batch_size)
+            seconds[f"{method_name}: maps"] = time.perf_counter() - start
+            for metric_name, (info, settings) in chosen_metrics.items():
+                keywords = dict(settings)
+                if info.needs_objects:
+                    keywords.update(masks=masks, boxes=boxes)
+                if "batch_size" in info.options:
+                    keywords.setdefault("batch_size", batch_size)
+                if info.needs_method:
+                    keywords["method"] = explain
+                start = time.perf_counter()
+                result = info.function(vm, x, maps[method_name], fixed, **keywords)
+                seconds[f"{method_name}: {metric_name}"] = time.perf_counter() - start
+                results[method_name, metric_name] = result
+                scores[method_name, metric_name] = info.sample_scores(result).detach().double().cpu()
 
     records = []
     for (method_name, metric_name), values in scores.items():
-        spec = METRICS[metric_name]
+        info = chosen_metrics[metric_name][0]
         valid = values[~values.isnan()]
         count = valid.numel()
         std = valid.std().item() if count > 1 else float("nan")
@@ -298,16 +318,16 @@ def evaluate(
                 "std": std,
                 "sem": std / count**0.5 if count > 1 else float("nan"),
                 "n": count,
-                "better": "higher" if spec.higher_is_better else "lower",
-                "score": spec.score,
+                "better": "higher" if info.higher_is_better else "lower",
+                "score": info.score,
             }
         )
     table = pd.DataFrame.from_records(records)
     wide = table.pivot(index="method", columns="metric", values="mean")[list(chosen_metrics)]
     ranking = pd.DataFrame(
         {
-            name: wide[name].rank(ascending=not METRICS[name].higher_is_better, method="min")
-            for name in chosen_metrics
+            name: wide[name].rank(ascending=not info.higher_is_better, method="min")
+            for name, (info, _) in chosen_metrics.items()
         }
     )
     ranking["mean_rank"] = ranking.mean(axis=1)

@@ -24,12 +24,14 @@ from deepscope.metrics._common import (
     MetricError,
     ModelRunner,
     ReplacementLike,
+    check_count,
     generator_for,
     ordered_ranks,
     prepare,
     replacement_values,
     step_counts,
 )
+from deepscope.metrics.registry import register
 from deepscope.zoo.vision_model import VisionModel
 
 
@@ -122,6 +124,14 @@ def _unit_ranks(maps: torch.Tensor, order: str, seed: int) -> torch.Tensor:
     return ordered_ranks(flat, order, generator).view(maps.shape)
 
 
+@register(
+    "pixel_flipping",
+    family="faithfulness",
+    score="AOPC, most relevant first",
+    per_sample="aopc",
+    higher_is_better=True,
+    reference="Bach et al. 2015, On Pixel-Wise Explanations for Non-Linear Classifier Decisions by LRP",
+)
 def pixel_flipping(
     model: VisionModel | nn.Module,
     x: torch.Tensor,
@@ -155,7 +165,7 @@ def pixel_flipping(
     (torch.Size([2, 99]), torch.Size([2]))
     """
     x, maps = prepare(x, attributions)
-    generator = generator_for(x.device, seed + 1)
+    generator = generator_for(x.device, seed, stream=1)
     fill = replacement_values(_vision(model), x, replacement, generator)
     units = maps[0].numel()
     counts = step_counts(units, per_step)
@@ -174,6 +184,14 @@ def pixel_flipping(
     )
 
 
+@register(
+    "deletion",
+    family="faithfulness",
+    score="AUC of the probability",
+    per_sample="auc",
+    higher_is_better=False,
+    reference="Petsiuk et al. 2018, RISE: Randomized Input Sampling for Explanation of Black-box Models",
+)
 def deletion(
     model: VisionModel | nn.Module,
     x: torch.Tensor,
@@ -189,8 +207,8 @@ def deletion(
     """Deletion (Petsiuk et al. 2018, "RISE: Randomized Input Sampling for Explanation of Black-box Models"):
     delete the most relevant units first and follow the class probability; ``.auc`` (lower is better).
 
-    ``replacement`` is what deleted units become: 'black' (a black image through the model's normalisation,
-    Petsiuk's choice), 'mean' (each image's per-channel mean), 'uniform' (uniform [0,1] pixel noise, normalised),
+    ``replacement`` is what deleted units become: 'black' (a black image through the model's normalization,
+    Petsiuk's choice), 'mean' (each image's per-channel mean), 'uniform' (uniform [0,1] pixel noise, normalized),
     'blur' (a Gaussian blur of the image, kernel 11, sigma 5), a number (in input space) or a baseline tensor.
     ``per_step`` units per step (default: a hundredth, rounded up). ``softmax=True``: probabilities, as Petsiuk.
 
@@ -215,6 +233,14 @@ def deletion(
     )
 
 
+@register(
+    "insertion",
+    family="faithfulness",
+    score="AUC of the probability",
+    per_sample="auc",
+    higher_is_better=True,
+    reference="Petsiuk et al. 2018, RISE: Randomized Input Sampling for Explanation of Black-box Models",
+)
 def insertion(
     model: VisionModel | nn.Module,
     x: torch.Tensor,
@@ -239,7 +265,7 @@ def insertion(
     torch.Size([2, 99])
     """
     x, maps = prepare(x, attributions)
-    fill = replacement_values(_vision(model), x, start, generator_for(x.device, seed + 1))
+    fill = replacement_values(_vision(model), x, start, generator_for(x.device, seed, stream=1))
     units = maps[0].numel()
     return _curve(
         model,
@@ -256,6 +282,14 @@ def insertion(
     )
 
 
+@register(
+    "region_perturbation",
+    family="faithfulness",
+    score="AOPC, most relevant first",
+    per_sample="aopc",
+    higher_is_better=True,
+    reference="Samek et al. 2017, Evaluating the Visualization of What a Deep Neural Network Has Learned",
+)
 def region_perturbation(
     model: VisionModel | nn.Module,
     x: torch.Tensor,
@@ -274,7 +308,7 @@ def region_perturbation(
     network has learned"): rank the cells of a ``region_size`` grid by their summed relevance and perturb one
     cell per step; ``.aopc`` (morf: higher is better).
 
-    The grid is centred: when ``region_size`` does not divide the image, the cells along the borders are cut
+    The grid is centered: when ``region_size`` does not divide the image, the cells along the borders are cut
     (as in Quantus). ``steps`` caps the number of cells perturbed (Samek et al.: 100; None: all).
     ``replacement`` defaults to uniform noise, Samek's choice (see :func:`deletion` for the others).
     ``.fractions`` counts cells. ``softmax=False`` follows the logit.
@@ -287,8 +321,7 @@ def region_perturbation(
     torch.Size([2, 50])
     """
     x, maps = prepare(x, attributions)
-    if not isinstance(region_size, int) or region_size < 1:
-        raise MetricError(f"region_size must be a positive int, got {region_size!r}")
+    check_count("region_size", region_size)
     height, width = x.shape[-2:]
     cells, cell_of_pixel = _grid(height, width, region_size, x.device)
     relevance = maps.sum(1).flatten(1)  # [B, H*W]
@@ -296,7 +329,7 @@ def region_perturbation(
     cell_relevance.index_add_(1, cell_of_pixel, relevance)
     cell_ranks = _unit_ranks(cell_relevance, order, seed)
     pixel_ranks = cell_ranks[:, cell_of_pixel].view(x.shape[0], 1, height, width)
-    fill = replacement_values(_vision(model), x, replacement, generator_for(x.device, seed + 1))
+    fill = replacement_values(_vision(model), x, replacement, generator_for(x.device, seed, stream=1))
     return _curve(
         model,
         x,
@@ -313,7 +346,7 @@ def region_perturbation(
 
 
 def _grid(height: int, width: int, size: int, device: torch.device) -> tuple[int, torch.Tensor]:
-    """The cell index of every pixel of a centred grid of ``size`` cells, and the number of cells."""
+    """The cell index of every pixel of a centered grid of ``size`` cells, and the number of cells."""
     pad_top = ((-height) % size) // 2
     pad_left = ((-width) % size) // 2
     rows = (torch.arange(height, device=device) + pad_top) // size
@@ -323,6 +356,14 @@ def _grid(height: int, width: int, size: int, device: torch.device) -> tuple[int
     return cells, (rows[:, None] * grid_width + columns[None, :]).flatten()
 
 
+@register(
+    "infidelity",
+    family="faithfulness",
+    score="infidelity",
+    per_sample=None,
+    higher_is_better=False,
+    reference="Yeh et al. 2019, On the (In)fidelity and Sensitivity of Explanations",
+)
 def infidelity(
     model: VisionModel | nn.Module,
     x: torch.Tensor,
@@ -432,8 +473,7 @@ def _perturbation_source(
                 f"got {list(perturbation.shape)}"
             )
         return PerturbationSource.explicit(given)
-    if not isinstance(samples, int) or samples < 1:
-        raise MetricError(f"samples must be a positive int, got {samples!r}")
+    check_count("samples", samples)
     generator = generator_for(x.device, seed)
     if perturbation == "gaussian":
         return PerturbationSource(

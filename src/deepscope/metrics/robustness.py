@@ -14,7 +14,7 @@ from deepscope.metrics._common import (
     Explainer,
     MetricError,
     ModelRunner,
-    check_batch_size,
+    check_count,
     check_maps,
     explain_chunks,
     generator_for,
@@ -22,9 +22,20 @@ from deepscope.metrics._common import (
     prepare,
 )
 from deepscope.metrics.faithfulness import PerturbationSource
+from deepscope.metrics.registry import register
+from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 
+@register(
+    "max_sensitivity",
+    family="robustness",
+    score="relative max-sensitivity",
+    per_sample=None,
+    higher_is_better=False,
+    reference="Yeh et al. 2019, On the (In)fidelity and Sensitivity of Explanations",
+    needs_method=True,
+)
 def max_sensitivity(
     model: VisionModel | nn.Module,
     x: torch.Tensor,
@@ -61,13 +72,12 @@ def max_sensitivity(
     torch.Size([2])
     """
     x, original = prepare(x, attributions)
-    check_batch_size(batch_size)
+    check_count("batch_size", batch_size)
     vm = as_vision_model(model)
     explain = make_explainer(method, batch_size, method_config)
     batch = x.shape[0]
     if perturbations is None:
-        if not isinstance(samples, int) or samples < 1:
-            raise MetricError(f"samples must be a positive int, got {samples!r}")
+        check_count("samples", samples)
         if radius <= 0:
             raise MetricError(f"radius must be > 0, got {radius}")
         generator = generator_for(x.device, seed)
@@ -84,22 +94,24 @@ def max_sensitivity(
                 f"perturbations must be [S,B,C,H,W] for inputs {list(x.shape)}, got {list(perturbations.shape)}"
             )
         source = PerturbationSource.explicit(given)
-    # The perturbed inputs are explained for the classes of the unperturbed ones: resolved once (a callable
-    # target such as ds.targets.Classes is used as given, with no forward).
-    target_fn = ModelRunner(vm, batch_size, softmax=False).resolve(x, target)
-    norm = original.flatten(1).norm(dim=1)
-    differences = []
-    # Blocks of about batch_size perturbed inputs: memory does not grow with the number of samples.
-    for block in source.blocks(max(1, batch_size // batch)):
-        count = block.shape[0]
-        inputs = (x[None] + block).flatten(0, 1)  # sample-major: [count*B, C, H, W]
-        rows = torch.arange(batch, device=x.device).repeat(count)
-        maps = check_maps(inputs, explain_chunks(explain, vm, inputs, rows, target_fn, batch, batch_size))
-        if maps.shape[1] != original.shape[1]:
-            raise MetricError(
-                f"the method returns {maps.shape[1]}-channel maps, the attributions have {original.shape[1]}"
-            )
-        difference = (maps.view(count, batch, -1) - original.flatten(1)[None]).norm(dim=2)  # [count, B]
-        differences.append(difference / norm[None] if relative else difference)
+    # The explanations run the model in eval mode, as every forward of a metric does.
+    with evaluation_mode(vm.module):
+        # The perturbed inputs are explained for the classes of the unperturbed ones: resolved once (a callable
+        # target such as ds.targets.Classes is used as given, with no forward).
+        target_fn = ModelRunner(vm, batch_size, softmax=False).resolve(x, target)
+        norm = original.flatten(1).norm(dim=1)
+        differences = []
+        # Blocks of about batch_size perturbed inputs: memory does not grow with the number of samples.
+        for block in source.blocks(max(1, batch_size // batch)):
+            count = block.shape[0]
+            inputs = (x[None] + block).flatten(0, 1)  # sample-major: [count*B, C, H, W]
+            rows = torch.arange(batch, device=x.device).repeat(count)
+            maps = check_maps(inputs, explain_chunks(explain, vm, inputs, rows, target_fn, batch, batch_size))
+            if maps.shape[1] != original.shape[1]:
+                raise MetricError(
+                    f"the method returns {maps.shape[1]}-channel maps, the attributions have {original.shape[1]}"
+                )
+            difference = (maps.view(count, batch, -1) - original.flatten(1)[None]).norm(dim=2)  # [count, B]
+            differences.append(difference / norm[None] if relative else difference)
     difference = torch.cat(differences)
     return difference.amax(0)

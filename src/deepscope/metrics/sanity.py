@@ -1,10 +1,10 @@
 """Sanity checks: does the heat map depend on what the model learned, and on the class it explains?
 
-Model-parameter randomisation (Adebayo et al. 2018, cascading and independent) and the random-logit test
+Model-parameter randomization (Adebayo et al. 2018, cascading and independent) and the random-logit test
 (Sixt et al. 2020). Both recompute heat maps, so they take the method: a registry name (``ds.methods()``)
 or a callable ``(model, x, target) -> maps``.
 
-The user's model is never touched: layers are randomised in a deep copy.
+The user's model is never touched: layers are randomized in a deep copy.
 """
 
 from __future__ import annotations
@@ -24,12 +24,15 @@ from deepscope.metrics._common import (
     MetricError,
     ModelRunner,
     check_maps,
+    check_seed,
     generator_for,
     make_explainer,
     prepare,
 )
+from deepscope.metrics.registry import register
 from deepscope.metrics.similarity import SIMILARITIES, against
 from deepscope.probe.layers import find_layers
+from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 Similarity = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -37,7 +40,7 @@ Similarity = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Randomization:
-    """Result of :func:`randomization`: for each randomisation step (``layers[i]``: the layer randomised at that
+    """Result of :func:`randomization`: for each randomization step (``layers[i]``: the layer randomized at that
     step; in cascading order every layer up to it is random too), the similarity of the new heat maps to the
     original ones, per measure: ``similarity[name]`` is ``[B, L]``. Lower similarity = the map depends more on
     the learned parameters = a better pass of the check.
@@ -46,13 +49,13 @@ class Randomization:
     layers: list[str]
     similarity: dict[str, torch.Tensor]
     order: str
-    randomized: list[list[str]] = field(default_factory=list)  # the modules re-initialised at each step
+    randomized: list[list[str]] = field(default_factory=list)  # the modules re-initialized at each step
     untouched: list[str] = field(default_factory=list)  # modules with parameters but no reset_parameters()
     maps: list[torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def score(self) -> torch.Tensor:
-        """``[B]``: the first measure averaged over all randomisation steps (lower is better)."""
+        """``[B]``: the first measure averaged over all randomization steps (lower is better)."""
         return next(iter(self.similarity.values())).nanmean(1)
 
     def mean(self) -> dict[str, torch.Tensor]:
@@ -103,7 +106,7 @@ def _scale_by_max(maps: torch.Tensor) -> torch.Tensor:
 
 
 def _fixed_target(runner: ModelRunner, x: torch.Tensor, target: TargetLike) -> Any:
-    """The target resolved once on the original model: the randomised models explain the same classes."""
+    """The target resolved once on the original model: the randomized models explain the same classes."""
     return runner.resolve(x, target)
 
 
@@ -113,7 +116,7 @@ def _resettable(module: nn.Module) -> bool:
 
 def randomizable_layers(module: nn.Module) -> list[str]:
     """Names of the modules that have parameters of their own and a ``reset_parameters`` method, in model
-    order (convolutions, linear and normalisation layers): the default randomisation steps.
+    order (convolutions, linear and normalization layers): the default randomization steps.
 
     >>> import deepscope as ds
     >>> ds.metrics.randomizable_layers(ds.load_model("zoo:lenet_mnist").module)
@@ -123,7 +126,7 @@ def randomizable_layers(module: nn.Module) -> list[str]:
 
 
 def _randomize(modules: Sequence[nn.Module], seed: int) -> None:
-    """Re-initialise ``modules`` (in this order) with PyTorch's default initialisers (``reset_parameters``;
+    """Re-initialize ``modules`` (in this order) with PyTorch's default initializers (``reset_parameters``;
     batch-norm running statistics reset too), drawing from a forked RNG seeded with ``seed`` (the global RNG is
     left as it was)."""
     devices = sorted(
@@ -138,13 +141,13 @@ def _randomize(modules: Sequence[nn.Module], seed: int) -> None:
 
 
 def _steps(module: nn.Module, steps: list[str], order: str) -> tuple[list[str], list[list[str]], list[str]]:
-    """For each step (top-down for the cascade), the modules to re-initialise then; and the modules with
-    parameters that no step re-initialises because they have no ``reset_parameters``."""
+    """For each step (top-down for the cascade), the modules to re-initialize then; and the modules with
+    parameters that no step re-initializes because they have no ``reset_parameters``."""
     modules = dict(module.named_modules())
     position = {name: index for index, name in enumerate(modules)}
     resettable = [name for name in modules if name and _resettable(modules[name])]
     if order == "cascading":
-        # Step k randomises its layer and everything after it in model order that is not random yet: a true
+        # Step k randomizes its layer and everything after it in model order that is not random yet: a true
         # cascade from the output down, whichever layers are named as steps.
         steps = sorted(steps, key=lambda name: position[name], reverse=True)
         done: set[str] = set()
@@ -161,7 +164,7 @@ def _steps(module: nn.Module, steps: list[str], order: str) -> tuple[list[str], 
     if any(not names for names in plan):
         empty = [step for step, names in zip(steps, plan, strict=True) if not names]
         raise MetricError(
-            f"nothing to randomise in {', '.join(empty)}: no parameters with reset_parameters()"
+            f"nothing to randomize in {', '.join(empty)}: no parameters with reset_parameters()"
         )
 
     def in_scope(name: str) -> bool:
@@ -180,6 +183,15 @@ def _steps(module: nn.Module, steps: list[str], order: str) -> tuple[list[str], 
     return steps, plan, untouched
 
 
+@register(
+    "randomization",
+    family="sanity",
+    score="Spearman to the trained maps, mean over layers",
+    per_sample="score",
+    higher_is_better=False,
+    reference="Adebayo et al. 2018, Sanity Checks for Saliency Maps (cascading and independent)",
+    needs_method=True,
+)
 def randomization(
     model: VisionModel | nn.Module,
     x: torch.Tensor,
@@ -197,22 +209,22 @@ def randomization(
     batch_size: int = DEFAULT_BATCH_SIZE,
     method_config: Mapping[str, Any] | None = None,
 ) -> Randomization:
-    """Model-parameter randomisation test (Adebayo et al. 2018, "Sanity Checks for Saliency Maps").
+    """Model-parameter randomization test (Adebayo et al. 2018, "Sanity Checks for Saliency Maps").
 
-    Re-initialises layers of a deep copy of the model and compares the heat maps of ``method`` for the same
-    inputs and classes with ``attributions`` (the original maps). ``order='cascading'`` randomises from the
+    Re-initializes layers of a deep copy of the model and compares the heat maps of ``method`` for the same
+    inputs and classes with ``attributions`` (the original maps). ``order='cascading'`` randomizes from the
     output down, one more layer per step (top-down, as Adebayo et al.); ``'independent'`` one layer at a time,
     the rest left trained. ``layers``: names or globs of the steps; default every module with its own
-    parameters and a ``reset_parameters`` method. A cascading step randomises its layer and every layer after
+    parameters and a ``reset_parameters`` method. A cascading step randomizes its layer and every layer after
     it in model order that is not random yet (so naming a few blocks gives a coarser but true cascade); an
-    independent step randomises the named module and everything inside it. Modules are re-initialised with
-    their own ``reset_parameters`` (PyTorch's default initialisation), from a forked RNG seeded with ``seed``;
+    independent step randomizes the named module and everything inside it. Modules are re-initialized with
+    their own ``reset_parameters`` (PyTorch's default initialization), from a forked RNG seeded with ``seed``;
     modules with parameters but no such method are left trained and listed in ``.untouched``.
 
     ``similarity``: 'spearman' (rank correlation), 'ssim' (2-D structural similarity), 'pearson', callables
     ``(a, b) -> [B]``, or several; ``absolute`` compares absolute values (Adebayo et al.'s main figures),
     ``normalize`` divides each map by its largest absolute value first (matters for SSIM only).
-    A method passes when the similarity falls towards 0 as layers are randomised.
+    A method passes when the similarity falls towards 0 as layers are randomized.
 
     >>> import torch, deepscope as ds
     >>> vm = ds.load_model("zoo:lenet_mnist")
@@ -231,12 +243,13 @@ def randomization(
     x, original = prepare(x, attributions)
     if order not in ("cascading", "independent"):
         raise MetricError(f"order must be 'cascading' or 'independent', got {order!r}")
+    check_seed(seed)
     vm = as_vision_model(model)
     explain = make_explainer(method, batch_size, method_config)
     measures = _measures(similarity)
     names = randomizable_layers(vm.module) if layers is None else find_layers(vm, layers)
     if not names:
-        raise MetricError(f"{vm.name} has no layer with parameters to randomise")
+        raise MetricError(f"{vm.name} has no layer with parameters to randomize")
     names, plan, untouched = _steps(vm.module, names, order)
     fixed = _fixed_target(ModelRunner(vm, batch_size, softmax=False), x, target)
     copy_vm = vm.with_module(copy.deepcopy(vm.module))
@@ -247,15 +260,17 @@ def randomization(
     scores: dict[str, list[torch.Tensor]] = {name: [] for name in measures}
     kept = []
     compare = _comparison(original, measures, absolute, normalize)
-    for modules in plan:
-        if trained is not None:
-            copy_vm.module.load_state_dict(trained)
-        _randomize([copies[name] for name in modules], seed)
-        maps = check_maps(x, explain(copy_vm, x, fixed)).detach()
-        if keep_maps:
-            kept.append(maps)
-        for measure, values in compare(maps).items():
-            scores[measure].append(values)
+    # The copy keeps the user's train/eval flags; its explanations run in eval mode, as every metric's forwards.
+    with evaluation_mode(copy_vm.module):
+        for modules in plan:
+            if trained is not None:
+                copy_vm.module.load_state_dict(trained)
+            _randomize([copies[name] for name in modules], seed)
+            maps = check_maps(x, explain(copy_vm, x, fixed)).detach()
+            if keep_maps:
+                kept.append(maps)
+            for measure, values in compare(maps).items():
+                scores[measure].append(values)
     return Randomization(
         layers=names,
         similarity={measure: torch.stack(values, 1) for measure, values in scores.items()},
@@ -279,6 +294,15 @@ def fixed_target(model: VisionModel | nn.Module, x: torch.Tensor, target: Target
     return _fixed_target(ModelRunner(model, x.shape[0] or 1, softmax=False), x, target)
 
 
+@register(
+    "random_logit",
+    family="sanity",
+    score="SSIM to another class's map",
+    per_sample=None,
+    higher_is_better=False,
+    reference="Sixt et al. 2020, When Explanations Lie: Why Many Modified BP Attributions Fail",
+    needs_method=True,
+)
 def random_logit(
     model: VisionModel | nn.Module,
     x: torch.Tensor,
@@ -341,5 +365,6 @@ def random_logit(
             raise MetricError("off_target needs one class per sample, each different from the explained one")
         if bool(((off < 0) | (off >= classes)).any()):
             raise MetricError(f"off_target out of range for a model with {classes} classes")
-    maps = check_maps(x, explain(vm, x, Classes(off)))
+    with evaluation_mode(vm.module):
+        maps = check_maps(x, explain(vm, x, Classes(off)))
     return _comparison(original, {"similarity": measure}, absolute, normalize)(maps)["similarity"]

@@ -65,7 +65,7 @@ def against(
     reference: torch.Tensor, measure: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ) -> Callable:
     """``maps -> measure(reference, maps)``, for comparing many batches of maps with one reference (the
-    randomisation test compares the maps of every randomised model with the original ones): Spearman ranks the
+    randomization test compares the maps of every randomized model with the original ones): Spearman ranks the
     reference once."""
     if measure is not spearman:
         return lambda maps: measure(reference, maps)

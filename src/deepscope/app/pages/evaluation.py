@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from deepscope.metrics.evaluate import METRICS, Evaluation, evaluate
+from deepscope.metrics.evaluate import Evaluation, evaluate
+from deepscope.metrics.registry import metric_info, metrics
 from deepscope.render.curves import curve_plot, randomization_plot
 from deepscope.render.html import Report
 from deepscope.render.images import data_uri, scale_each, to_pil
@@ -27,17 +28,17 @@ LENET_METHODS: dict[str, Any] = {
     "deconvnet": {},
     "grad_cam": {},
 }
-LENET_METRICS: dict[str, dict] = {
+# LeNet-5 runs every registered metric; these settings differ from the metrics' defaults (fewer samples and
+# steps keep the section under a minute; the maps of the cascade are kept for the figure).
+LENET_SETTINGS: dict[str, dict] = {
     "pixel_flipping": {"per_step": 8},
     "region_perturbation": {"region_size": 4},
-    "deletion": {},
-    "insertion": {},
     "infidelity": {"perturbation": "square", "patch": 4},
     "max_sensitivity": {"samples": 3},
     "randomization": {"keep_maps": True},
-    "random_logit": {},
     "pointing_game": {"tolerance": 1},
 }
+LENET_METRICS: dict[str, dict] = {info.name: LENET_SETTINGS.get(info.name, {}) for info in metrics()}
 # One pass per map keeps the section under a minute (integrated gradients would cost 16 per map and step).
 PHOTO_METHODS: dict[str, Any] = {
     "saliency": {},
@@ -114,21 +115,18 @@ def evaluation_section(report: Report, context: Any) -> None:
 
 
 def _table(section: Any, result: Evaluation) -> None:
-    metrics = list(result.ranking.columns[:-1])
+    columns = list(result.ranking.columns[:-1])
     means = result.table.pivot(index="method", columns="metric", values="mean")
     sems = result.table.pivot(index="method", columns="metric", values="sem")
+    higher = {metric: metric_info(metric).higher_is_better for metric in columns}
     best = {
-        metric: (means[metric].idxmax() if METRICS[metric].higher_is_better else means[metric].idxmin())
-        for metric in metrics
+        metric: (means[metric].idxmax() if higher[metric] else means[metric].idxmin()) for metric in columns
     }
-    header = [
-        "method",
-        *[f"{m.replace('_', ' ')} {'↑' if METRICS[m].higher_is_better else '↓'}" for m in metrics],
-    ]
+    header = ["method", *[f"{m.replace('_', ' ')} {'↑' if higher[m] else '↓'}" for m in columns]]
     rows = []
     for method in result.ranking.index:
         cells = [method]
-        for metric in metrics:
+        for metric in columns:
             mean, sem = means.loc[method, metric], sems.loc[method, metric]
             text = f"{mean:.3g}" + ("" if math.isnan(sem) else f" ± {sem:.2g}")
             cells.append(f"<b>{text}</b>" if best[metric] == method else text)

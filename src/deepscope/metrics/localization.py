@@ -1,4 +1,4 @@
-"""Localisation: does the heat map point at the object? The pointing game (Zhang et al. 2018)."""
+"""Localization: does the heat map point at the object? The pointing game (Zhang et al. 2018)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from torch import nn
 
 from deepscope.attribution.targets import TargetLike
 from deepscope.metrics._common import MetricError, pixel_maps, prepare
+from deepscope.metrics.registry import register
 from deepscope.zoo.vision_model import VisionModel
 
 
@@ -36,6 +37,15 @@ def boxes_to_masks(
     return masks
 
 
+@register(
+    "pointing_game",
+    family="localization",
+    score="hit rate",
+    per_sample=None,
+    higher_is_better=True,
+    reference="Zhang et al. 2018, Top-down Neural Attention by Excitation Backprop",
+    needs_objects=True,
+)
 def pointing_game(
     model: VisionModel | nn.Module | None,
     x: torch.Tensor,
@@ -83,7 +93,7 @@ def pointing_game(
     relevance = pixel_maps(maps).flatten(1)
     peak = relevance.amax(1)
     # A hit: some pixel that holds the maximum is on the object (or within ``tolerance`` of it).
-    if tolerance < 1:  # no neighbour is that close: the maximum must be on the object itself
+    if tolerance < 1:  # no neighbor is that close: the maximum must be on the object itself
         on_object = torch.where(objects, relevance, -torch.inf).amax(1)
         hits = (on_object >= peak).float()
     else:
