@@ -123,5 +123,5 @@ def _progress_bar(plan: ScanPlan, pending: list[int], progress: bool, name: str)
         return None
     from tqdm.auto import tqdm
 
-    done = plan.n_samples - sum(plan.bounds(c)[1] - plan.bounds(c)[0] for c in pending)
+    done = plan.n_samples - sum(stop - start for start, stop in map(plan.bounds, pending))
     return tqdm(total=plan.n_samples, initial=done, unit="img", desc=f"scan {name}", dynamic_ncols=True)
