@@ -21,8 +21,8 @@ def model_fingerprint(vm: VisionModel) -> str:
     class names. The train/eval flags are no part of it: a scan runs the model in eval mode.
 
     >>> import deepscope as ds
-    >>> lenet = ds.load_model("zoo:lenet_mnist")
-    >>> model_fingerprint(lenet) == model_fingerprint(ds.load_model("zoo:lenet_mnist")), len(model_fingerprint(lenet))
+    >>> lenet, again = ds.load_model("zoo:lenet_mnist"), ds.load_model("zoo:lenet_mnist")
+    >>> model_fingerprint(lenet) == model_fingerprint(again), len(model_fingerprint(lenet))
     (True, 32)
     """
     digest = hashlib.sha256()
@@ -53,7 +53,8 @@ def run_fingerprint(model_fp: str, dataset_fp: str, plan: ScanPlan) -> str:
 
     >>> from deepscope.atlas.scanning.plan import ScanPlan
     >>> plan = ScanPlan(("fc:input",), (8,), ((8,),), "fc:input", ("a", "b"), 10, 4, 5, 2, None)
-    >>> run_fingerprint("m", "d", plan) == run_fingerprint("m", "d", plan), run_fingerprint("m", "d", plan) == run_fingerprint("m", "e", plan)
+    >>> first = run_fingerprint("model", "data", plan)
+    >>> first == run_fingerprint("model", "data", plan), first == run_fingerprint("model", "other data", plan)
     (True, False)
     """
     text = json.dumps({"model": model_fp, "dataset": dataset_fp, "plan": plan.to_dict()}, sort_keys=True)

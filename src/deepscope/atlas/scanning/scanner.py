@@ -33,7 +33,8 @@ class ChunkResult:
     :class:`~deepscope.workspace.store.SampleRow` per index (``samples``), per scanned sample (``indices``,
     dataset order) its ``labels`` (-1: none), ``predicted`` class, class ``probabilities``, pooled activations of
     each recorded layer (``embeddings``, in the plan's order) and ``thumbnails`` (None when the scan keeps none),
-    and the chunk's own reductions (``state``, a :meth:`~deepscope.atlas.scanning.reductions.ScanState.state_dict`), to be merged into the run's."""
+    and the chunk's own reductions (``state``, a
+    :meth:`~deepscope.atlas.scanning.reductions.ScanState.state_dict`), to be merged into the run's."""
 
     chunk: int
     start: int
