@@ -28,6 +28,7 @@ from deepscope.errors import (
     DeepscopeError,
     LayerNotFoundError,
     SettingError,
+    SettingTypeError,
     SpecError,
     WorkspaceError,
 )
@@ -445,6 +446,10 @@ def test_cka_of_a_model_with_itself_and_a_random_copy(lenet, digits, unchanged):
     # close; the learned layers are clearly apart.
     assert all(diagonal[layer] < 0.75 for layer in ("fc3:input", "fc2", "fc3")), diagonal
     assert all(value < 0.99 for value in diagonal.values()) and diagonal["fc1"] < 0.9, diagonal
+    with pytest.raises(SettingError, match="batch_size must be an int >= 4 .*got 3"):
+        ds.atlas.cka(lenet, random, "mnist5k:test", batch_size=3)
+    with pytest.raises(SettingTypeError, match="batch_size must be an int >= 4 .*got 64.0"):
+        ds.atlas.cka(lenet, random, "mnist5k:test", batch_size=64.0)
 
 
 def test_minibatch_cka_uses_the_unbiased_hsic_and_approaches_full_cka(lenet, digits):
@@ -548,6 +553,25 @@ def test_loader_threads_change_nothing_in_the_scan(lenet, digits, tmp_path):
     with pytest.raises(SettingError, match="workers must be a whole number >= 0"):
         ds.atlas.scan(lenet, digits, out=tmp_path / "bad", workers=-1)
     assert default_workers(torch.device("cpu")) == 0 and 1 <= default_workers(torch.device("cuda")) <= 8
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "message"),
+    [
+        ({"batch_size": 0}, SettingError, "batch_size must be a positive int, got 0"),
+        ({"chunk_size": "512"}, SettingTypeError, "chunk_size must be a positive int, got '512'"),
+        ({"k": True}, SettingTypeError, "k must be a positive int, got True"),
+        ({"thumbnail_size": -1}, SettingError, r"thumbnail_size must be an int >= 0 \(0: no thumbnails\)"),
+        ({"workers": 1.5}, SettingTypeError, "workers must be a whole number >= 0"),
+        ({"engine": "spark"}, SettingError, "engine must be one of local, ray, got 'spark'"),
+        ({"layers": []}, SettingError, "layers is empty"),
+    ],
+)
+def test_scan_settings_are_checked_before_anything_is_written(lenet, tmp_path, settings, error, message):
+    digits = ds.datasets.mnist5k("test").subset(range(10))
+    with pytest.raises(error, match=message):
+        ds.atlas.scan(lenet, digits, out=tmp_path / "ws", **settings)
+    assert not (tmp_path / "ws").exists()
 
 
 def test_folder_classes_must_name_model_classes(lenet, tmp_path):
@@ -746,6 +770,11 @@ def test_feedback_round_trips(atlas):
     rows = ds.atlas.open_workspace(atlas.path).feedback()
     assert rows[0]["id"] == first and rows[0]["value"] == 4 and rows[0]["index"] == 17
     assert atlas.feedback("unit_name")[0]["layer"] == "conv2"
+    with pytest.raises(SettingTypeError, match="feedback kind must be a non-empty string, got 3"):
+        atlas.add_feedback(3, "flag", index=1)
+    with pytest.raises(SettingError, match="feedback kind must be a non-empty string"):
+        atlas.add_feedback("", "flag", index=1)
+    assert len(atlas.feedback()) == 2
 
 
 def test_other_schema_versions_and_other_data_are_refused(atlas, lenet, tmp_path):

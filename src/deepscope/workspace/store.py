@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from deepscope._version import __version__
-from deepscope.errors import WorkspaceError
+from deepscope.errors import SettingError, SettingTypeError, WorkspaceError
 
 # Version 1: the first layout. Bump on any change to tables, columns or array files, and describe it in
 # docs/workspace.md; older workspaces are then refused with a message saying which version wrote them.
@@ -580,8 +580,10 @@ class Store:
         >>> store.feedback()[0]["value"]
         7
         """
-        if not isinstance(kind, str) or not kind:
-            raise WorkspaceError(f"feedback kind must be a non-empty string, got {kind!r}")
+        if not isinstance(kind, str):
+            raise SettingTypeError(f"feedback kind must be a non-empty string, got {kind!r}")
+        if not kind:
+            raise SettingError("feedback kind must be a non-empty string, got ''")
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO feedback (run_id, idx, layer, unit, kind, value, created_at) VALUES (?,?,?,?,?,?,?)",
