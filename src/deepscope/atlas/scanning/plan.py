@@ -135,9 +135,6 @@ def plan_scan(
 
     module = vm.module
     requested = requested_layers(vm, layers)
-    linear_inputs = [
-        name + INPUT_SUFFIX for name, sub in module.named_modules() if isinstance(sub, nn.Linear)
-    ]
     calls: list[str] = []
     shapes: dict[str, list[tuple[int, ...]]] = {}  # per layer name, the shape of each of its calls
 
@@ -145,44 +142,11 @@ def plan_scan(
         calls.append(name)
         shapes.setdefault(name, []).append(tuple(tensor.shape[1:]))
 
-    probed = list(dict.fromkeys(requested + linear_inputs))
+    probed = list(dict.fromkeys(requested + _linear_inputs(module)))
     with evaluation_mode(module), torch.inference_mode(), layer_hooks(module, probed, seen):
         logits = class_scores(module(inputs))
-    call_shapes: dict[str, tuple[int, ...]] = {}
-
-    def each_call(name: str) -> list[str]:
-        """The layer ``name`` as the scan stores it: itself, or one name per call of a reused module."""
-        if len(shapes[name]) == 1:
-            call_shapes[name] = shapes[name][0]
-            return [name]
-        address = split_address(name)
-        named = [str(LayerAddress(address.path, call, address.input)) for call in range(len(shapes[name]))]
-        call_shapes.update(zip(named, shapes[name], strict=True))
-        return named
-
-    if layers is None:
-        linear_calls = [name for name in calls if name in linear_inputs]
-        if not linear_calls:
-            raise SettingError(
-                f"{vm.name} calls no nn.Linear, so deepscope cannot tell its penultimate layer; "
-                "pass layers=[...] and the first one is used as the embedding"
-            )
-        embedding = each_call(linear_calls[-1])[-1]  # the input of the last call of the last Linear
-        chosen = [embedding] + [
-            call for name in default_layers(module) if name in shapes for call in each_call(name)
-        ]
-    else:
-        missing = [name for name in requested if name not in shapes]
-        if missing:
-            raise LayerNotFoundError(f"layers {missing} did not run in a forward pass of {vm.name}")
-        reused = [name for name in requested if len(shapes[name]) > 1]
-        if reused:
-            raise SettingError(
-                f"layers {reused} run more than once per forward pass (a module reused in the model); name one "
-                f"call as 'NAME@N' (N from 0): {', '.join(each_call(reused[0]))}"
-            )
-        chosen = [call for name in requested for call in each_call(name)]
-        embedding = chosen[0]
+    recorded = _recorded_layers(vm, layers, requested, calls, shapes)
+    chosen = list(recorded)
     if vm.labels is None:
         classes = [str(i) for i in range(logits.shape[1])]
     elif len(vm.labels) == logits.shape[1]:
@@ -201,9 +165,9 @@ def plan_scan(
             thumbnail = (max(1, round(height * scale)), max(1, round(width * scale)), int(channels))
     return ScanPlan(
         layers=tuple(chosen),
-        units=tuple(units_of(call_shapes[name]) for name in chosen),
-        shapes=tuple(call_shapes[name] for name in chosen),
-        embedding_layer=embedding,
+        units=tuple(units_of(shape) for shape in recorded.values()),
+        shapes=tuple(recorded.values()),
+        embedding_layer=chosen[0],
         classes=tuple(classes),
         n_samples=len(dataset),
         batch_size=batch_size,
@@ -211,6 +175,55 @@ def plan_scan(
         k=k,
         thumbnail=thumbnail,
     )
+
+
+def _recorded_layers(
+    vm: VisionModel,
+    layers: str | Sequence[str] | None,
+    requested: list[str],
+    calls: list[str],
+    shapes: dict[str, list[tuple[int, ...]]],
+) -> dict[str, tuple[int, ...]]:
+    """The layers a scan records, the embedding first, each with its shape per sample, from the probe pass:
+    ``calls`` names the probed layers in the order they ran, ``shapes`` gives the shape of each call of each."""
+    recorded: dict[str, tuple[int, ...]] = {}
+    if layers is None:
+        linear_inputs = set(_linear_inputs(vm.module))
+        linear_calls = [name for name in calls if name in linear_inputs]
+        if not linear_calls:
+            raise SettingError(
+                f"{vm.name} calls no nn.Linear, so deepscope cannot tell its penultimate layer; "
+                "pass layers=[...] and the first one is used as the embedding"
+            )
+        last = linear_calls[-1]
+        embedding = last if len(shapes[last]) == 1 else _call_names(last, len(shapes[last]))[-1]
+        recorded[embedding] = shapes[last][-1]  # the input of the last call of the last Linear
+        for name in default_layers(vm.module):
+            if name in shapes:  # a reused module: each call is a layer of its own
+                names = [name] if len(shapes[name]) == 1 else _call_names(name, len(shapes[name]))
+                recorded.update(zip(names, shapes[name], strict=True))
+        return recorded
+    missing = [name for name in requested if name not in shapes]
+    if missing:
+        raise LayerNotFoundError(f"layers {missing} did not run in a forward pass of {vm.name}")
+    reused = [name for name in requested if len(shapes[name]) > 1]
+    if reused:
+        raise SettingError(
+            f"layers {reused} run more than once per forward pass (a module reused in the model); name one "
+            f"call as 'NAME@N' (N from 0): {', '.join(_call_names(reused[0], len(shapes[reused[0]])))}"
+        )
+    return {name: shapes[name][0] for name in requested}
+
+
+def _linear_inputs(module: nn.Module) -> list[str]:
+    """The input of every ``nn.Linear`` of ``module``, as layer names: the candidates for the embedding."""
+    return [name + INPUT_SUFFIX for name, sub in module.named_modules() if isinstance(sub, nn.Linear)]
+
+
+def _call_names(name: str, count: int) -> list[str]:
+    """The names of the ``count`` calls of layer ``name``: 'act' -> ['act@0', 'act@1']."""
+    address = split_address(name)
+    return [str(LayerAddress(address.path, call, address.input)) for call in range(count)]
 
 
 def class_scores(output: Any) -> torch.Tensor:
