@@ -14,7 +14,7 @@ Every ratio is measured within one run, the two sides interleaved, best time of 
    loop, ``forward_only(vm, vm.preprocess(batch))``, shows what the scan's recording and storing cost on top of
    the fastest forward deepscope has. A fourth loop is the evaluation loop most PyTorch code runs over a Dataset:
    ``torch.utils.data.DataLoader`` (default collation, no worker processes) over the same items, each item
-   transformed on its own (the model's resize/crop/to-tensor and normalisation), then ``module(batch)``.
+   transformed on its own (the model's resize/crop/to-tensor and normalization), then ``module(batch)``.
 2. Peak memory: a fresh process per size scans the first 1,000, all 5,000 and 20,000 digits (each 4 times);
    reported are the growth of anonymous resident memory during the scan (sampled every 2 ms), the tracemalloc
    peak of Python/NumPy allocations made by the scan, and the file-backed pages of the memory-mapped output
@@ -30,7 +30,7 @@ Every ratio is measured within one run, the two sides interleaved, best time of 
 6. t-SNE of the 5,000 LeNet embeddings: ``ws.layout('tsne')`` (read embeddings, openTSNE, store) versus
    ``openTSNE.TSNE(...).fit`` alone with the same parameters.
 7. UMAP of the same embeddings, each in a fresh process (the first UMAP of a process pays numba's compilation):
-   ``ds.atlas.umap`` (exact neighbour lists from scikit-learn) versus ``umap.UMAP(...).fit_transform`` (its own
+   ``ds.atlas.umap`` (exact neighbor lists from scikit-learn) versus ``umap.UMAP(...).fit_transform`` (its own
    pynndescent search above 4,096 points), with the 5-NN accuracy of each 2-D layout as the quality check.
 """
 
@@ -182,7 +182,7 @@ def throughput(repeats: int, device: str):
             "scan": scanning(efficientnet, crop_set, batch_size=batch),
         },
     )
-    from deepscope.atlas.scan import default_layers
+    from deepscope.atlas.scanning.plan import default_layers
 
     layers = len(default_layers(efficientnet.module)) + 1
     yield (
@@ -261,9 +261,10 @@ def scan_and_bare(vm: ds.VisionModel, images: list, repeats: int, device: str, b
 
 def loader_threads(repeats: int, device: str) -> dict[str, float]:
     """A folder of 96 JPEG photos (the bundled photos, resaved) with EfficientNet-Lite0: the scan's loading alone
-    (read, decode, resize, crop, batch: ``ChunkScanner._batches`` over every chunk) and the whole scan, with 0, 1
+    (read, decode, resize, crop, batch: ``ChunkScanner.batches`` over every chunk) and the whole scan, with 0, 1
     and 2 loader threads."""
-    from deepscope.atlas.scan import ChunkScanner, plan_scan
+    from deepscope.atlas.scanning.plan import plan_scan
+    from deepscope.atlas.scanning.scanner import ChunkScanner
 
     efficientnet = on(ds.load_model("zoo:efficientnet_lite0"), device)
     photos = list(ds.samples().values())
@@ -276,9 +277,7 @@ def loader_threads(repeats: int, device: str) -> dict[str, float]:
 
         def loading(workers: int):
             scanner = ChunkScanner(efficientnet, data, plan, workers=workers)
-            return lambda: [
-                list(scanner._batches(plan.batch_bounds(chunk))) for chunk in range(plan.n_chunks)
-            ]
+            return lambda: [list(scanner.batches(plan.batch_bounds(chunk))) for chunk in range(plan.n_chunks)]
 
         timings |= best_of(repeats, {f"load, {workers} threads": loading(workers) for workers in (0, 1, 2)})
         timings |= best_of(
@@ -295,9 +294,10 @@ def loader_threads(repeats: int, device: str) -> dict[str, float]:
 
 def lenet_steps(repeats: int, device: str) -> dict[str, float]:
     """Where a LeNet scan of MNIST-5k spends its time: the bare loop, then the scan built up step by step from
-    its own parts (private ones included), each step timed as a whole."""
-    from deepscope.atlas.reductions import ScanState, float_histogram
-    from deepscope.atlas.scan import ChunkScanner, _Recorder, plan_scan
+    its own parts, each step timed as a whole."""
+    from deepscope.atlas.scanning.plan import plan_scan
+    from deepscope.atlas.scanning.reductions import ScanState, float_histogram
+    from deepscope.atlas.scanning.scanner import ChunkScanner, LayerRecorder
 
     lenet = on(ds.load_model("zoo:lenet_mnist"), device)
     digits = ds.datasets.mnist5k()
@@ -323,17 +323,17 @@ def lenet_steps(repeats: int, device: str) -> dict[str, float]:
     def loaded():
         with torch.inference_mode():
             for start in range(0, len(digits), batch):
-                loaded = scanner._load_batch(start, min(start + batch, len(digits)))
+                loaded = scanner.load_batch(start, min(start + batch, len(digits)))
                 forward_only(lenet, lenet.normalize(loaded.inputs.to(device)), layers, required)
         synchronize(device)
 
     def recorded():
         with torch.inference_mode():
             for chunk in range(plan.n_chunks):
-                state = ScanState(list(zip(plan.layers, plan.units, strict=True)), 10, plan.k, lenet.device)
-                recorder = _Recorder(lenet, layers, state)
+                state = ScanState(plan.layer_units(), 10, plan.k, lenet.device)
+                recorder = LayerRecorder(lenet, layers, state)
                 for first, stop in plan.batch_bounds(chunk):
-                    loaded = scanner._load_batch(first, stop)
+                    loaded = scanner.load_batch(first, stop)
                     recorder.forward(lenet.normalize(loaded.inputs.to(device)))
                     recorder.end_batch()
                     state.end_batch(torch.tensor(loaded.indices, device=lenet.device))

@@ -21,9 +21,17 @@ from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
 import deepscope as ds
-from deepscope.atlas.reductions import BINS, bin_edges
-from deepscope.atlas.scan import default_workers
-from deepscope.errors import DatasetError, DeepscopeError, LayerNotFoundError, SpecError, WorkspaceError
+from deepscope.atlas.scanning.loading import default_workers
+from deepscope.atlas.scanning.reductions import BINS, bin_edges
+from deepscope.errors import (
+    DatasetError,
+    DeepscopeError,
+    LayerNotFoundError,
+    SettingError,
+    SettingTypeError,
+    SpecError,
+    WorkspaceError,
+)
 from deepscope.probe import inference
 from deepscope.zoo.datasets import FINGERPRINT_ITEMS
 
@@ -119,6 +127,71 @@ def test_embedding_is_the_input_of_the_last_linear_layer(atlas, lenet, digits):
         atlas.embeddings("conv")
 
 
+class ReusedModules(torch.nn.Module):
+    """One ReLU module after every convolution, and one convolution applied twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.act = torch.nn.ReLU()
+        self.conv2 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.act(self.bn(self.conv1(x)))
+        x = self.act(self.conv2(x))
+        x = self.conv2(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_each_call_of_a_reused_module_scans_as_its_own_layer(tmp_path, unchanged):
+    """'NAME@N' records the N-th call of a module the model calls more than once; the defaults record every call
+    of a reused layer; a plain name of a reused module is refused with the names of its calls."""
+    torch.manual_seed(0)
+    module = ReusedModules().eval()
+    with torch.no_grad():
+        module.bn.running_mean.uniform_(
+            -0.5, 0.5
+        )  # not the identity: the folded copy has a batch norm to fold
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(40, 3, 8, 8, generator=generator)
+    data = torch.utils.data.TensorDataset(inputs, torch.arange(40) % 3)
+    calls = {"act": [], "conv2": []}
+    handles = [
+        getattr(module, name).register_forward_hook(lambda m, i, o, name=name: calls[name].append(o))
+        for name in calls
+    ]
+    try:
+        with torch.no_grad():
+            module(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    vm = ds.as_vision_model(module)
+    with unchanged(module):
+        ws = ds.atlas.scan(
+            vm, data, ["act@1", "conv2@1", "act@0"], out=tmp_path / "named", batch_size=16, thumbnail_size=0
+        )
+    assert ws.layers == ["act@1", "conv2@1", "act@0"] and ws.embedding_layer == "act@1"
+    for layer, output in (
+        ("act@0", calls["act"][0]),
+        ("act@1", calls["act"][1]),
+        ("conv2@1", calls["conv2"][1]),
+    ):
+        np.testing.assert_allclose(ws.embeddings(layer), output.mean((2, 3)).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            ws.unit_statistics(layer)["max"], output.amax((0, 2, 3)).numpy(), rtol=1e-5
+        )
+    defaults = ds.atlas.scan(vm, data, out=tmp_path / "defaults", batch_size=16, thumbnail_size=0)
+    assert defaults.layers == ["fc:input", "conv1", "conv2@0", "conv2@1", "fc"]
+    np.testing.assert_allclose(
+        defaults.embeddings("conv2@0"), calls["conv2"][0].mean((2, 3)).numpy(), rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(SettingError, match="name one call as 'NAME@N' .*: act@0, act@1"):
+        ds.atlas.scan(vm, data, ["act"], out=tmp_path / "plain")
+
+
 def test_activation_histogram_counts_every_value_in_its_float_bin(lenet, digits, tmp_path):
     images = digits.images[:400]
     ws = ds.atlas.scan(lenet, digits.subset(range(400)), ["conv1", "relu1"], out=tmp_path, batch_size=64)
@@ -156,7 +229,7 @@ def test_activation_histogram_counts_every_value_in_its_float_bin(lenet, digits,
 
 
 def test_fast_float_histogram_equals_bincount_of_the_float_bins():
-    from deepscope.atlas.reductions import float_bins, float_histogram
+    from deepscope.atlas.scanning.reductions import float_bins, float_histogram
 
     x = torch.cat(
         [torch.randn(10_000) * 10 ** torch.randint(-30, 30, (10_000,)), torch.tensor([0.0, -0.0, 1.0])]
@@ -265,10 +338,11 @@ def test_tsne_layout_keeps_digits_apart(atlas):
     assert accuracy >= 0.90, accuracy
     again = atlas.layout("tsne", n_jobs=2)  # stored in the workspace: read back, not recomputed
     np.testing.assert_array_equal(points, again)
-    assert [row[:2] for row in atlas.store.layouts(atlas.run.id)].count(("tsne", "fc3:input")) == 1
+    stored = [(layout.kind, layout.layer) for layout in atlas.store.layouts(atlas.run.id)]
+    assert stored.count(("tsne", "fc3:input")) == 1
 
 
-def test_image_grid_assigns_each_cell_once_and_keeps_neighbourhoods(atlas):
+def test_image_grid_assigns_each_cell_once_and_keeps_neighborhoods(atlas):
     grid = atlas.image_grid(12, 12, kind="pca")
     cells = grid.cells.ravel()
     assert len(set(cells.tolist())) == 144 and (cells >= 0).all()
@@ -285,36 +359,36 @@ def test_image_grid_assigns_each_cell_once_and_keeps_neighbourhoods(atlas):
     placed = np.random.default_rng(0).normal(size=(6, 2))
     unit = (placed - placed.min(0)) / (placed.max(0) - placed.min(0))
     unit[:, 1] = 1 - unit[:, 1]
-    centres = np.array([[(c + 0.5) / 3, (r + 0.5) / 2] for r in range(2) for c in range(3)])
+    centers = np.array([[(c + 0.5) / 3, (r + 0.5) / 2] for r in range(2) for c in range(3)])
     best = min(
-        sum(((unit[p] - centres[cell]) ** 2).sum() for cell, p in enumerate(perm))
+        sum(((unit[p] - centers[cell]) ** 2).sum() for cell, p in enumerate(perm))
         for perm in permutations(range(6))
     )
     assert brute.cost == pytest.approx(best)
 
 
-def test_nearest_neighbours_equal_brute_force(atlas):
-    neighbours, distances = atlas.neighbors(k=5)
+def test_nearest_neighbors_equal_brute_force(atlas):
+    neighbors, distances = atlas.neighbors(k=5)
     x = atlas.embeddings()[:200].astype(np.float64)
     full = atlas.embeddings().astype(np.float64)
     d = ((x[:, None, :] - full[None, :, :]) ** 2).sum(-1)
     d[np.arange(200), np.arange(200)] = np.inf
     np.testing.assert_allclose(distances[:200], np.sqrt(np.sort(d, 1)[:, :5]), rtol=1e-4)
-    assert (neighbours[:200, 0] == atlas.indices[d.argmin(1)]).mean() > 0.99  # equal up to exact ties
+    assert (neighbors[:200, 0] == atlas.indices[d.argmin(1)]).mean() > 0.99  # equal up to exact ties
 
 
-def test_umap_neighbour_graph_equals_umap_learns_own_exact_graph(atlas):
-    """Below 4,096 points umap-learn searches neighbours exactly itself (full distance matrix); the graph built
-    from deepscope's neighbour lists must be the same, entry for entry."""
+def test_umap_neighbor_graph_equals_umap_learns_own_exact_graph(atlas):
+    """Below 4,096 points umap-learn searches neighbors exactly itself (full distance matrix); the graph built
+    from deepscope's neighbor lists must be the same, entry for entry."""
     from sklearn.metrics import pairwise_distances
     from umap.umap_ import fuzzy_simplicial_set
 
-    from deepscope.atlas.layouts import umap_neighbours
+    from deepscope.atlas.layouts import umap_neighbors
 
     x = np.ascontiguousarray(atlas.embeddings()[:1500], dtype=np.float32)
     rng = np.random.RandomState(0)
     own, *_ = fuzzy_simplicial_set(pairwise_distances(x), 15, rng, "precomputed")  # what UMAP.fit does here
-    indices, distances = umap_neighbours(x, 15)
+    indices, distances = umap_neighbors(x, 15)
     ours, *_ = fuzzy_simplicial_set(x, 15, rng, "euclidean", knn_indices=indices, knn_dists=distances)
     assert abs(own.tocsr() - ours.tocsr()).max() == 0
 
@@ -349,9 +423,9 @@ def test_linear_cka_properties_and_the_kernel_formula():
 def test_cka_sample_space_path_equals_feature_space_path():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(30, 40)), rng.normal(size=(30, 45))  # p*q > n^2: the Gram path
-    from deepscope.atlas.compare import _centred
+    from deepscope.atlas.compare import _centered
 
-    a, b = _centred(x), _centred(y)
+    a, b = _centered(x), _centered(y)
     feature = np.square(b.T @ a).sum() / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))
     assert ds.atlas.linear_cka(x, y) == pytest.approx(feature, rel=1e-10)
 
@@ -370,6 +444,10 @@ def test_cka_of_a_model_with_itself_and_a_random_copy(lenet, digits, unchanged):
     # close; the learned layers are clearly apart.
     assert all(diagonal[layer] < 0.75 for layer in ("fc3:input", "fc2", "fc3")), diagonal
     assert all(value < 0.99 for value in diagonal.values()) and diagonal["fc1"] < 0.9, diagonal
+    with pytest.raises(SettingError, match="batch_size must be an int >= 4 .*got 3"):
+        ds.atlas.cka(lenet, random, "mnist5k:test", batch_size=3)
+    with pytest.raises(SettingTypeError, match="batch_size must be an int >= 4 .*got 64.0"):
+        ds.atlas.cka(lenet, random, "mnist5k:test", batch_size=64.0)
 
 
 def test_minibatch_cka_uses_the_unbiased_hsic_and_approaches_full_cka(lenet, digits):
@@ -440,13 +518,13 @@ def test_corrupt_images_in_a_folder_are_reported_and_skipped(lenet, digits, tmp_
     with unchanged(lenet.module):
         ws = ds.atlas.scan(lenet, str(tmp_path / "digits"), out=tmp_path / "ws", batch_size=4)
     assert ws.complete and len(ws.indices) == 15
-    assert sorted(source for _, source, _ in ws.skipped) == broken
-    assert all("cannot be decoded" in error for _, _, error in ws.skipped)
+    assert sorted(sample.source for sample in ws.skipped) == broken
+    assert all("cannot be decoded" in sample.error for sample in ws.skipped)
     np.testing.assert_array_equal(np.bincount(ws.labels), [5, 5, 5])
     assert (ws.predictions == ws.labels).mean() >= 0.9
     assert ws.confusion_matrix().sum() == 15
     folder = ds.datasets.ImageFolder(tmp_path / "digits")
-    assert set(np.delete(np.arange(len(folder)), ws.indices)) == {i for i, _, _ in ws.skipped}
+    assert set(np.delete(np.arange(len(folder)), ws.indices)) == {sample.index for sample in ws.skipped}
 
 
 def test_loader_threads_change_nothing_in_the_scan(lenet, digits, tmp_path):
@@ -463,16 +541,35 @@ def test_loader_threads_change_nothing_in_the_scan(lenet, digits, tmp_path):
         for workers in (0, 3)
     }
     inline, threaded = scans[0], scans[3]
-    assert sorted(source for _, source, _ in threaded.skipped) == broken
+    assert sorted(sample.source for sample in threaded.skipped) == broken
     assert threaded.skipped == inline.skipped
     for name in ("indices", "labels", "predictions", "probabilities", "thumbnails"):
         np.testing.assert_array_equal(getattr(threaded, name), getattr(inline, name))
     np.testing.assert_array_equal(threaded.embeddings(), inline.embeddings())
     for ours, theirs in zip(threaded.top_k("conv2"), inline.top_k("conv2"), strict=True):
         np.testing.assert_array_equal(ours, theirs)
-    with pytest.raises(SpecError, match="workers must be a whole number >= 0"):
+    with pytest.raises(SettingError, match="workers must be a whole number >= 0"):
         ds.atlas.scan(lenet, digits, out=tmp_path / "bad", workers=-1)
     assert default_workers(torch.device("cpu")) == 0 and 1 <= default_workers(torch.device("cuda")) <= 8
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "message"),
+    [
+        ({"batch_size": 0}, SettingError, "batch_size must be a positive int, got 0"),
+        ({"chunk_size": "512"}, SettingTypeError, "chunk_size must be a positive int, got '512'"),
+        ({"k": True}, SettingTypeError, "k must be a positive int, got True"),
+        ({"thumbnail_size": -1}, SettingError, r"thumbnail_size must be an int >= 0 \(0: no thumbnails\)"),
+        ({"workers": 1.5}, SettingTypeError, "workers must be a whole number >= 0"),
+        ({"engine": "spark"}, SettingError, "engine must be one of local, ray, got 'spark'"),
+        ({"layers": []}, SettingError, "layers is empty"),
+    ],
+)
+def test_scan_settings_are_checked_before_anything_is_written(lenet, tmp_path, settings, error, message):
+    digits = ds.datasets.mnist5k("test").subset(range(10))
+    with pytest.raises(error, match=message):
+        ds.atlas.scan(lenet, digits, out=tmp_path / "ws", **settings)
+    assert not (tmp_path / "ws").exists()
 
 
 def test_folder_classes_must_name_model_classes(lenet, tmp_path):
@@ -668,9 +765,14 @@ def test_workspace_tables_read_with_pandas_and_sqlite(atlas):
 def test_feedback_round_trips(atlas):
     first = atlas.add_feedback("relabel", 4, index=17)
     atlas.add_feedback("unit_name", "loops", layer="conv2", unit=3)
-    rows = ds.atlas.open(atlas.path).feedback()
+    rows = ds.atlas.open_workspace(atlas.path).feedback()
     assert rows[0]["id"] == first and rows[0]["value"] == 4 and rows[0]["index"] == 17
     assert atlas.feedback("unit_name")[0]["layer"] == "conv2"
+    with pytest.raises(SettingTypeError, match="feedback kind must be a non-empty string, got 3"):
+        atlas.add_feedback(3, "flag", index=1)
+    with pytest.raises(SettingError, match="feedback kind must be a non-empty string"):
+        atlas.add_feedback("", "flag", index=1)
+    assert len(atlas.feedback()) == 2
 
 
 def test_other_schema_versions_and_other_data_are_refused(atlas, lenet, tmp_path):
@@ -683,7 +785,7 @@ def test_other_schema_versions_and_other_data_are_refused(atlas, lenet, tmp_path
         source.backup(target)
         target.execute("UPDATE meta SET value='0' WHERE key='schema_version'")
     with pytest.raises(WorkspaceError, match="schema version 0 .*reads version 1"):
-        ds.atlas.open(copy_dir)
+        ds.atlas.open_workspace(copy_dir)
     with pytest.raises(WorkspaceError, match="holds scans of dataset 'mnist5k-all'"):
         ds.atlas.scan(lenet, "mnist5k:test", out=atlas.path)
     (tmp_path / "full").mkdir()
@@ -733,10 +835,10 @@ def test_a_model_with_another_transform_or_module_is_another_run(lenet, tmp_path
         )
 
     plain = ds.atlas.scan(with_transform(), digits, out=tmp_path, thumbnail_size=0)
-    normalised = ds.atlas.scan(
+    normalized = ds.atlas.scan(
         with_transform(T.Normalize((0.13,), (0.31,))), digits, out=tmp_path, thumbnail_size=0
     )
-    assert normalised.run.id != plain.run.id
+    assert normalized.run.id != plain.run.id
     assert ds.atlas.scan(with_transform(), digits, out=tmp_path, thumbnail_size=0).run.id == plain.run.id
     original = ds.atlas.scan(lenet, digits, out=tmp_path, thumbnail_size=0)
     swapped = copy.deepcopy(lenet.module)
@@ -810,7 +912,7 @@ def test_a_killed_scan_resumes_and_equals_an_uninterrupted_one(lenet, tmp_path, 
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert 3 <= committed < 10, f"the scan was not killed midway ({committed} of 10 chunks committed)"
-    interrupted = ds.atlas.open(out)
+    interrupted = ds.atlas.open_workspace(out)
     assert not interrupted.complete and len(interrupted.indices) >= 300
 
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -851,7 +953,7 @@ def test_a_scan_stopped_by_an_error_keeps_its_finished_chunks(lenet, tmp_path):
     with sqlite3.connect(tmp_path / "workspace.sqlite") as connection:
         chunks = connection.execute("SELECT chunk FROM chunks ORDER BY chunk").fetchall()
     assert chunks == [(0,), (1,)]  # chunk 1 was waiting for its commit when chunk 2 failed
-    stopped = ds.atlas.open(tmp_path)
+    stopped = ds.atlas.open_workspace(tmp_path)
     assert not stopped.complete
     np.testing.assert_array_equal(stopped.indices, np.arange(200))
 
@@ -910,7 +1012,7 @@ def test_an_interrupted_cli_scan_says_how_to_continue(lenet, tmp_path, monkeypat
             return ds.datasets.mnist5k("test")[index]
 
     monkeypatch.setattr(
-        sys.modules["deepscope.atlas.scan"], "load_dataset", lambda data, labels: Interrupting()
+        sys.modules["deepscope.atlas.scanning.driver"], "load_dataset", lambda data, labels: Interrupting()
     )
     result = CliRunner().invoke(
         cli.app, ["scan", "zoo:lenet_mnist", "anything", "--out", str(tmp_path), "--chunk-size", "100"]
@@ -972,7 +1074,7 @@ def test_ray_engine_without_ray_says_how_to_install(lenet, tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ds.errors.DeepscopeError, match=r"pip install 'deepscope\[ray\]'"):
         ds.atlas.scan(lenet, "mnist5k:test", out=tmp_path, engine="ray")
-    with pytest.raises(SpecError, match="engine must be"):
+    with pytest.raises(SettingError, match="engine must be"):
         ds.atlas.scan(lenet, "mnist5k:test", out=tmp_path, engine="spark")
 
 
@@ -993,7 +1095,7 @@ def test_cli_scan_and_compare(tmp_path, digits):
     assert first.exit_code == 0, first.output
     assert "run 1: 12 samples scanned, 2 skipped" in first.output and "garbage.png" in first.output
     assert "accuracy" in first.output and "embedding: fc3:input" in first.output
-    scanned = ds.atlas.open(tmp_path / "a")
+    scanned = ds.atlas.open_workspace(tmp_path / "a")
     dead = {layer: scanned.unit_statistics(layer)["dead"] for layer in scanned.layers}
     listed = [f"{layer} {int(flags.sum())}/{len(flags)}" for layer, flags in dead.items() if flags.any()]
     assert f"dead units (never above 0): {', '.join(listed) or 'none'}" in first.output
@@ -1109,7 +1211,7 @@ def test_a_scan_through_hooks_equals_the_scan_through_the_folded_copy(lenet, tmp
 def test_large_models_are_recorded_block_by_block():
     import torchvision
 
-    from deepscope.atlas.scan import default_layers
+    from deepscope.atlas.scanning.plan import default_layers
 
     resnet = default_layers(torchvision.models.resnet18())
     assert resnet == ["conv1"] + [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)] + ["fc"]

@@ -176,8 +176,8 @@ def test_the_library_keeps_its_layers():
     [
         (
             "deepscope.zoo.bad",
-            "from deepscope.atlas.scan import scan\n",
-            "layer 'zoo' imports deepscope.atlas.scan",
+            "from deepscope.atlas.scanning.driver import scan\n",
+            "layer 'zoo' imports deepscope.atlas.scanning.driver",
         ),
         (
             "deepscope.probe.bad",

@@ -314,7 +314,9 @@ def scan_command(
     ],
     layer: Annotated[
         list[str] | None,
-        typer.Option("--layer", help="Layer to record (repeatable, globs, NAME:input); first = embedding"),
+        typer.Option(
+            "--layer", help="Layer to record (repeatable, globs, NAME:input, NAME@N); first = embedding"
+        ),
     ] = None,
     # The bracket is escaped: rich markup would take [ray] for a style tag and drop it.
     engine: Annotated[str, typer.Option(help=r"local, or ray (pip install 'deepscope\[ray]')")] = "local",
@@ -337,7 +339,7 @@ def scan_command(
     ] = None,
 ) -> None:
     """Scan a dataset with a model in one pass into a workspace (resumable: run it again after an interruption)."""
-    from deepscope.atlas import scan
+    from deepscope.atlas.scanning.driver import scan
 
     try:
         ws = scan(
@@ -362,8 +364,8 @@ def scan_command(
         raise SystemExit(130) from None
     labels = ws.labels
     typer.echo(f"{ws.path} run {ws.run.id}: {len(ws.indices)} samples scanned, {len(ws.skipped)} skipped")
-    for index, source, error in ws.skipped[:20]:
-        typer.echo(f"  skipped {index} {source}: {error}")
+    for sample in ws.skipped[:20]:
+        typer.echo(f"  skipped {sample.index} {sample.source}: {sample.error}")
     if len(ws.skipped) > 20:
         typer.echo(f"  ... and {len(ws.skipped) - 20} more (see the samples table)")
     if labels is not None:
@@ -405,9 +407,10 @@ def compare_command(
     """Compare two scans of the same data: linear CKA between every pair of layers (pooled activations) and the
     two confusion matrices side by side."""
     from deepscope.app.pages.atlas import comparison_report
-    from deepscope.atlas import compare, open
+    from deepscope.atlas.compare import compare
+    from deepscope.atlas.workspace import open_workspace
 
-    a, b = open(workspace_a, run_a), open(workspace_b, run_b)
+    a, b = open_workspace(workspace_a, run_a), open_workspace(workspace_b, run_b)
     result = compare(a, b)
     typer.echo(f"A: {a.run.model} ({workspace_a} run {a.run.id})  accuracy {result.accuracy_a:.2%}")
     typer.echo(f"B: {b.run.model} ({workspace_b} run {b.run.id})  accuracy {result.accuracy_b:.2%}")

@@ -1,8 +1,8 @@
 """Comparing two models on the same data: linear CKA between every pair of layers, and their scans side by side.
 
-Linear centred kernel alignment (Kornblith, Norouzi, Lee & Hinton, "Similarity of Neural Network
+Linear centered kernel alignment (Kornblith, Norouzi, Lee & Hinton, "Similarity of Neural Network
 Representations Revisited", ICML 2019, eq. 5): for activations ``X [n, p]`` and ``Y [n, q]`` of the same ``n``
-samples, with every column centred,
+samples, with every column centered,
 
     CKA(X, Y) = ||Yᵀ X||²_F / (||Xᵀ X||_F · ||Yᵀ Y||_F),
 
@@ -33,9 +33,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from deepscope.errors import DatasetError, WorkspaceError
+from deepscope.atlas.scanning.loading import LoadedItem, Loader, batch_input
+from deepscope.atlas.scanning.plan import plan_scan
+from deepscope.errors import DatasetError, SettingError, SettingTypeError, WorkspaceError
 from deepscope.probe.inference import forward_only
 from deepscope.probe.state import evaluation_mode
+from deepscope.zoo.datasets import load_dataset
 from deepscope.zoo.loaders import load_model
 from deepscope.zoo.vision_model import VisionModel
 
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
     from deepscope.atlas.workspace import Workspace
 
 
-def _centred(x: np.ndarray | torch.Tensor) -> np.ndarray:
+def _centered(x: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     x = np.asarray(x, dtype=np.float64)
@@ -53,7 +56,7 @@ def _centred(x: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _cross(x: np.ndarray, y: np.ndarray) -> float:
-    """||Yᵀ X||²_F for centred X, Y, in feature space or, when cheaper, sample space (tr(K L))."""
+    """||Yᵀ X||²_F for centered X, Y, in feature space or, when cheaper, sample space (tr(K L))."""
     n, p = x.shape
     q = y.shape[1]
     if p * q <= n * n:
@@ -62,7 +65,7 @@ def _cross(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _self(x: np.ndarray) -> float:
-    """||Xᵀ X||_F for centred X."""
+    """||Xᵀ X||_F for centered X."""
     n, p = x.shape
     gram = x.T @ x if p <= n else x @ x.T
     return float(np.sqrt(np.square(gram).sum()))
@@ -78,9 +81,9 @@ def linear_cka(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> fl
     >>> round(linear_cka(x, 3 * x @ q), 6)   # invariant to rotation and isotropic scaling
     1.0
     """
-    a, b = _centred(x), _centred(y)
+    a, b = _centered(x), _centered(y)
     if a.shape[0] != b.shape[0]:
-        raise ValueError(f"CKA compares the same samples: got {a.shape[0]} and {b.shape[0]} rows")
+        raise SettingError(f"CKA compares the same samples: got {a.shape[0]} and {b.shape[0]} rows")
     denominator = _self(a) * _self(b)
     return _cross(a, b) / denominator if denominator > 0 else float("nan")
 
@@ -92,15 +95,22 @@ def cka_matrix(
     layers_b: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Linear CKA between every recorded layer of two scans of the same data: ``[len(layers_a), len(layers_b)]``
-    (default: every layer each workspace recorded, in its order)."""
+    (default: every layer each workspace recorded, in its order).
+
+    >>> import tempfile, deepscope as ds
+    >>> digits = ds.datasets.mnist5k("test").subset(range(100))
+    >>> ws = ds.atlas.scan("zoo:lenet_mnist", digits, ["fc1", "fc2"], out=tempfile.mkdtemp(), thumbnail_size=0)
+    >>> cka_matrix(ws, ws).round(6).tolist()[0][0]
+    1.0
+    """
     _check_same_samples(a, b)
     layers_a = list(layers_a) if layers_a is not None else a.layers
     layers_b = list(layers_b) if layers_b is not None else b.layers
-    right = [_centred(b.embeddings(layer)) for layer in layers_b]
+    right = [_centered(b.embeddings(layer)) for layer in layers_b]
     right_norms = [_self(y) for y in right]
     matrix = np.full((len(layers_a), len(layers_b)), np.nan)
     for i, layer in enumerate(layers_a):
-        x = _centred(a.embeddings(layer))
+        x = _centered(a.embeddings(layer))
         norm = _self(x)
         for j, y in enumerate(right):
             denominator = norm * right_norms[j]
@@ -176,10 +186,16 @@ def hsic_unbiased(k: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """The unbiased HSIC estimator (Song et al. 2012, eq. 5) of two ``[n, n]`` Gram matrices K and L (``other``), n >= 4:
 
     (tr(K̃L̃) + 1ᵀK̃1 · 1ᵀL̃1 / ((n-1)(n-2)) - 2/(n-2) · 1ᵀK̃L̃1) / (n(n-3)), with K̃, L̃ zero on the diagonal.
+
+    >>> import torch
+    >>> x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    >>> constant = torch.ones(50, 50, dtype=torch.float64)  # a kernel that sees no difference between samples
+    >>> bool(hsic_unbiased(x @ x.T, x @ x.T) > 0), abs(hsic_unbiased(x @ x.T, constant).item()) < 1e-9
+    (True, True)
     """
     n = k.shape[0]
     if n < 4:
-        raise ValueError(f"the unbiased HSIC needs at least 4 samples, got {n}")
+        raise SettingError(f"the unbiased HSIC needs at least 4 samples, got {n}")
     k = k - torch.diag_embed(torch.diagonal(k))
     other = other - torch.diag_embed(torch.diagonal(other))
     trace = (k * other).sum()  # tr(K̃L̃) for symmetric L̃
@@ -235,11 +251,12 @@ def cka(
     >>> result.layers_a[:2], [round(float(v), 6) for v in result.matrix.diagonal()[:2]]
     (['fc3:input', 'conv1'], [1.0, 1.0])
     """
-    from deepscope.atlas.scan import Loader, batch_input, plan_scan
-    from deepscope.zoo.datasets import load_dataset
-
-    if not isinstance(batch_size, int) or batch_size < 4:
-        raise ValueError(
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise SettingTypeError(
+            f"batch_size must be an int >= 4 (the unbiased HSIC needs 4 samples), got {batch_size!r}"
+        )
+    if batch_size < 4:
+        raise SettingError(
             f"batch_size must be an int >= 4 (the unbiased HSIC needs 4 samples), got {batch_size!r}"
         )
     vm_a, vm_b = load_model(model_a), load_model(model_b)
@@ -258,13 +275,13 @@ def cka(
     used = 0
     with evaluation_mode(vm_a.module), evaluation_mode(vm_b.module), torch.inference_mode():
         for start in range(0, total, batch_size):
-            items = [loaders[0].fetch(index) for index in range(start, min(start + batch_size, total))]
-            prepared = [[], []]
-            for offset, (item, error) in enumerate(items):
-                if error is not None:
+            prepared: list[list[LoadedItem]] = [[], []]
+            for index in range(start, min(start + batch_size, total)):
+                fetched = loaders[0].fetch(index)
+                if fetched.error is not None:
                     continue
-                pair = [loader.prepare(item, start + offset) for loader in loaders]
-                if any(kind == "skipped" for kind, *_ in pair):
+                pair = [loader.prepare(fetched.item, index) for loader in loaders]
+                if any(loaded.kind == "skipped" for loaded in pair):
                     continue
                 for side in range(2):
                     prepared[side].append(pair[side])
@@ -272,8 +289,8 @@ def cka(
                 continue
             grams = []
             for side, (vm, names) in enumerate(((vm_a, names_a), (vm_b, names_b))):
-                kinds = [kind for kind, *_ in prepared[side]]
-                tensors = loaders[side].tensors(kinds, [tensor for _, tensor, *_ in prepared[side]])
+                kinds = [loaded.kind for loaded in prepared[side]]
+                tensors = loaders[side].tensors(kinds, [loaded.value for loaded in prepared[side]])
                 inputs, _ = batch_input(vm, kinds, tensors, vm.device)
                 grams.append({name: gram.cpu() for name, gram in _layer_grams(vm, names, inputs).items()})
             hsic_a = [hsic_unbiased(grams[0][name], grams[0][name]) for name in names_a]

@@ -1,4 +1,4 @@
-"""2-D layouts of embeddings (PCA, t-SNE, UMAP), image grids and nearest-neighbour lists.
+"""2-D layouts of embeddings (PCA, t-SNE, UMAP), image grids and nearest-neighbor lists.
 
 All functions take a NumPy array ``[N, D]`` and return NumPy arrays; the :class:`~deepscope.atlas.Workspace`
 caches their results in the workspace.
@@ -11,15 +11,17 @@ from typing import Any
 
 import numpy as np
 
+from deepscope.errors import SettingError
+
 LAYOUTS = ("pca", "tsne", "umap")
 
 
 def _matrix(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"{name} must be a [N, D] array with N >= 2, got shape {x.shape}")
+        raise SettingError(f"{name} must be a [N, D] array with N >= 2, got shape {x.shape}")
     if not np.isfinite(x).all():
-        raise ValueError(f"{name} contain NaN or infinite values")
+        raise SettingError(f"{name} contain NaN or infinite values")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -38,7 +40,7 @@ def pca(x: np.ndarray, n_components: int = 2) -> np.ndarray:
 
 def tsne(x: np.ndarray, perplexity: float = 30.0, seed: int = 0, **options: Any) -> np.ndarray:
     """t-SNE (van der Maaten & Hinton 2008) with openTSNE's FFT-accelerated gradients (Poličar et al. 2019;
-    Linderman et al. 2019), openTSNE's defaults (PCA initialisation, exaggeration phase), ``[N, 2]``.
+    Linderman et al. 2019), openTSNE's defaults (PCA initialization, exaggeration phase), ``[N, 2]``.
     ``options`` go to ``openTSNE.TSNE`` (e.g. ``n_jobs``, ``metric``).
 
     >>> import numpy as np
@@ -53,9 +55,9 @@ def tsne(x: np.ndarray, perplexity: float = 30.0, seed: int = 0, **options: Any)
     return np.asarray(embedding, dtype=np.float32)
 
 
-# Up to this many points, UMAP's neighbour graph comes from an exact search (below), for these metrics (the
+# Up to this many points, UMAP's neighbor graph comes from an exact search (below), for these metrics (the
 # ones scikit-learn and umap-learn both know by these names, with no parameters).
-EXACT_UMAP_NEIGHBOURS = 20_000
+EXACT_UMAP_NEIGHBORS = 20_000
 EXACT_UMAP_METRICS = ("euclidean", "l2", "manhattan", "l1", "cityblock", "cosine", "correlation", "chebyshev")
 
 
@@ -65,8 +67,8 @@ def umap(
     """UMAP (McInnes, Healy & Melville 2018) with umap-learn, ``[N, 2]``; a fixed ``seed`` makes it
     reproducible (and single-threaded). ``options`` go to ``umap.UMAP``.
 
-    Up to ``EXACT_UMAP_NEIGHBOURS`` points (for the metrics in ``EXACT_UMAP_METRICS``), the neighbour lists
-    come from an exact scikit-learn search (:func:`umap_neighbours`); umap-learn searches exactly itself only
+    Up to ``EXACT_UMAP_NEIGHBORS`` points (for the metrics in ``EXACT_UMAP_METRICS``), the neighbor lists
+    come from an exact scikit-learn search (:func:`umap_neighbors`); umap-learn searches exactly itself only
     below 4,096 points and otherwise approximately with pynndescent, whose numba compilation made the first
     UMAP of a process take 38 s on the 5,000 LeNet embeddings (2 cores). With the exact lists it takes 9 s.
     """
@@ -77,12 +79,12 @@ def umap(
     x = _matrix(x)
     n_neighbors = min(n_neighbors, len(x) - 1)
     exact = options.get("metric", "euclidean") in EXACT_UMAP_METRICS and "precomputed_knn" not in options
-    if exact and len(x) <= EXACT_UMAP_NEIGHBOURS:
-        indices, distances = umap_neighbours(x, n_neighbors, options.get("metric", "euclidean"))
+    if exact and len(x) <= EXACT_UMAP_NEIGHBORS:
+        indices, distances = umap_neighbors(x, n_neighbors, options.get("metric", "euclidean"))
         options["precomputed_knn"] = (indices, distances, None)
     with warnings.catch_warnings():
         # umap-learn warns that a random_state disables its parallelism: that is the point of the seed; and that
-        # neighbour lists handed to it come without a search index, which only its transform() would use.
+        # neighbor lists handed to it come without a search index, which only its transform() would use.
         warnings.filterwarnings("ignore", message=".*n_jobs value.*overridden.*")
         warnings.filterwarnings("ignore", message=".*knn_search_index.*not an NNDescent object.*")
         reducer = umap_learn.UMAP(
@@ -95,14 +97,20 @@ def umap(
         return np.asarray(reducer.fit_transform(x), dtype=np.float32)
 
 
-def umap_neighbours(
+def umap_neighbors(
     x: np.ndarray, n_neighbors: int, metric: str = "euclidean"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The neighbour lists umap-learn builds itself for fewer than 4,096 points, from an exact scikit-learn
+    """The neighbor lists umap-learn builds itself for fewer than 4,096 points, from an exact scikit-learn
     search: each row's ``n_neighbors`` nearest points, itself included, with float32 distances. A point's
     distance to itself is set to exactly 0: the search computes it as ``|x|^2 - 2 x.x + |x|^2``, which rounds
     to about 1e-6, and UMAP would take that for the distance to the nearest other point, which changes the
-    whole graph."""
+    whole graph.
+
+    >>> import numpy as np
+    >>> indices, distances = umap_neighbors(np.array([[0.0], [1.0], [3.0]]), 2)
+    >>> indices.tolist(), distances.tolist()
+    ([[0, 1], [1, 0], [2, 1]], [[0.0, 1.0], [0.0, 1.0], [0.0, 2.0]])
+    """
     from sklearn.neighbors import NearestNeighbors
 
     distances, indices = NearestNeighbors(n_neighbors=n_neighbors, metric=metric).fit(x).kneighbors(x)
@@ -112,10 +120,15 @@ def umap_neighbours(
 
 
 def layout(x: np.ndarray, kind: str, **params: Any) -> np.ndarray:
-    """Dispatch to :func:`pca`, :func:`tsne` or :func:`umap` by name."""
+    """Dispatch to :func:`pca`, :func:`tsne` or :func:`umap` by name.
+
+    >>> import numpy as np
+    >>> layout(np.random.default_rng(0).normal(size=(20, 4)), "pca").shape
+    (20, 2)
+    """
     functions = {"pca": pca, "tsne": tsne, "umap": umap}
     if kind not in functions:
-        raise ValueError(f"unknown layout {kind!r}; choose one of {', '.join(LAYOUTS)}")
+        raise SettingError(f"unknown layout {kind!r}; choose one of {', '.join(LAYOUTS)}")
     return functions[kind](x, **params)
 
 
@@ -130,8 +143,8 @@ class GridLayout:
 
 
 def image_grid(points: np.ndarray, rows: int, columns: int, seed: int = 0) -> GridLayout:
-    """Assign 2-D points to a regular grid so that the grid keeps the layout's neighbourhoods: the assignment
-    of points to cell centres (both scaled to the unit square) with the least total squared distance, solved
+    """Assign 2-D points to a regular grid so that the grid keeps the layout's neighborhoods: the assignment
+    of points to cell centers (both scaled to the unit square) with the least total squared distance, solved
     exactly as a linear assignment problem (scipy's ``linear_sum_assignment``, the Jonker-Volgenant
     algorithm). With more points than cells, a random subset (``seed``) of ``rows * columns`` points is placed.
 
@@ -146,9 +159,9 @@ def image_grid(points: np.ndarray, rows: int, columns: int, seed: int = 0) -> Gr
 
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 2:
-        raise ValueError(f"points must be [N, 2], got shape {points.shape}")
+        raise SettingError(f"points must be [N, 2], got shape {points.shape}")
     if rows < 1 or columns < 1:
-        raise ValueError(f"rows and columns must be >= 1, got {rows} x {columns}")
+        raise SettingError(f"rows and columns must be >= 1, got {rows} x {columns}")
     cells = rows * columns
     chosen = np.arange(len(points))
     if len(points) > cells:
@@ -159,8 +172,8 @@ def image_grid(points: np.ndarray, rows: int, columns: int, seed: int = 0) -> Gr
     # Row 0 at the top: flip y so the grid reads like the scatter plot.
     unit[:, 1] = 1.0 - unit[:, 1]
     ys, xs = np.meshgrid((np.arange(rows) + 0.5) / rows, (np.arange(columns) + 0.5) / columns, indexing="ij")
-    centres = np.stack([xs.ravel(), ys.ravel()], axis=1)
-    cost = cdist(unit, centres, "sqeuclidean")
+    centers = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    cost = cdist(unit, centers, "sqeuclidean")
     assigned_points, assigned_cells = linear_sum_assignment(cost)
     grid = np.full(cells, -1, dtype=np.int64)
     grid[assigned_cells] = chosen[assigned_points]
@@ -179,7 +192,7 @@ def nearest_neighbors(x: np.ndarray, k: int = 10, metric: str = "euclidean") -> 
 
     x = _matrix(x)
     if not 1 <= k < len(x):
-        raise ValueError(f"k must be between 1 and {len(x) - 1} (rows minus one), got {k}")
+        raise SettingError(f"k must be between 1 and {len(x) - 1} (rows minus one), got {k}")
     finder = NearestNeighbors(n_neighbors=k + 1, metric=metric).fit(x)
     distances, indices = finder.kneighbors(x)
     # Drop each row itself (it is not always in column 0 when duplicates share distance 0).

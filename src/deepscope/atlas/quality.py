@@ -3,14 +3,16 @@ samples, and weight histograms per layer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from deepscope.atlas.reductions import Histogram
+from deepscope.atlas.scanning.reductions import Histogram
+from deepscope.errors import SettingError
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 
@@ -63,7 +65,7 @@ def class_report(confusion: np.ndarray, classes: Sequence[str] | None = None) ->
     """
     confusion = np.asarray(confusion, dtype=np.int64)
     if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
-        raise ValueError(f"confusion must be a square matrix, got shape {confusion.shape}")
+        raise SettingError(f"confusion must be a square matrix, got shape {confusion.shape}")
     hits = np.diag(confusion).astype(np.float64)
     predicted = confusion.sum(0).astype(np.float64)
     support = confusion.sum(1)
@@ -158,4 +160,49 @@ def weight_histograms(model: VisionModel | nn.Module, bins: int = 64) -> dict[st
             int(torch.count_nonzero(values > 0)),
             0,
         )
+    return histograms
+
+
+# What weights.npz keeps of a linear histogram besides its counts and edges: '<layer>/stats' holds these, in order.
+STORED_STATISTICS = ("low", "high", "mean", "total", "zeros", "positives")
+
+
+def save_weight_histograms(path: str | Path, histograms: Mapping[str, Histogram]) -> None:
+    """Store linear histograms (of :func:`weight_histograms`) in an .npz: per layer ``<layer>/counts``,
+    ``<layer>/edges`` and ``<layer>/stats`` (:data:`STORED_STATISTICS`), the format of docs/workspace.md.
+
+    >>> import tempfile, pathlib, deepscope as ds
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "weights.npz"
+    >>> save_weight_histograms(path, weight_histograms(ds.load_model("zoo:lenet_mnist")))
+    >>> load_weight_histograms(path)["fc1"].total
+    48000
+    """
+    arrays = {}
+    for name, histogram in histograms.items():
+        arrays[f"{name}/counts"] = histogram.counts
+        arrays[f"{name}/edges"] = np.append(histogram.lower, histogram.upper[-1:])
+        arrays[f"{name}/stats"] = np.array([getattr(histogram, key) for key in STORED_STATISTICS])
+    np.savez(path, **arrays)
+
+
+def load_weight_histograms(path: str | Path) -> dict[str, Histogram]:
+    """The linear histograms :func:`save_weight_histograms` stored, by layer name (see its example)."""
+    histograms = {}
+    with np.load(path) as archive:
+        names = list(dict.fromkeys(key.rsplit("/", 1)[0] for key in archive.files))
+        for name in names:
+            counts, edges = archive[f"{name}/counts"], archive[f"{name}/edges"]
+            stats = dict(zip(STORED_STATISTICS, archive[f"{name}/stats"].tolist(), strict=True))
+            histograms[name] = Histogram(
+                counts,
+                edges[:-1],
+                edges[1:],
+                "linear",
+                low=stats["low"],
+                high=stats["high"],
+                mean=stats["mean"],
+                total=int(stats["total"]),
+                zeros=int(stats["zeros"]),
+                positives=int(stats["positives"]),
+            )
     return histograms

@@ -2,7 +2,7 @@
 
 Every per-sample array has one row per scanned sample, in dataset order; ``indices`` gives each row's dataset
 index (samples that could not be read are left out and listed in ``skipped``). Whatever names a sample
-(top-k lists, confused pairs, neighbours) names it by dataset index.
+(top-k lists, confused pairs, neighbors) names it by dataset index.
 """
 
 from __future__ import annotations
@@ -15,20 +15,26 @@ import numpy as np
 
 from deepscope.atlas.layouts import LAYOUTS, GridLayout, image_grid, nearest_neighbors
 from deepscope.atlas.layouts import layout as embedding_layout
-from deepscope.atlas.quality import ClassReport, ConfusedPair, class_report, most_confused
-from deepscope.atlas.reductions import Histogram, histogram_from_state
-from deepscope.errors import LayerNotFoundError, WorkspaceError, suggestion
-from deepscope.workspace.store import Run, Store
+from deepscope.atlas.quality import (
+    ClassReport,
+    ConfusedPair,
+    class_report,
+    load_weight_histograms,
+    most_confused,
+)
+from deepscope.atlas.scanning.reductions import Histogram, histogram_from_state
+from deepscope.errors import LayerNotFoundError, SettingError, WorkspaceError, suggestion
+from deepscope.workspace.store import LayerRecord, Run, SampleStatus, SkippedSample, Store
 
 
 class Workspace:
     """One scan (a run) in a workspace directory. Get one from :func:`deepscope.atlas.scan` or
-    :func:`deepscope.atlas.open`.
+    :func:`deepscope.atlas.open_workspace`.
 
     >>> import tempfile, deepscope as ds
     >>> path = tempfile.mkdtemp()
     >>> _ = ds.atlas.scan("zoo:lenet_mnist", ds.datasets.mnist5k("test").subset(range(200)), out=path)
-    >>> ws = ds.atlas.open(path)
+    >>> ws = ds.atlas.open_workspace(path)
     >>> int(ws.confusion_matrix().sum()), ws.probabilities.shape, ws.embeddings().shape, ws.thumbnails.shape
     (200, (200, 10), (200, 84), (200, 28, 28, 1))
     """
@@ -71,31 +77,40 @@ class Workspace:
         return row[0]
 
     @cached_property
-    def _layer_records(self):
+    def _layer_records(self) -> dict[str, LayerRecord]:
         return {record.name: record for record in self.store.layers(self.run.id)}
 
     @cached_property
-    def _status(self) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
-        ok, skipped = self.store.sample_status(self.run.n_samples)
+    def _committed(self) -> np.ndarray:
+        """Mask of the dataset indices in committed chunks."""
         written = np.zeros(self.run.n_samples, dtype=bool)
         for start, stop in self.store.connection.execute(
             "SELECT start, stop FROM chunks WHERE run_id=?", (self.run.id,)
         ):
             written[start:stop] = True
-        return ok & written, [s for s in skipped if written[s[0]]]
+        return written
+
+    @cached_property
+    def _samples(self) -> SampleStatus:
+        return self.store.sample_status(self.run.n_samples)
+
+    @cached_property
+    def _valid(self) -> np.ndarray:
+        """Mask of the dataset indices whose rows hold a scanned sample."""
+        return self._samples.scanned & self._committed
 
     @property
     def indices(self) -> np.ndarray:
         """Dataset index of each row."""
-        return np.flatnonzero(self._status[0])
+        return np.flatnonzero(self._valid)
 
     @property
-    def skipped(self) -> list[tuple[int, str, str]]:
-        """``(dataset index, source, error)`` of every sample the scan could not read."""
-        return list(self._status[1])
+    def skipped(self) -> list[SkippedSample]:
+        """Every sample the scan could not read: its dataset index, source and error."""
+        return [sample for sample in self._samples.skipped if self._committed[sample.index]]
 
     def _rows(self, relative: str) -> np.ndarray:
-        return np.asarray(self.store.array(self.run.id, relative)[self._status[0]])
+        return np.asarray(self.store.array(self.run.id, relative)[self._valid])
 
     # ------------------------------------------------------------------------------------------------------
     # per-sample arrays
@@ -128,7 +143,7 @@ class Workspace:
         record = self._layer(layer)
         return self._rows(f"embeddings/{record.file}.npy")
 
-    def _layer(self, layer: str | None):
+    def _layer(self, layer: str | None) -> LayerRecord:
         name = self.embedding_layer if layer is None else layer
         if name not in self._layer_records:
             raise LayerNotFoundError(
@@ -159,7 +174,7 @@ class Workspace:
             return matrix
         axis = {"true": 1, "pred": 0, "all": None}
         if normalize not in axis:
-            raise ValueError(f"normalize must be None, 'true', 'pred' or 'all', got {normalize!r}")
+            raise SettingError(f"normalize must be None, 'true', 'pred' or 'all', got {normalize!r}")
         total = matrix.sum(axis=axis[normalize], keepdims=axis[normalize] is not None)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.nan_to_num(matrix / total)
@@ -208,25 +223,7 @@ class Workspace:
 
     def weight_histograms(self) -> dict[str, Histogram]:
         """Linear histograms of each weighted layer's weights, as scanned."""
-        histograms = {}
-        with np.load(self.store.run_dir(self.run.id) / "weights.npz") as archive:
-            names = list(dict.fromkeys(key.rsplit("/", 1)[0] for key in archive.files))
-            for name in names:
-                counts, edges = archive[f"{name}/counts"], archive[f"{name}/edges"]
-                low, high, mean, total, zeros, positives = archive[f"{name}/stats"]
-                histograms[name] = Histogram(
-                    counts,
-                    edges[:-1],
-                    edges[1:],
-                    "linear",
-                    float(low),
-                    float(high),
-                    float(mean),
-                    int(total),
-                    int(zeros),
-                    int(positives),
-                )
-        return histograms
+        return load_weight_histograms(self.store.run_dir(self.run.id) / "weights.npz")
 
     # ------------------------------------------------------------------------------------------------------
     # layouts
@@ -236,7 +233,7 @@ class Workspace:
         :func:`deepscope.atlas.layouts.tsne` etc.). Computed once and stored in the workspace."""
         name = self._layer(layer).name
         if kind not in LAYOUTS:
-            raise ValueError(f"unknown layout {kind!r}; choose one of {', '.join(LAYOUTS)}")
+            raise SettingError(f"unknown layout {kind!r}; choose one of {', '.join(LAYOUTS)}")
         return self._cached(
             kind, name, params, lambda: embedding_layout(self.embeddings(name), kind, **params)
         )
@@ -307,7 +304,7 @@ def open_workspace(path: str | Path, run: int | None = None) -> Workspace:
     """Open a scanned workspace directory (``run``: a run id, default the latest complete one).
 
     >>> import tempfile, deepscope as ds
-    >>> ds.atlas.open(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+    >>> ds.atlas.open_workspace(tempfile.mkdtemp())  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     deepscope.errors.WorkspaceError: ... is not a deepscope workspace (no workspace.sqlite in it)

@@ -8,7 +8,7 @@ Layout (documented for users in docs/workspace.md)::
     WS/runs/<id>/embeddings/<file>.npy float32 [N, D]  pooled activations of each recorded layer
     WS/runs/<id>/thumbnails.npy uint8 [N, h, w, c]  small pictures of the samples, for image grids
     WS/runs/<id>/weights.npz                        weight histograms of the model
-    WS/runs/<id>/layouts/<file>.npy                 2-D layouts and neighbour lists, rows = scanned samples
+    WS/runs/<id>/layouts/<file>.npy                 2-D layouts and neighbor lists, rows = scanned samples
     WS/locks/<fingerprint>.lock                     held by the one process writing that run (Store.writing)
 
 Arrays are indexed by dataset index and preallocated when a run starts (``np.lib.format.open_memmap``), so a
@@ -21,6 +21,7 @@ and nothing is counted twice.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
@@ -31,12 +32,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from deepscope._version import __version__
-from deepscope.errors import WorkspaceError
+from deepscope.errors import SettingError, SettingTypeError, WorkspaceError
 
 # Version 1: the first layout. Bump on any change to tables, columns or array files, and describe it in
 # docs/workspace.md; older workspaces are then refused with a message saying which version wrote them.
@@ -141,11 +142,76 @@ class Run:
 
 
 @dataclass(frozen=True)
-class LayerRecord:
+class RunLayer:
+    """A layer a run records: ``name`` (a layer name, see :mod:`deepscope.probe.layers`), ``role`` ('embedding'
+    or 'layer'), ``width`` (its units: the columns of its embeddings array) and ``shape`` (per sample)."""
+
     name: str
     role: str
     width: int
     shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LayerRecord(RunLayer):
+    """A recorded layer as stored: its :class:`RunLayer` fields and ``file``, the stem of its array under
+    ``embeddings/``."""
+
+    file: str
+
+
+class SampleRow(NamedTuple):
+    """A row of ``samples``: a dataset index, where the sample came from (``source``), its label (None: none),
+    ``status`` ('ok' or 'skipped') and, for a skipped sample, why (``error``). A tuple, so that the rows of a chunk
+    go into SQLite as they are."""
+
+    index: int
+    source: str
+    label: int | None
+    status: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """A sample a scan could not read: its dataset ``index``, ``source`` and the ``error`` that stopped it."""
+
+    index: int
+    source: str
+    error: str
+
+
+@dataclass(frozen=True)
+class SampleStatus:
+    """Of the dataset indices below a bound: which ones were read (``scanned``, a mask) and which ``skipped``."""
+
+    scanned: np.ndarray
+    skipped: list[SkippedSample]
+
+
+@dataclass(frozen=True)
+class ChunkRows:
+    """What committing a chunk records: its ``chunk`` number and dataset index range ``[start, stop)``, a
+    :class:`SampleRow` per index, and per scanned sample (``indices``, dataset order) the ``predicted`` class,
+    its probability (``confidence``) and the label (-1: none)."""
+
+    chunk: int
+    start: int
+    stop: int
+    samples: Sequence[SampleRow]
+    indices: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class LayoutRecord:
+    """A stored layout (or neighbor list): its ``kind``, ``layer``, ``params`` and ``file`` under ``layouts/``."""
+
+    kind: str
+    layer: str
+    params: dict[str, Any]
     file: str
 
 
@@ -296,10 +362,10 @@ class Store:
         classes: Sequence[str],
         embedding_layer: str,
         config: Mapping[str, Any],
-        layers: Sequence[tuple[str, str, int, tuple[int, ...]]],
+        layers: Sequence[RunLayer],
         arrays: Mapping[str, tuple[tuple[int, ...], str]],
     ) -> Run:
-        """Record a new run and preallocate its arrays. ``layers``: (name, role, width, shape) each, stored as
+        """Record a new run and preallocate its arrays. Each of ``layers`` is stored as
         ``embeddings/<file>.npy`` [n_samples, width]; ``arrays``: other files, relative name -> (shape, dtype)."""
         held = self.dataset_fingerprint()
         if held is not None and held[1] != dataset_fingerprint:
@@ -330,12 +396,20 @@ class Store:
             run_id = int(cursor.lastrowid)
             used: set[str] = set()
             arrays = dict(arrays)
-            for position, (name, role, width, shape) in enumerate(layers):
-                file = _file_name(name, used)
-                arrays[f"embeddings/{file}.npy"] = ((n_samples, width), "float32")
+            for position, layer in enumerate(layers):
+                file = _file_name(layer.name, used)
+                arrays[f"embeddings/{file}.npy"] = ((n_samples, layer.width), "float32")
                 db.execute(
                     "INSERT INTO layers (run_id, position, name, role, width, shape, file) VALUES (?,?,?,?,?,?,?)",
-                    (run_id, position, name, role, width, json.dumps(list(shape)), file),
+                    (
+                        run_id,
+                        position,
+                        layer.name,
+                        layer.role,
+                        layer.width,
+                        json.dumps(list(layer.shape)),
+                        file,
+                    ),
                 )
         folder = self.run_dir(run_id)
         (folder / "embeddings").mkdir(parents=True, exist_ok=True)
@@ -380,33 +454,36 @@ class Store:
         return None if row is None else unpack_arrays(row[0])
 
     def commit_chunks(
-        self,
-        run_id: int,
-        *,
-        chunks: Sequence[tuple[int, int, int, Sequence[tuple[int, str, int | None, str, str | None]]]],
-        predictions: Sequence[tuple[int, int, float, int | None]],
-        state: Mapping[str, np.ndarray],
+        self, run_id: int, chunks: Sequence[ChunkRows], state: Mapping[str, np.ndarray]
     ) -> None:
-        """Make chunks count, atomically: per chunk ``(chunk, start, stop, samples)`` its sample rows, then the
-        prediction rows of them all and the run's new merged state. The chunks' array rows must already be
-        written and flushed."""
+        """Make ``chunks`` count, atomically: their sample rows, chunk rows and prediction rows, and the run's new
+        merged ``state``. The chunks' array rows must already be written and flushed."""
         now = time.time()
         with self.transaction() as db:
-            for chunk, start, stop, samples in chunks:
+            for rows in chunks:
                 db.executemany(
                     "INSERT OR REPLACE INTO samples (idx, source, label, status, error) VALUES (?,?,?,?,?)",
-                    samples,
+                    rows.samples,
                 )
-                scanned = sum(1 for s in samples if s[3] == "ok")
+                scanned = sum(1 for sample in rows.samples if sample.status == "ok")
                 db.execute(
                     "INSERT INTO chunks (run_id, chunk, start, stop, scanned, skipped, committed_at) "
                     "VALUES (?,?,?,?,?,?,?)",
-                    (run_id, chunk, start, stop, scanned, len(samples) - scanned, now),
+                    (run_id, rows.chunk, rows.start, rows.stop, scanned, len(rows.samples) - scanned, now),
                 )
-            db.executemany(
-                "INSERT OR REPLACE INTO predictions (run_id, idx, predicted, confidence, label) VALUES (?,?,?,?,?)",
-                [(run_id, *row) for row in predictions],
-            )
+                labels = [None if label < 0 else label for label in rows.labels.tolist()]
+                db.executemany(
+                    "INSERT OR REPLACE INTO predictions (run_id, idx, predicted, confidence, label) "
+                    "VALUES (?,?,?,?,?)",
+                    zip(
+                        itertools.repeat(run_id),
+                        rows.indices.tolist(),
+                        rows.predicted.tolist(),
+                        rows.confidence.tolist(),
+                        labels,
+                        strict=False,  # the repeated run id is endless
+                    ),
+                )
             db.execute(
                 "INSERT OR REPLACE INTO run_state (run_id, state) VALUES (?, ?)", (run_id, pack_arrays(state))
             )
@@ -418,18 +495,18 @@ class Store:
     # ------------------------------------------------------------------------------------------------------
     # samples
 
-    def sample_status(self, stop: int) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
-        """(mask of dataset indices < stop that were scanned, [(index, source, error)] of the skipped ones)."""
-        ok = np.zeros(stop, dtype=bool)
+    def sample_status(self, stop: int) -> SampleStatus:
+        """Which dataset indices below ``stop`` were scanned, and the skipped ones."""
+        scanned = np.zeros(stop, dtype=bool)
         skipped = []
-        for idx, source, status, error in self.connection.execute(
+        for index, source, status, error in self.connection.execute(
             "SELECT idx, source, status, error FROM samples WHERE idx < ? ORDER BY idx", (stop,)
         ):
             if status == "ok":
-                ok[idx] = True
+                scanned[index] = True
             else:
-                skipped.append((idx, source, error))
-        return ok, skipped
+                skipped.append(SkippedSample(index, source, error))
+        return SampleStatus(scanned, skipped)
 
     def sources(self, indices: Sequence[int]) -> list[str]:
         found = dict(
@@ -456,7 +533,7 @@ class Store:
     def save_layout(
         self, run_id: int, kind: str, layer: str, params: Mapping[str, Any], array: np.ndarray
     ) -> Path:
-        """Store a layout (or neighbour list) array; an existing one with the same parameters is replaced."""
+        """Store a layout (or neighbor list) array; an existing one with the same parameters is replaced."""
         folder = self.run_dir(run_id) / "layouts"
         folder.mkdir(parents=True, exist_ok=True)
         used = {path.stem for path in folder.glob("*.npy")}
@@ -473,12 +550,12 @@ class Store:
             )
         return folder / name
 
-    def layouts(self, run_id: int) -> list[tuple[str, str, dict[str, Any], str]]:
-        """(kind, layer, params, file) of every stored layout of a run."""
+    def layouts(self, run_id: int) -> list[LayoutRecord]:
+        """Every stored layout of a run, oldest first."""
         rows = self.connection.execute(
             "SELECT kind, layer, params, file FROM layouts WHERE run_id=? ORDER BY id", (run_id,)
         )
-        return [(kind, layer, json.loads(params), file) for kind, layer, params, file in rows]
+        return [LayoutRecord(kind, layer, json.loads(params), file) for kind, layer, params, file in rows]
 
     # ------------------------------------------------------------------------------------------------------
     # feedback
@@ -503,8 +580,10 @@ class Store:
         >>> store.feedback()[0]["value"]
         7
         """
-        if not isinstance(kind, str) or not kind:
-            raise WorkspaceError(f"feedback kind must be a non-empty string, got {kind!r}")
+        if not isinstance(kind, str):
+            raise SettingTypeError(f"feedback kind must be a non-empty string, got {kind!r}")
+        if not kind:
+            raise SettingError("feedback kind must be a non-empty string, got ''")
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO feedback (run_id, idx, layer, unit, kind, value, created_at) VALUES (?,?,?,?,?,?,?)",
@@ -574,6 +653,14 @@ def sync_array(array: np.memmap) -> None:
     On Linux, ``fdatasync`` on the file writes back the pages dirtied through the mapping, and Python releases
     the GIL while it waits for the disk; ``np.memmap.flush`` (``msync``) holds the GIL for the whole wait, so a
     commit on a background thread would stall the scan. Elsewhere ``msync`` is the portable way.
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "rows.npy"
+    >>> rows = np.lib.format.open_memmap(path, mode="w+", dtype=np.int64, shape=(3,))
+    >>> rows[1] = 7
+    >>> sync_array(rows)
+    >>> np.load(path).tolist()
+    [0, 7, 0]
     """
     if sys.platform.startswith("linux") and isinstance(array, np.memmap) and array.filename:
         descriptor = os.open(array.filename, os.O_RDONLY)
@@ -586,12 +673,17 @@ def sync_array(array: np.memmap) -> None:
 
 
 def pack_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """A dict of arrays -> bytes (an uncompressed .npz, never pickled)."""
+    """A dict of arrays -> bytes (an uncompressed .npz, never pickled).
+
+    >>> unpack_arrays(pack_arrays({"a": np.arange(3)}))["a"].tolist()
+    [0, 1, 2]
+    """
     buffer = io.BytesIO()
     np.savez(buffer, **{key: np.asarray(value) for key, value in arrays.items()})
     return buffer.getvalue()
 
 
 def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
+    """The arrays :func:`pack_arrays` packed (see its example); refuses pickled objects."""
     with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
         return {key: archive[key] for key in archive.files}

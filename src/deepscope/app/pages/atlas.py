@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from deepscope.atlas.compare import Comparison, cka
-from deepscope.atlas.scan import scan
+from deepscope.atlas.scanning.driver import scan
 from deepscope.atlas.workspace import Workspace
 from deepscope.render.charts import (
     confusion_image,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from deepscope.errors import LayerNotFoundError, SettingError
 from deepscope.units.topk import TopK
 
 # 1 sign bit + 8 exponent bits + 3 mantissa bits.
@@ -36,7 +37,12 @@ _EXPONENT_MAX = 255 << MANTISSA_BITS  # first bin of the inf/NaN exponent, per s
 
 def bin_edges() -> np.ndarray:
     """Lower and upper edge of every bin, ``[BINS, 2]`` float64 (for negative bins, lower < upper too).
-    Bins of infinity and NaN have infinite or NaN edges."""
+    Bins of infinity and NaN have infinite or NaN edges.
+
+    >>> edges = bin_edges()
+    >>> edges[float_bins(torch.tensor([1.0, -3.0]))].tolist()  # 8 bins per octave
+    [[1.0, 1.125], [-3.25, -3.0]]
+    """
     codes = np.arange(_HALF, dtype=np.uint32)
     with np.errstate(invalid="ignore"):
         low = (codes << SHIFT).view(np.float32).astype(np.float64)
@@ -47,7 +53,11 @@ def bin_edges() -> np.ndarray:
 
 
 def float_bins(x: torch.Tensor) -> torch.Tensor:
-    """The bin of every element of ``x`` (flattened), int32 in [0, BINS)."""
+    """The bin of every element of ``x`` (flattened), int32 in [0, BINS): the top 12 bits of its float32 bits.
+
+    >>> float_bins(torch.tensor([0.0, 1.0, 1.1, 2.0, -0.0])).tolist()
+    [0, 1016, 1016, 1024, 2048]
+    """
     bits = _flat(x.detach().to(torch.float32)).view(torch.int32)
     # The shift allocates the only temporary; the mask is applied in place on it.
     return torch.bitwise_right_shift(bits, SHIFT).bitwise_and_(BINS - 1)
@@ -63,6 +73,10 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 
 def float_histogram(x: torch.Tensor) -> torch.Tensor:
     """Counts of the elements of ``x`` per bin, int64 ``[BINS]`` (``bincount(float_bins(x))``).
+
+    >>> counts = float_histogram(torch.tensor([[1.0, 1.1], [2.0, 0.0]]))
+    >>> counts.nonzero().flatten().tolist(), counts[1016].item()
+    ([0, 1016, 1024], 2)
 
     Two passes over the values (shift, then the in-place mask) and one bincount into 4096 counters (32 KiB,
     cache-resident). Reading the upper 16 bits as an int16 view and folding 65536 fine bins was measured
@@ -108,7 +122,7 @@ class Histogram:
     def quantile(self, q: float) -> float:
         """The ``q`` quantile, to within one bin (relative error <= 12.5% for log bins)."""
         if not 0 <= q <= 1:
-            raise ValueError(f"q must be in [0, 1], got {q}")
+            raise SettingError(f"q must be in [0, 1], got {q}")
         cumulative = np.cumsum(self.counts)
         if cumulative.size == 0 or cumulative[-1] == 0:
             return float("nan")
@@ -205,7 +219,7 @@ class ScanState:
         grouping, because the top-k order is total (value, then sample index) and max / counts are exact."""
         missing = [self.names[i] for i, entry in enumerate(self._batch) if entry is None]
         if missing:
-            raise RuntimeError(f"layers {missing} were not recorded in this batch")
+            raise LayerNotFoundError(f"layers {missing} were not recorded in this batch")
         peaks = torch.cat([entry[0] for entry in self._batch], dim=1)
         pooled = torch.cat([entry[1] for entry in self._batch], dim=1)
         for position, entry in enumerate(self._batch):
@@ -241,7 +255,7 @@ class ScanState:
     def merge(self, other: ScanState) -> ScanState:
         """Fold in the reductions of other samples (another chunk, another actor)."""
         if other.names != self.names or other.units != self.units or other.classes != self.classes:
-            raise ValueError("cannot merge the reductions of scans with different layers or classes")
+            raise SettingError("cannot merge the reductions of scans with different layers or classes")
         self._fold()
         other._fold()
         self.counts += other.counts.to(self.device)
@@ -285,20 +299,20 @@ class ScanState:
     ) -> ScanState:
         confusion = np.asarray(state["confusion"])
         k = int(np.asarray(state["layer0.topk_values"]).shape[1])
-        scan = cls(layers, confusion.shape[0], k, device)
+        restored = cls(layers, confusion.shape[0], k, device)
 
         def joined(key: str) -> torch.Tensor:
             return torch.from_numpy(
-                np.concatenate([np.asarray(state[f"layer{p}.{key}"]) for p in range(len(scan.names))])
+                np.concatenate([np.asarray(state[f"layer{p}.{key}"]) for p in range(len(restored.names))])
             ).to(device)
 
-        scan.counts = torch.from_numpy(
-            np.stack([np.asarray(state[f"layer{p}.counts"]) for p in range(len(scan.names))])
+        restored.counts = torch.from_numpy(
+            np.stack([np.asarray(state[f"layer{p}.counts"]) for p in range(len(restored.names))])
         ).to(device)
-        scan.unit_max, scan.unit_active, scan.unit_sum = (
+        restored.unit_max, restored.unit_active, restored.unit_sum = (
             joined(key) for key in ("unit_max", "unit_active", "unit_sum")
         )
-        scan.topk = TopK.from_state_dict(
+        restored.topk = TopK.from_state_dict(
             {
                 "values": joined("topk_values"),
                 "sample_indices": joined("topk_sample_indices"),
@@ -307,14 +321,26 @@ class ScanState:
             },
             device=device,
         )
-        scan.confusion = torch.from_numpy(confusion.copy()).to(device)
-        scan.samples = int(state["scanned"])
-        return scan
+        restored.confusion = torch.from_numpy(confusion.copy()).to(device)
+        restored.samples = int(state["scanned"])
+        return restored
 
 
 def histogram_from_state(state: Mapping[str, np.ndarray]) -> Histogram:
-    """The non-empty float-bit bins of a stored layer (``layer<p>.*`` keys of :meth:`ScanState.state_dict`, prefix removed) as a :class:`Histogram`
-    (``high`` and ``mean`` exact, ``low`` the lower edge of the lowest non-empty bin)."""
+    """The non-empty float-bit bins of a stored layer (``layer<p>.*`` keys of :meth:`ScanState.state_dict`,
+    prefix removed) as a :class:`Histogram` (``high`` and ``mean`` exact, ``low`` the lower edge of the lowest
+    non-empty bin).
+
+    >>> state = ScanState([("layer", 2)], classes=1, k=1, device=torch.device("cpu"))
+    >>> output = torch.tensor([[[0.0, 1.0], [3.0, -1.0]]])  # one sample, 2 units of 2 values
+    >>> state.add_layer(0, output, output.mean(2))
+    >>> state.end_batch(torch.tensor([0]))
+    >>> stored = state.state_dict()
+    >>> layer = {key.removeprefix("layer0."): value for key, value in stored.items() if key.startswith("layer0.")}
+    >>> histogram = histogram_from_state(layer)
+    >>> histogram.total, histogram.zeros, histogram.low, histogram.high, histogram.mean
+    (4, 1, -1.125, 3.0, 0.75)
+    """
     counts = np.asarray(state["counts"]).astype(np.int64)
     edges = bin_edges()
     code = np.arange(BINS) % _HALF
