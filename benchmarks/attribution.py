@@ -41,21 +41,24 @@ import deepscope as ds
 BATCH = 8
 SHARED = ["saliency", "input_x_gradient", "grad_cam", "grad_cam_pp", "layer_cam", "cam"]
 
-# Settings for methods whose paper defaults would take minutes per run on a CPU, and the same for the peer.
-SETTINGS = {
-    "integrated_gradients": {"steps": 16, "batch_size": 16},
-    "smoothgrad": {"samples": 16, "batch_size": 16},
-    "occlusion": {"window": 32, "stride": 32, "batch_size": 32},
-    "rise": {"masks": 128, "batch_size": 32},
-    "score_cam": {"batch_size": 32},
-    "prediction_difference": {
-        "sampling": "marginal",
-        "window": 56,
-        "stride": 56,
-        "samples": 4,
-        "batch_size": 32,
-    },
+SIZE = (224, 224)
+# Model inputs per forward of the methods that expand the batch, ours and the peer's.
+BATCH_SIZES = {
+    "integrated_gradients": 16,
+    "smoothgrad": 16,
+    "occlusion": 32,
+    "rise": 32,
+    "score_cam": 32,
+    "prediction_difference": 32,
 }
+
+
+def settings(name: str) -> dict:
+    """The method's quick options at 224x224 (``Attribution.quick_options``: the paper defaults would take
+    minutes per run on a CPU), which the peer gets too."""
+    return ds.attribution.method_info(name).quick_options(SIZE)
+
+
 SCORE_CAM_LAYER = {"resnet18": "layer4", "efficientnet_lite0": "_blocks.15"}  # 512 / 320 channels
 # The peers hook modules, not calls: EfficientNet-Lite0's default layer is the second call of the reused
 # _swish module, which they cannot name; they hook the batch norm just before it (the same passes).
@@ -109,11 +112,13 @@ def bare_forward(case: Case, layout: torch.memory_format = torch.contiguous_form
 
 
 def ours(case: Case, name: str) -> Callable[[], object]:
-    settings = dict(SETTINGS.get(name, {}))
-    layer = SCORE_CAM_LAYER[case.name] if name == "score_cam" else None
+    options = settings(name)
+    if name == "score_cam":
+        options["layer"] = SCORE_CAM_LAYER[case.name]
     if name == "prediction_difference":
-        settings["data"] = case.x
-    return lambda: ds.attribute(case.model, case.x, name, target=case.target, layer=layer, **settings)
+        options["data"] = case.x
+    spec = ds.method(name, batch_size=BATCH_SIZES.get(name), **options)
+    return lambda: spec(case.model, case.x, case.target)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -124,9 +129,7 @@ def captum_peer(case: Case, name: str) -> Callable[[], object] | None:
     from captum import attr
 
     model, x, target = case.model, case.x, case.target
-    steps = SETTINGS["integrated_gradients"]
-    samples = SETTINGS["smoothgrad"]
-    occlusion = SETTINGS["occlusion"]
+    steps, samples, occlusion = (settings(n) for n in ("integrated_gradients", "smoothgrad", "occlusion"))
     sigma = float(0.15 * (x.flatten(1).amax(1) - x.flatten(1).amin(1)).mean())
     runners = {
         "saliency": lambda: attr.Saliency(model).attribute(x, target=target, abs=False),
@@ -134,7 +137,7 @@ def captum_peer(case: Case, name: str) -> Callable[[], object] | None:
         "guided_backprop": lambda: attr.GuidedBackprop(model).attribute(x, target=target),
         "deconvnet": lambda: attr.Deconvolution(model).attribute(x, target=target),
         "integrated_gradients": lambda: attr.IntegratedGradients(model).attribute(
-            x, target=target, n_steps=steps["steps"], internal_batch_size=steps["batch_size"]
+            x, target=target, n_steps=steps["steps"], internal_batch_size=BATCH_SIZES["integrated_gradients"]
         ),
         "smoothgrad": lambda: attr.NoiseTunnel(attr.Saliency(model)).attribute(
             x,
@@ -142,7 +145,7 @@ def captum_peer(case: Case, name: str) -> Callable[[], object] | None:
             abs=False,
             nt_type="smoothgrad",
             nt_samples=samples["samples"],
-            nt_samples_batch_size=samples["batch_size"] // BATCH,
+            nt_samples_batch_size=BATCH_SIZES["smoothgrad"] // BATCH,
             stdevs=sigma,
         ),
         "occlusion": lambda: attr.Occlusion(model).attribute(
@@ -150,7 +153,7 @@ def captum_peer(case: Case, name: str) -> Callable[[], object] | None:
             sliding_window_shapes=(3, occlusion["window"], occlusion["window"]),
             strides=(3, occlusion["stride"], occlusion["stride"]),
             target=target,
-            perturbations_per_eval=occlusion["batch_size"] // BATCH,
+            perturbations_per_eval=BATCH_SIZES["occlusion"] // BATCH,
         ),
         "guided_grad_cam": lambda: attr.GuidedGradCam(
             model, model.get_submodule(PEER_LAYER[case.name])
@@ -176,7 +179,7 @@ def grad_cam_peer(case: Case, name: str) -> Callable[[], object] | None:
 
     def run():
         with peers[name](case.model, [case.model.get_submodule(layer)]) as cam:
-            cam.batch_size = SETTINGS["score_cam"]["batch_size"]
+            cam.batch_size = BATCH_SIZES["score_cam"]
             return cam(input_tensor=case.x, targets=targets)
 
     return run
@@ -224,11 +227,11 @@ def timed(runs: dict[str, Callable], repeats: int) -> dict[str, float]:
 def floor(name: str, case: Case, times: dict[str, float], layout: str = "") -> tuple[float, str]:
     """The method's cost floor in seconds, and how it was counted; ``layout=" cl"`` counts the bare passes
     with channels-last inputs."""
-    settings = SETTINGS.get(name, {})
+    options = settings(name)
     if name == "integrated_gradients":
-        return settings["steps"] * times["fwd+bwd" + layout], f"{settings['steps']} fwd+bwd"
+        return options["steps"] * times["fwd+bwd" + layout], f"{options['steps']} fwd+bwd"
     if name == "smoothgrad":
-        return settings["samples"] * times["fwd+bwd" + layout], f"{settings['samples']} fwd+bwd"
+        return options["samples"] * times["fwd+bwd" + layout], f"{options['samples']} fwd+bwd"
     family = ds.attribution.method_info(name).family
     if family == "perturbation" or name == "score_cam":
         count = perturbed_inputs(name, case)
@@ -238,18 +241,17 @@ def floor(name: str, case: Case, times: dict[str, float], layout: str = "") -> t
 
 def perturbed_inputs(name: str, case: Case) -> int:
     """How many forwards of the whole batch a perturbation method needs (the clean one excluded)."""
-    settings = SETTINGS.get(name, {})
+    options = settings(name)
     size = case.x.shape[-1]
     if name == "occlusion":
         return (
-            len(ds.attribution.perturbation.window_positions(size, settings["window"], settings["stride"]))
-            ** 2
+            len(ds.attribution.perturbation.window_positions(size, options["window"], options["stride"])) ** 2
         )
     if name == "rise":
-        return settings["masks"]
+        return options["masks"]
     if name == "prediction_difference":
-        positions = len(range(0, size - settings["window"] + 1, settings["stride"]))
-        return positions**2 * settings["samples"]
+        positions = len(range(0, size - options["window"] + 1, options["stride"]))
+        return positions**2 * options["samples"]
     if name == "score_cam":
         layer = SCORE_CAM_LAYER[case.name]
         with torch.no_grad(), ds.capture(case.model, layer) as recording:

@@ -50,20 +50,11 @@ def tiny_vit() -> nn.Module:
 
 
 def settings(name: str, x: torch.Tensor) -> dict:
-    """Small settings for the methods whose defaults are heavy or that need data."""
-    return {
-        "integrated_gradients": {"steps": 4},
-        "smoothgrad": {"samples": 3},
-        "rise": {"masks": 8},
-        "occlusion": {"window": 4, "stride": 4},
-        "prediction_difference": {
-            "data": torch.randn(6, *x.shape[1:]),
-            "window": 4,
-            "stride": 4,
-            "samples": 2,
-            "fit_patches": 200,
-        },
-    }.get(name, {})
+    """The method's quick options for inputs like ``x``, and reference images for the method that needs them."""
+    options = ds.attribution.method_info(name).quick_options(tuple(x.shape[-2:]))
+    if name == "prediction_difference":
+        options["data"] = torch.randn(6, *x.shape[1:], generator=torch.Generator().manual_seed(2))
+    return options
 
 
 def model_for(name: str) -> nn.Module:
@@ -90,6 +81,28 @@ def test_every_method_leaves_the_model_as_found(name, training, unchanged):
         ds.attribute(model, x[:, :2], name, **settings(name, x[:, :2]))  # the model itself fails mid-forward
     assert torch._C._len_torch_function_stack() == 0
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", [info.name for info in ds.methods()])
+def test_a_train_mode_model_gives_the_maps_of_the_same_model_in_eval_mode(name):
+    # Batch norm with batch statistics and dropout would change the maps (and the batch-norm buffers):
+    # every method runs the model in eval mode for the call.
+    torch.manual_seed(0)
+    model = model_for(name)
+    x = torch.randn(3, 3, 16, 16)
+    if hasattr(model, "bn1"):
+        with torch.no_grad():  # running statistics unlike the batch's own, so that the two modes differ
+            model.train()(x + 1.0)
+        model.drop.p = 0.5
+    options = settings(name, x)
+    evaluated = ds.attribute(model.eval(), x, name, **options)
+    model.train()
+    trained = ds.attribute(model, x, name, **options)
+    assert model.training and all(module.training for module in model.modules())
+    torch.testing.assert_close(trained, evaluated, rtol=0, atol=0)
+    if hasattr(model, "bn1"):
+        with torch.no_grad():
+            assert not torch.allclose(model(x), model.eval()(x))  # the modes do differ for this model
 
 
 def test_explain_runs_one_forward_and_one_backward_for_the_shared_methods():
@@ -120,23 +133,19 @@ def test_explain_runs_the_other_methods_on_their_own_with_their_settings():
     torch.manual_seed(0)
     model = SmallNet().eval()
     x = torch.randn(2, 3, 16, 16)
-    explanation = ds.explain(
-        model,
-        x,
-        "saliency,integrated_gradients,occlusion",
-        integrated_gradients={"steps": 3},
-        occlusion={"window": 8, "stride": 8},
-    )
+    integrated_gradients = ds.method("integrated_gradients", steps=3)
+    occlusion = ds.method("occlusion", window=8, stride=8)
+    explanation = ds.explain(model, x, ["saliency", integrated_gradients, occlusion])
     assert list(explanation) == ["saliency", "integrated_gradients", "occlusion"]
     assert (
         str(explanation.method_passes["integrated_gradients"]) == "4 forward + 3 backward"
     )  # + top-1 forward
     assert str(explanation.method_passes["occlusion"]) == "5 forward + 0 backward"
     assert "shared: saliency" in explanation.summary()
-    with pytest.raises(MethodError, match="settings given for rise"):
-        ds.explain(model, x, ["saliency"], rise={"masks": 3})
+    torch.testing.assert_close(explanation["integrated_gradients"], integrated_gradients(model, x))
+    torch.testing.assert_close(explanation["occlusion"], ds.attribute(model, x, occlusion))
     with pytest.raises(MethodError, match="listed twice"):
-        ds.explain(model, x, ["saliency", "saliency"])
+        ds.explain(model, x, ["saliency", ds.method("saliency")])
 
 
 @pytest.mark.parametrize(
@@ -167,7 +176,7 @@ def test_models_that_refuse_channels_last_maps_get_the_same_maps(name, flattenin
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     viewing = ds.as_vision_model(flattening(view=True))
     reshaping = ds.as_vision_model(flattening(view=False))
-    config = {"integrated_gradients": {"steps": 4}, "occlusion": {"window": 4, "stride": 4}}.get(name, {})
+    config = settings(name, x)
     refused = ds.attribute(viewing, x, name, target=2, **config)
     assert not viewing.channels_last  # the first forward fell back to the standard layout
     taken = ds.attribute(reshaping, x, name, target=2, **config)
@@ -252,5 +261,5 @@ def test_region_and_callable_targets_work_with_gradient_and_cam_methods():
     assert saliency[:, :, 7, 7].abs().max() == 0 and saliency[:, :, 3, 3].abs().max() > 0
     grad_cam = ds.attribute(segmenter, x, "grad_cam", target=region, layer="1", batch_size=1)
     assert grad_cam.shape == (2, 1, 8, 8)
-    rise = ds.attribute(segmenter, x, "rise", target=region, masks=10, probabilities=False, batch_size=3)
+    rise = ds.attribute(segmenter, x, "rise", target=region, masks=10, softmax=False, batch_size=3)
     assert rise.shape == (2, 1, 8, 8)

@@ -1,8 +1,8 @@
 """The CAM family against pytorch-grad-cam and Captum, CAM's defining identity, default layers and errors.
 
 pytorch-grad-cam returns maps ReLU'd at the layer's resolution, then upsampled bilinearly (OpenCV) and
-min-max normalised per image; deepscope returns raw signed maps. The comparison asks deepscope for the same
-convention (``relu=True`` rectifies before upsampling), normalises it the same way and asks for a per-image
+min-max normalized per image; deepscope returns raw signed maps. The comparison asks deepscope for the same
+convention (``relu=True`` rectifies before upsampling), normalizes it the same way and asks for a per-image
 correlation >= 0.999.
 """
 
@@ -38,7 +38,7 @@ def peer_maps(method: str, model, layer: str, x: torch.Tensor, targets: list[int
 
 
 def correlations(ours: torch.Tensor, theirs: np.ndarray) -> list[float]:
-    """Per-image correlation after the peer's min-max normalisation."""
+    """Per-image correlation after the peer's min-max normalization."""
     found = []
     for mine, peer in zip(ours[:, 0].double().numpy(), theirs, strict=True):
         mine = (mine - mine.min()) / (mine.max() - mine.min() + 1e-12)

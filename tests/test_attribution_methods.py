@@ -132,7 +132,7 @@ def test_rise_is_the_mask_weighted_mean_score():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 12 * 12, 3))
     x = torch.randn(2, 2, 12, 12)
-    method = ds.attribution.RISE(model, masks=7, cells=3, p=0.4, probabilities=False, batch_size=5)
+    method = ds.attribution.RISE(model, masks=7, cells=3, p=0.4, softmax=False, batch_size=5)
     maps = method.attribute(x, target=[1, 2])
     grids, shifts = method.grids(12, 12, x.device)
     masks = method.masks(grids, shifts, 12, 12)
@@ -202,23 +202,23 @@ def test_prediction_difference_marginal_by_hand():
 
 
 def test_prediction_difference_conditional_by_hand():
-    # Every reference image obeys centre = mean of its 8 neighbours exactly, so each pixel's conditional
+    # Every reference image obeys center = mean of its 8 neighbors exactly, so each pixel's conditional
     # distribution given the others is a point: the sampler restores that relation. The model's logit is
-    # a * (centre - mean of neighbours): every window then scores 0 (probability 1/2), the input a * 0.3.
+    # a * (center - mean of neighbors): every window then scores 0 (probability 1/2), the input a * 0.3.
     generator = torch.Generator().manual_seed(0)
     data = (
         torch.rand(200, 1, 3, 3, generator=generator, dtype=torch.float64) * 10
     )  # room: samples are clipped
-    neighbours = torch.ones(3, 3, dtype=torch.bool)
-    neighbours[1, 1] = False
-    data[:, 0, 1, 1] = data[:, 0][:, neighbours].mean(1)
+    neighbors = torch.ones(3, 3, dtype=torch.bool)
+    neighbors[1, 1] = False
+    data[:, 0, 1, 1] = data[:, 0][:, neighbors].mean(1)
     x = torch.tensor([[1.0, 2.0, 1.5], [2.5, 0.0, 1.0], [2.0, 1.5, 2.5]], dtype=torch.float64)
-    x[1, 1] = x[neighbours].mean() + 0.3
+    x[1, 1] = x[neighbors].mean() + 0.3
 
     class Contrast(nn.Module):
         def forward(self, images):
             flat = images[:, 0]
-            logit = 4 * (flat[:, 1, 1] - flat[:, neighbours].mean(1))
+            logit = 4 * (flat[:, 1, 1] - flat[:, neighbors].mean(1))
             return torch.stack([logit, torch.zeros_like(logit)], 1)
 
     ours = ds.attribute(
@@ -350,9 +350,9 @@ def test_cams_on_vision_transformers_match_pytorch_grad_cam(vits, kind, layer, m
         assert np.corrcoef(mine.ravel(), peer_map.ravel())[0, 1] >= 0.999
 
 
-def test_a_zero_initialised_vit_head_has_no_default_layer():
+def test_a_zero_initialized_vit_head_has_no_default_layer():
     import torchvision
 
     vit = torchvision.models.VisionTransformer(16, 4, num_layers=1, num_heads=1, hidden_dim=4, mlp_dim=8)
-    with pytest.raises(MethodError, match="zero-initialised"):
+    with pytest.raises(MethodError, match="zero-initialized"):
         ds.attribute(vit, torch.randn(1, 3, 16, 16), "grad_cam")

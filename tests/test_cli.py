@@ -140,6 +140,51 @@ def test_explain_writes_overlays_a_grid_and_the_passes(photo_files, tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"coffee_grad_cam.png", "coffee_saliency.png", "grid.png"}
 
 
+def test_explain_takes_method_options_in_their_types(photo_files, tmp_path):
+    result = runner.invoke(
+        cli.app,
+        [
+            "explain",
+            "zoo:efficientnet_lite0",
+            str(photo_files["coffee"]),
+            "-m",
+            "integrated_gradients,grad_cam",
+            "-o",
+            "steps=2",
+            "-o",
+            "grad_cam.upsample=false",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    # 2 path points forward and backward, after a forward for the top class; the shared pass; the probe
+    assert "passes through the model: 5 forward + 3 backward" in result.output
+    methods = runner.invoke(cli.app, ["methods"])
+    assert (
+        "options: steps: int = 50; rule: str = 'gausslegendre'; baseline: float | Tensor = 0.0"
+        in methods.output
+    )
+
+
+def test_explain_refuses_an_option_no_method_has(monkeypatch, photo_files, capsys):
+    argv = [
+        "deepscope",
+        "explain",
+        "zoo:lenet_mnist",
+        str(photo_files["coffee"]),
+        "-m",
+        "saliency",
+        "-o",
+        "steps=3",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    assert "none of saliency has an option 'steps'" in capsys.readouterr().err
+
+
 def test_image_files_are_read_in_the_models_mode(photo_files, tmp_path):
     digit = tmp_path / "digit.png"
     ds.datasets.mnist5k().images[0].save(digit)

@@ -75,7 +75,7 @@ def zennit_relevance(
     return relevance
 
 
-def randomise_batch_norms(module: nn.Module) -> nn.Module:
+def randomize_batch_norms(module: nn.Module) -> nn.Module:
     """Random-init torchvision batch norms are identities; give them statistics so that folding matters."""
     generator = torch.Generator().manual_seed(0)
     for sub in module.modules():
@@ -110,7 +110,7 @@ def assert_same_relevance(ours: torch.Tensor, reference: torch.Tensor, rtol: flo
 
 
 def _with_twins(module: nn.Module) -> tuple[ds.VisionModel, ds.VisionModel, ds.VisionModel]:
-    vm = ds.as_vision_model(randomise_batch_norms(module), preprocessing=IMAGENET)
+    vm = ds.as_vision_model(randomize_batch_norms(module), preprocessing=IMAGENET)
     return vm, exact_twin(vm, torch.float32), exact_twin(vm, torch.float64)
 
 
@@ -309,7 +309,7 @@ def bias_free_cnn() -> nn.Module:
 
 def bias_free_residual_net() -> nn.Module:
     torch.manual_seed(0)
-    return without_biases(randomise_batch_norms(TinyResidualNet()))
+    return without_biases(randomize_batch_norms(TinyResidualNet()))
 
 
 CONSERVATION = [
@@ -441,7 +441,7 @@ def test_rules_match_hand_computed_values(rule, ours, target):
 
 def test_folded_batch_norm_equals_a_hand_folded_network(unchanged):
     torch.manual_seed(0)
-    model = randomise_batch_norms(
+    model = randomize_batch_norms(
         nn.Sequential(
             nn.Conv2d(3, 8, 3, padding=1),
             nn.BatchNorm2d(8),
@@ -471,7 +471,7 @@ def test_folded_batch_norm_equals_a_hand_folded_network(unchanged):
 
 
 def test_batch_norm_without_a_linear_layer_before_it_passes_relevance():
-    model = randomise_batch_norms(
+    model = randomize_batch_norms(
         nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 2, 1, bias=False), nn.Flatten())
     )
     x = torch.randn(1, 3, 2, 2)
@@ -485,7 +485,7 @@ def test_batch_norm_without_a_linear_layer_before_it_passes_relevance():
 # --- z-box bounds and the first layer --------------------------------------------------------------------
 
 
-def test_z_box_bounds_follow_the_model_normalisation(lenet, digits):
+def test_z_box_bounds_follow_the_model_normalization(lenet, digits):
     x = digits[:1]
     low, high = input_bounds(lenet, x)
     mean, std = lenet.preprocessing.mean[0], lenet.preprocessing.std[0]
@@ -571,7 +571,7 @@ def test_efficientnet_runs_every_composite(efficientnet, photos, unchanged, name
 
 
 def test_model_left_as_found_in_train_mode_and_with_its_own_hooks(unchanged):
-    model = randomise_batch_norms(TinyResidualNet()).train()
+    model = randomize_batch_norms(TinyResidualNet()).train()
     model.fc.register_forward_hook(lambda *args: None)
     x = torch.randn(2, 3, 16, 16)
     for name in COMPOSITES:
@@ -624,15 +624,21 @@ def test_unsupported_layers_name_the_layer_and_its_type(model, message, unchange
 
 def test_bad_settings_are_clear(lenet, digits):
     x = digits[:1]
-    with pytest.raises(ds.attribution.MethodError, match="lrp_epsilon has no setting 'gamma'"):
+    with pytest.raises(ds.attribution.MethodError, match="lrp_epsilon has no option 'gamma'"):
         ds.attribute(lenet, x, "lrp_epsilon", gamma=0.5)
-    with pytest.raises(ds.attribution.MethodError, match="takes no layer"):
+    with pytest.raises(ds.attribution.MethodError, match="lrp_epsilon reads no layer, so it takes none"):
         ds.attribute(lenet, x, "lrp_epsilon", layer="conv1")
+    with pytest.raises(
+        ds.errors.SettingTypeError, match=r"option layers must be Mapping\[str, Rule\] \| None"
+    ):
+        ds.attribute(lenet, x, "lrp_epsilon", layers={"conv1": "flat"})
+    with pytest.raises(ds.attribution.MethodError, match="give both low and high, or neither"):
+        ds.method("lrp_epsilon_gamma_box", low=0.0)
     with pytest.raises(ds.errors.LayerNotFoundError, match="conv3"):
         ds.attribute(lenet, x, "lrp_epsilon", layers={"conv3": Flat()})
-    with pytest.raises(ValueError, match="alpha - beta must be 1"):
+    with pytest.raises(ds.errors.SettingError, match="alpha - beta must be 1"):
         AlphaBeta(3, 1)
-    with pytest.raises(ValueError, match="low must not exceed high"):
+    with pytest.raises(ds.errors.SettingError, match="low must not exceed high"):
         ds.attribute(lenet, x, "lrp_epsilon_gamma_box", low=1.0, high=-1.0)
     with pytest.raises(ds.attribution.targets.TargetError, match="out of range"):
         ds.attribute(lenet, x, "lrp_epsilon", target=10)

@@ -17,7 +17,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submodules=["atlas", "attribution", "errors", "metrics", "probe", "render", "units", "workspace", "zoo"],
     submod_attrs={
-        "attribution": ["attribute", "explain", "methods", "targets"],
+        "attribution": ["attribute", "explain", "method", "methods", "targets"],
         "metrics": ["evaluate"],
         "probe": [
             "Graph",

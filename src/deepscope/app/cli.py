@@ -113,21 +113,30 @@ def explain(
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Model inputs per forward for expanding methods")
     ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-o",
+            help="A method option, KEY=VALUE (every listed method that has it) or METHOD.KEY=VALUE, e.g. "
+            "-o steps=16 -o grad_cam.relu=true (deepscope methods lists the options); repeatable",
+        ),
+    ] = None,
     convert: ConvertOption = False,
 ) -> None:
     """Heat maps of each image with each method: one overlay PNG per image and method, and grid.png."""
-    from deepscope.attribution.base import method_names
+    from deepscope.attribution.base import parse_methods
     from deepscope.attribution.explain import explain as explain_batch
     from deepscope.render.heatmap import grid, heatmap
     from deepscope.zoo.images import load_images
     from deepscope.zoo.loaders import load_model
 
-    method_names(method)  # a wrong name fails before anything is loaded
+    specs = parse_methods(method, option or [])  # a wrong name or option fails before anything is loaded
     vm = load_model(model)
     pictures = load_images(images, mode=vm.image_mode, convert=convert)
     pixels = vm.pixels(pictures) if vm.transform is None else None
     x = vm.preprocess(pictures)
-    maps = explain_batch(vm, x, method, target=target, layer=layer, batch_size=batch_size)
+    maps = explain_batch(vm, x, specs, target=target, layer=layer, batch_size=batch_size)
     _, top = vm.predict(x, k=1)
     explained = [target if target is not None else int(top[i, 0]) for i in range(len(images))]
     backgrounds = pixels if pixels is not None else pictures
@@ -148,12 +157,14 @@ def explain(
 
 @app.command()
 def methods() -> None:
-    """The heat-map methods: name, family, cost in passes, reference."""
+    """The heat-map methods: name, family, cost in passes, reference and options (for explain --option)."""
     from deepscope.attribution.base import methods as registered
 
     for info in registered():
         typer.echo(f"{info.name:30s} {info.family:13s} {info.passes}")
         typer.echo(f"{'':30s} {info.reference}")
+        if info.options:
+            typer.echo(f"{'':30s} options: {'; '.join(str(option) for option in info.options)}")
 
 
 @app.command()

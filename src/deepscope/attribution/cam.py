@@ -6,12 +6,14 @@ weights each position (:meth:`layer_map`). Gradient-based CAMs backpropagate onl
 (``torch.autograd.grad`` with respect to the layer's output: no input gradient, no parameter gradients).
 
 Maps are ``[B,1,H,W]`` upsampled bilinearly to the input (``upsample=False`` keeps the layer's ``h x w``),
-raw and signed: the papers' final ReLU (``relu=True``) and any normalisation belong to rendering. The layer
+raw and signed: the papers' final ReLU (``relu=True``) and any normalization belong to rendering. The layer
 defaults to the last spatial layer (:mod:`deepscope.attribution.layers`), stored in ``method.layer`` after
 the first call; transformer token grids are reshaped to maps with the class token dropped.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -21,10 +23,10 @@ from deepscope.attribution.layers import spatial_layers_hint
 from deepscope.attribution.passes import (
     Needs,
     Pass,
+    Perturbations,
     SharedContext,
     SharedPassMethod,
-    class_scorer,
-    perturbed_scores,
+    perturb,
     run_shared,
 )
 from deepscope.attribution.targets import Classes, TargetLike
@@ -32,15 +34,17 @@ from deepscope.probe.layers import parse_layer
 
 
 class LayerMethod(SharedPassMethod):
-    """Base of the layer-space methods: a layer (given or found), ``upsample`` and ``relu`` options."""
+    """Base of the layer-space methods: a layer (given or found) and the options ``upsample`` (bilinearly to
+    the input size; False keeps the layer's resolution) and ``relu`` (rectify the map at the layer's
+    resolution, the papers' final ReLU)."""
 
     uses_gradients = True
+    needs_layer = True
 
-    def __init__(self, model, layer=None, batch_size=None, *, upsample: bool = True, relu: bool = False):
-        super().__init__(model, layer, batch_size)
-        if layer is not None:
-            parse_layer(self.vm, layer)
-        self.upsample, self.relu = upsample, relu
+    @dataclass(frozen=True, eq=False)
+    class Options(SharedPassMethod.Options):
+        upsample: bool = True
+        relu: bool = False
 
     def prepare(self, inputs: torch.Tensor, context: SharedContext) -> None:
         if self.layer is None:
@@ -66,9 +70,9 @@ class LayerMethod(SharedPassMethod):
         return self.finish(self.layer_map(activations, gradients, pass_), pass_.input_size)
 
     def finish(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if self.relu:
+        if self.options.relu:
             maps = maps.clamp(min=0)
-        return upsample(maps, size) if self.upsample else maps
+        return upsample(maps, size) if self.options.upsample else maps
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.vm.name}, layer={self.layer!r})"
@@ -80,7 +84,6 @@ class LayerMethod(SharedPassMethod):
     space="layer",
     passes="1 forward + 1 backward to the layer (shared)",
     reference="Selvaraju et al. 2017, Grad-CAM: channel weights = spatial mean of the gradient",
-    needs_layer=True,
 )
 class GradCAM(LayerMethod):
     """Grad-CAM (Selvaraju et al. 2017): ``sum_k mean_ij(dS/dA_k) A_k``; ``relu=True`` gives the paper's map.
@@ -104,7 +107,6 @@ class GradCAM(LayerMethod):
     passes="1 forward + 1 backward to the layer (shared)",
     reference="Chattopadhay et al. 2018, Grad-CAM++: weights sum_ij alpha_ij relu(dS/dA), alpha from the "
     "closed form for an exponential output (Eq. 19), 0 where the gradient or the denominator is 0",
-    needs_layer=True,
 )
 class GradCAMPlusPlus(LayerMethod):
     """Grad-CAM++ (Chattopadhay et al. 2018): ``w_k = sum_ij alpha_kij relu(g_kij)`` with
@@ -132,7 +134,6 @@ class GradCAMPlusPlus(LayerMethod):
     space="layer",
     passes="1 forward + 1 backward to the layer (shared)",
     reference="Jiang et al. 2021, LayerCAM: each position weighted by its own positive gradient",
-    needs_layer=True,
 )
 class LayerCAM(LayerMethod):
     """LayerCAM (Jiang et al. 2021): ``sum_k relu(dS/dA_kij) A_kij``, a weight per position, not per channel.
@@ -155,7 +156,6 @@ class LayerCAM(LayerMethod):
     passes="1 forward (shared)",
     reference="Zhou et al. 2016, Learning Deep Features for Discriminative Localization: CAM for a global "
     "average pool + linear head, weights = the class's row of the linear layer (bias left out)",
-    needs_layer=True,
 )
 class CAM(LayerMethod):
     """CAM (Zhou et al. 2016) for models whose head is global average pooling then one linear layer:
@@ -235,8 +235,7 @@ def gap_linear_head(context: SharedContext, layer: str) -> torch.nn.Linear:
     space="layer",
     passes="1 + K forwards (K channels of the layer), no backward",
     reference="Wang et al. 2020, Score-CAM: channel weights = softmax over channels of the target score of "
-    "the input masked by each upsampled, min-max normalised channel (Algorithm 1)",
-    needs_layer=True,
+    "the input masked by each upsampled, min-max normalized channel (Algorithm 1)",
 )
 class ScoreCAM(LayerMethod):
     """Score-CAM (Wang et al. 2020, Algorithm 1): each channel ``A_k``, upsampled to the input and scaled to
@@ -252,34 +251,40 @@ class ScoreCAM(LayerMethod):
     uses_gradients = False
     shares_pass = False
 
-    def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
-        inputs = inputs.to(self.vm.device)
-        batch = inputs.shape[0]
+    def compute(self, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
         context = self.context or SharedContext(self.vm, inputs)
         self.prepare(inputs, context)
         size = self.chunk_size(inputs)
         # The clean forward: the layer's activations and the target (top-1 class when None).
         reader = _Activations(self)
-        clean = run_shared([reader], inputs, target, size, context)[0]
+        activations = run_shared([reader], inputs, target, size, context)[0]
         self.passes = self.passes + reader.passes
         classes = target if target is not None else Classes(torch.cat([t.indices for t in reader.targets]))
-        channels = clean.shape[1]
-        size_hw = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+        masks = ChannelMasks(inputs, activations)
+        return self.finish(perturb(self.vm, masks, classes, size, self.passes), masks.size)
 
-        def build(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            rows, channel = points // channels, points % channels
-            masks = upsample(clean[rows, channel][:, None], size_hw)
-            low = masks.flatten(1).amin(1).view(-1, 1, 1, 1)
-            high = masks.flatten(1).amax(1).view(-1, 1, 1, 1)
-            masks = (masks - low) / torch.where(high > low, high - low, 1.0)
-            return inputs[rows] * masks, rows
 
-        scores = perturbed_scores(
-            self.vm, batch * channels, size, build, class_scorer(classes, batch), batch, self.passes
-        )
-        weights = scores.view(batch, channels).softmax(1)
-        maps = torch.einsum("bk,bkhw->bhw", weights, clean)[:, None]
-        return self.finish(maps, size_hw)
+class ChannelMasks(Perturbations):
+    """Input ``b * K + k`` is sample ``b`` masked by its channel ``k``, upsampled to the input and scaled to
+    [0, 1]; the map weighs the channels by the softmax over channels of their scores."""
+
+    def __init__(self, inputs: torch.Tensor, activations: torch.Tensor):
+        super().__init__(inputs, inputs.shape[0] * activations.shape[1])
+        self.activations = activations
+        self.size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+
+    def build(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        channels = self.activations.shape[1]
+        rows, channel = points // channels, points % channels
+        masks = upsample(self.activations[rows, channel][:, None], self.size)
+        low = masks.flatten(1).amin(1).view(-1, 1, 1, 1)
+        high = masks.flatten(1).amax(1).view(-1, 1, 1, 1)
+        masks = (masks - low) / torch.where(high > low, high - low, 1.0)
+        return self.inputs[rows] * masks, rows
+
+    def maps(self, scores: torch.Tensor) -> torch.Tensor:
+        weights = scores.view(self.batch, self.activations.shape[1]).softmax(1)
+        return torch.einsum("bk,bkhw->bhw", weights, self.activations)[:, None]
 
 
 class _Activations(SharedPassMethod):
@@ -305,7 +310,6 @@ class _Activations(SharedPassMethod):
     passes="1 forward + 1 backward to the layer + 1 guided backward to the input",
     reference="Selvaraju et al. 2017, Grad-CAM: guided backpropagation times the upsampled, rectified "
     "Grad-CAM",
-    needs_layer=True,
 )
 class GuidedGradCAM(LayerMethod):
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backpropagation ``[B,C,H,W]`` times ``relu(Grad-CAM)``
@@ -319,9 +323,7 @@ class GuidedGradCAM(LayerMethod):
     """
 
     shares_pass = False
-
-    def __init__(self, model, layer=None, batch_size=None):
-        super().__init__(model, layer, batch_size)
+    Options = SharedPassMethod.Options  # a pixel-space map: neither upsample nor relu applies
 
     def needs(self) -> Needs:
         return Needs(input_gradient=True, layers={self.layer}, layer_gradients={self.layer})
@@ -331,7 +333,7 @@ class GuidedGradCAM(LayerMethod):
         cam = torch.einsum("bk,bkhw->bhw", gradients.mean((2, 3)), activations)[:, None].clamp(min=0)
         return pass_.input_gradient * upsample(cam, pass_.input_size)
 
-    def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
+    def compute(self, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
         state = ReluRule("plain")
         result = run_shared(
             [self],

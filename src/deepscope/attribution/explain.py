@@ -10,22 +10,22 @@ layer is found once).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
 from deepscope.attribution.base import (
     Attribution,
+    Method,
     MethodError,
     PassCount,
+    as_methods,
     check_inputs,
-    check_options,
-    method_info,
-    method_names,
+    with_call_settings,
 )
 from deepscope.attribution.passes import SharedContext, SharedPassMethod, run_shared
 from deepscope.attribution.targets import TargetLike
+from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 
@@ -58,61 +58,63 @@ class Explanation(dict):
 def explain(
     model: VisionModel | nn.Module,
     inputs: torch.Tensor,
-    methods: str | Sequence[str],
+    methods: str | Method | Sequence[str | Method],
     target: TargetLike = None,
     layer: str | None = None,
     batch_size: int | None = None,
-    **options: dict[str, Any],
 ) -> Explanation:
     """Heat maps of several methods for one batch, ``{name: map}``, sharing passes where they can.
 
-    ``methods``: names (or 'a,b,c'); ``target``/``layer``/``batch_size`` as in :func:`ds.attribute`, for all
-    methods; per-method settings as keyword arguments named after the method, e.g.
-    ``integrated_gradients={"steps": 32}``. The result's ``.passes`` says how many passes ran.
+    ``methods``: names ('a,b,c' or a list) and/or ``ds.method(name, **options)`` specs, each method once.
+    ``target`` as in :func:`ds.attribute`, for all methods; ``layer`` for the layer-space methods and
+    ``batch_size`` for all, where a spec does not set its own. The model runs in eval mode for the call. The
+    result's ``.passes`` says how many passes ran.
 
     >>> import torch, deepscope as ds
     >>> from torch import nn
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
-    >>> maps = ds.explain(net, torch.rand(2, 3, 16, 16), ["saliency", "grad_cam", "cam"])
+    >>> maps = ds.explain(net, torch.rand(2, 3, 16, 16), ["saliency", "grad_cam", ds.method("cam", relu=True)])
     >>> sorted(maps), maps.layers
     (['cam', 'grad_cam', 'saliency'], {'grad_cam': '1', 'cam': '1'})
     >>> str(maps.method_passes["shared"]), str(maps.passes)  # + a one-sample probe for the layer and head
     ('1 forward + 1 backward', '1.5 forward + 1 backward')
     """
     vm = as_vision_model(model)
-    names = method_names(methods)
+    specs = [with_call_settings(spec, layer, batch_size, every_method=False) for spec in as_methods(methods)]
+    names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise MethodError(f"a method is listed twice in {names}")
-    unknown = [key for key in options if key not in names]
-    if unknown:
-        raise MethodError(f"settings given for {', '.join(unknown)}, which is not among the methods {names}")
     inputs = check_inputs(inputs).to(vm.device)
-    context = SharedContext(vm, inputs, layer)
-    instances: dict[str, Attribution] = {}
-    for name in names:
-        info = method_info(name)
-        settings = options.get(name, {})
-        if not isinstance(settings, dict):
-            raise MethodError(f"settings for {name} must be a dict, got {type(settings).__name__}")
-        check_options(info.method, settings)
-        instances[name] = info.method(
-            vm, layer=layer if info.needs_layer else None, batch_size=batch_size, **settings
-        )
-        if isinstance(instances[name], SharedPassMethod):
-            instances[name].context = context
+    instances: dict[str, Attribution] = {spec.name: spec.build(vm) for spec in specs}
+    with evaluation_mode(vm.module):
+        return _explain(vm, inputs, instances, target)
+
+
+def _explain(
+    vm: VisionModel,
+    inputs: torch.Tensor,
+    instances: dict[str, Attribution],
+    target: TargetLike,
+) -> Explanation:
+    context = SharedContext(vm, inputs)
+    for method in instances.values():
+        if isinstance(method, SharedPassMethod):
+            method.context = context
     shared = [n for n, m in instances.items() if isinstance(m, SharedPassMethod) and m.shares_pass]
     maps: dict[str, torch.Tensor] = {}
     if shared:
+        # one chunk size for the shared pass: the smallest that a method asks for bounds them all
+        sizes = [instances[n].batch_size for n in shared if instances[n].batch_size is not None]
         for name, result in zip(
             shared,
-            run_shared([instances[n] for n in shared], inputs, target, batch_size, context),
+            run_shared([instances[n] for n in shared], inputs, target, min(sizes, default=None), context),
             strict=True,
         ):
             maps[name] = result
     for name, method in instances.items():
         if name not in shared:
             maps[name] = method.attribute(inputs, target if method.uses_target else None)
-    explanation = Explanation({name: maps[name] for name in names})
+    explanation = Explanation({name: maps[name] for name in instances})
     if shared:
         explanation.shared = shared
         explanation.method_passes["shared"] = instances[shared[0]].passes
@@ -124,6 +126,6 @@ def explain(
         if name not in shared:
             explanation.method_passes[name] = method.passes
             explanation.passes = explanation.passes + method.passes
-        if method_info(name).needs_layer and getattr(method, "layer", None):
+        if method.needs_layer and method.layer:
             explanation.layers[name] = method.layer
     return explanation

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -56,9 +57,6 @@ class Saliency(SharedPassMethod):
     torch.Size([2, 1, 28, 28])
     """
 
-    def __init__(self, model, layer=None, batch_size=None):
-        super().__init__(model, layer, batch_size)
-
     def needs(self) -> Needs:
         return Needs(input_gradient=True)
 
@@ -81,9 +79,6 @@ class InputXGradient(SharedPassMethod):
     >>> float(ds.attribute(vm, torch.zeros(1, 1, 28, 28), "input_x_gradient").abs().sum())
     0.0
     """
-
-    def __init__(self, model, layer=None, batch_size=None):
-        super().__init__(model, layer, batch_size)
 
     def needs(self) -> Needs:
         return Needs(input_gradient=True)
@@ -112,11 +107,7 @@ def integration_rule(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     >>> alphas.tolist(), float(weights.sum())
     ([0.125, 0.375, 0.625, 0.875], 1.0)
     """
-    if rule not in INTEGRATION_RULES:
-        raise MethodError(f"unknown integration rule {rule!r}; choose one of {', '.join(INTEGRATION_RULES)}")
-    minimum = 2 if rule == "riemann_trapezoid" else 1
-    if not isinstance(steps, int) or steps < minimum:
-        raise MethodError(f"{rule} needs steps >= {minimum}, got {steps!r}")
+    check_integration(rule, steps)
     index = np.arange(steps, dtype=np.float64)
     if rule == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(steps)
@@ -127,6 +118,18 @@ def integration_rule(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
         return index / (steps - 1), weights
     offset = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}[rule]
     return (index + offset) / steps, np.full(steps, 1 / steps)
+
+
+def check_integration(rule: str, steps: int) -> None:
+    """A clear error for an unknown ``rule`` or too few ``steps``, naming only what the caller chose."""
+    if rule not in INTEGRATION_RULES:
+        raise MethodError(f"unknown integration rule {rule!r}; choose one of {', '.join(INTEGRATION_RULES)}")
+    if rule == "riemann_trapezoid" and (not isinstance(steps, int) or steps < 2):
+        raise MethodError(
+            f"rule='riemann_trapezoid' needs steps >= 2 (its two end points), got steps={steps!r}"
+        )
+    if not isinstance(steps, int) or steps < 1:
+        raise MethodError(f"steps must be an int >= 1, got steps={steps!r}")
 
 
 def baseline_like(
@@ -169,32 +172,31 @@ class IntegratedGradients(Attribution):
     torch.Size([1, 1, 28, 28])
     """
 
-    def __init__(
-        self,
-        model,
-        layer=None,
-        batch_size=None,
-        *,
-        steps: int = 50,
-        rule: str = "gausslegendre",
-        baseline: float | torch.Tensor = 0.0,
-    ):
-        super().__init__(model, layer, batch_size)
-        self.alphas, self.weights = integration_rule(rule, steps)
-        self.steps, self.rule, self.baseline = steps, rule, baseline
+    @dataclass(frozen=True, eq=False)
+    class Options(Attribution.Options):
+        steps: int = 50
+        rule: str = "gausslegendre"
+        baseline: float | torch.Tensor = 0.0
 
-    def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
-        inputs = inputs.to(self.vm.device)
+        def check(self) -> None:
+            check_integration(self.rule, self.steps)
+
+    @classmethod
+    def quick_options(cls, size: tuple[int, int]) -> dict:
+        return {"steps": 8}
+
+    def compute(self, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
         size = self.chunk_size(inputs)
-        batch = inputs.shape[0]
+        batch, steps = inputs.shape[0], self.options.steps
         target = fixed_target(self.vm, inputs, target, size, self.passes)
-        baseline = baseline_like(self.baseline, inputs)
+        baseline = baseline_like(self.options.baseline, inputs)
         difference = inputs - baseline
-        alphas = torch.as_tensor(self.alphas, dtype=inputs.dtype, device=inputs.device)
-        weights = torch.as_tensor(self.weights, dtype=inputs.dtype, device=inputs.device)
+        nodes, node_weights = integration_rule(self.options.rule, steps)
+        alphas = torch.as_tensor(nodes, dtype=inputs.dtype, device=inputs.device)
+        weights = torch.as_tensor(node_weights, dtype=inputs.dtype, device=inputs.device)
         total = torch.zeros_like(inputs)
         # Path points are numbered step-major (point j = step j // B of sample j % B).
-        for points in chunks(self.steps * batch, size, inputs.device):
+        for points in chunks(steps * batch, size, inputs.device):
             rows, step = points % batch, points // batch
             scale = alphas[step].view(-1, 1, 1, 1)
             path = baseline[rows] + scale * difference[rows]
@@ -229,33 +231,31 @@ class SmoothGrad(Attribution):
     torch.Size([2, 1, 28, 28])
     """
 
-    def __init__(
-        self,
-        model,
-        layer=None,
-        batch_size=None,
-        *,
-        samples: int = 50,
-        noise_level: float = 0.15,
-        seed: int = 0,
-    ):
-        super().__init__(model, layer, batch_size)
-        if not isinstance(samples, int) or samples < 1:
-            raise MethodError(f"smoothgrad needs samples >= 1, got {samples!r}")
-        if noise_level < 0:
-            raise MethodError(f"noise_level must be >= 0, got {noise_level}")
-        self.samples, self.noise_level, self.seed = samples, noise_level, seed
+    @dataclass(frozen=True, eq=False)
+    class Options(Attribution.Options):
+        samples: int = 50
+        noise_level: float = 0.15
+        seed: int = 0
 
-    def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
-        inputs = inputs.to(self.vm.device)
+        def check(self) -> None:
+            if self.samples < 1:
+                raise MethodError(f"smoothgrad needs samples >= 1, got {self.samples!r}")
+            if self.noise_level < 0:
+                raise MethodError(f"noise_level must be >= 0, got {self.noise_level}")
+
+    @classmethod
+    def quick_options(cls, size: tuple[int, int]) -> dict:
+        return {"samples": 8}
+
+    def compute(self, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
         size = self.chunk_size(inputs)
-        batch = inputs.shape[0]
+        batch, samples = inputs.shape[0], self.options.samples
         target = fixed_target(self.vm, inputs, target, size, self.passes)
         flat = inputs.flatten(1)
-        sigma = (self.noise_level * (flat.amax(1) - flat.amin(1))).view(-1, 1, 1, 1)
+        sigma = (self.options.noise_level * (flat.amax(1) - flat.amin(1))).view(-1, 1, 1, 1)
         total = torch.zeros_like(inputs)
         cached: dict[int, torch.Tensor] = {}
-        for points in chunks(self.samples * batch, size, inputs.device):
+        for points in chunks(samples * batch, size, inputs.device):
             rows, draw = points % batch, points // batch
             draws = draw.unique().tolist()
             cached = {d: cached[d] if d in cached else self._noise(d, inputs) for d in draws}
@@ -267,10 +267,10 @@ class SmoothGrad(Attribution):
             gradient = forward_backward(self.vm, noisy, rows, target, batch).input_gradient
             total.index_add_(0, rows, gradient)
             self.passes.add(len(points), batch, backward=True)
-        return total / self.samples
+        return total / samples
 
     def _noise(self, draw: int, inputs: torch.Tensor) -> torch.Tensor:
-        generator = torch.Generator(device=inputs.device).manual_seed(self.seed + draw)
+        generator = torch.Generator(device=inputs.device).manual_seed(self.options.seed + draw)
         return torch.randn(inputs.shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
 
 
@@ -376,16 +376,13 @@ class _ModifiedReluGradient(SharedPassMethod):
     rule = ""
     shares_pass = False  # its backward differs from the plain one
 
-    def __init__(self, model, layer=None, batch_size=None):
-        super().__init__(model, layer, batch_size)
-
     def needs(self) -> Needs:
         return Needs(input_gradient=True)
 
     def from_pass(self, pass_: Pass) -> torch.Tensor:
         return pass_.input_gradient
 
-    def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
+    def compute(self, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
         state = ReluRule(self.rule)
         result = run_shared([self], inputs, target, self.batch_size, forward_context=_entering(state))[0]
         require_relus(state, self)

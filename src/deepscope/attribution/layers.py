@@ -237,7 +237,7 @@ def _last_token_grid_with_gradient(vm: VisionModel, example: torch.Tensor, spati
             module, index = key
             return module if total_counts[module] <= 1 else f"{module}@{index}"
     raise MethodError(
-        f"no token-grid layer of {vm.name} gets a non-zero gradient from its top-1 score (a zero-initialised "
+        f"no token-grid layer of {vm.name} gets a non-zero gradient from its top-1 score (a zero-initialized "
         "head gives none), so there is no default layer; pass layer="
     )
 

@@ -5,12 +5,20 @@ activations, layers' gradients) and implements one narrow step, ``from_pass(pass
 runs the union of the needs of several methods as one forward and one backward per sub-batch, then hands the
 same :class:`Pass` to each method. Gradients are taken with ``torch.autograd.grad`` with respect to exactly
 what is needed: a CAM's backward stops at its layer, and parameters never get ``.grad``.
+
+The perturbation methods (occlusion, RISE, prediction difference, Score-CAM's masking) share one engine,
+:func:`perturb`: a method says which perturbed inputs to build and how to weigh their scores into maps
+(:class:`Perturbations`), the engine runs them through the model ``batch_size`` at a time under
+``torch.inference_mode()``, one forward each, no backward.
+
+Every function here expects the model in eval mode already: ``Attribution.attribute`` and ``ds.explain`` hold
+it there for the whole call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -66,7 +74,7 @@ class Pass:
 
 class SharedPassMethod(Attribution):
     """A method that consumes one forward/backward: it states :meth:`needs` and implements the narrow step
-    :meth:`from_pass`. Its own :meth:`attribute` is :func:`run_shared` with itself alone; ``ds.explain``
+    :meth:`from_pass`. Its own :meth:`compute` is :func:`run_shared` with itself alone; ``ds.explain``
     runs all methods with ``shares_pass = True`` on one pass (methods that change the backward, like guided
     backprop, set it False)."""
 
@@ -83,18 +91,17 @@ class SharedPassMethod(Attribution):
     def prepare(self, inputs: torch.Tensor, context: SharedContext) -> None:
         """Resolve what depends on the model and input size (the default layer) before the pass."""
 
-    def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
+    def compute(self, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
         return run_shared([self], inputs, target, self.batch_size, self.context)[0]
 
 
 class SharedContext:
     """Per-call facts that several methods share, computed once: the probe and the default layer."""
 
-    def __init__(self, vm: VisionModel, inputs: torch.Tensor, layer: str | None = None):
+    def __init__(self, vm: VisionModel, inputs: torch.Tensor):
         self.vm = vm
         self.example = inputs[:1]
         self.batch = inputs.shape[0]
-        self.layer = layer
         self.passes = PassCount()  # what probing cost (one sample of the batch)
         self._probe = None
         self._default: str | None = None
@@ -189,33 +196,7 @@ def forward_backward(
     """One forward of ``chunk`` (rows ``rows`` of a batch of ``batch``) and one backward of the target
     scores to the input (``input_gradient``) and to the tapped ``gradient_layers``: the only place where
     deepscope runs a model forward for a gradient."""
-    with kept_buffers(vm):
-        return _forward_backward(
-            vm,
-            chunk,
-            rows,
-            target,
-            batch,
-            input_gradient,
-            tapped or {},
-            gradient_layers,
-            forward_context,
-            between_backwards,
-        )
-
-
-def _forward_backward(
-    vm: VisionModel,
-    chunk: torch.Tensor,
-    rows: torch.Tensor,
-    target: TargetLike,
-    batch: int,
-    input_gradient: bool,
-    tapped: dict[str, Tap],
-    gradient_layers: set[str] | frozenset[str],
-    forward_context: Callable[[], AbstractContextManager],
-    between_backwards: Callable[[], None] | None,
-) -> Pass:
+    tapped = tapped or {}
     x = chunk.detach().requires_grad_(input_gradient)
 
     def forward(inputs: torch.Tensor) -> Any:
@@ -259,22 +240,6 @@ def _forward_backward(
     return pass_
 
 
-@contextmanager
-def kept_buffers(vm: VisionModel) -> Iterator[None]:
-    """Inside the block the model runs as it is, train mode included (batch statistics, dropout); on exit
-    the buffers of modules in train mode (batch-norm running statistics) are put back as they were."""
-    training = [
-        m for m in vm.module.modules() if m.training and next(m.buffers(recurse=False), None) is not None
-    ]
-    saved = [(buffer, buffer.detach().clone()) for m in training for buffer in m.buffers(recurse=False)]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
-
-
 def _required(grad: torch.Tensor | None, what: str, vm: VisionModel) -> torch.Tensor:
     if grad is None:
         raise MethodError(f"the target score of {vm.name} does not depend on {what}")
@@ -299,7 +264,18 @@ def fixed_target(
     without gradients, counted in ``passes``); other targets are returned as they are."""
     if target is not None:
         return target
-    return clean_scores(vm, inputs, None, batch_size, passes)[1]
+    return clean_scores(vm, inputs, None, batch_size, passes).target
+
+
+@dataclass
+class CleanPass:
+    """What the forward of the unperturbed inputs gave: their target ``scores`` ``[B]``, the ``target``
+    fixed for the perturbed inputs (``None`` resolved to the top-1 classes) and the number of ``classes`` of a
+    ``[B, classes]`` output (None for other outputs)."""
+
+    scores: torch.Tensor
+    target: TargetLike
+    classes: int | None
 
 
 def clean_scores(
@@ -308,62 +284,86 @@ def clean_scores(
     target: TargetLike,
     batch_size: int,
     passes: PassCount,
-    probabilities: bool = False,
-) -> tuple[torch.Tensor, TargetLike]:
-    """The target scores ``[B]`` of the unperturbed inputs and the target fixed for the perturbed ones
-    (``None`` -> top-1 classes), from one forward under ``torch.inference_mode()``."""
+    softmax: bool = False,
+) -> CleanPass:
+    """The target scores of the unperturbed inputs (softmax probabilities with ``softmax``) and the target
+    fixed for perturbed ones, from one forward under ``torch.inference_mode()``, ``batch_size`` at a time."""
     batch = inputs.shape[0]
-    found: list[torch.Tensor] = []
-
-    def record(output: Any, rows: torch.Tensor) -> torch.Tensor:
-        scores, resolved = target_scores(
-            target_rows(target, rows, batch), _scored(output, probabilities), len(rows)
-        )
-        if isinstance(resolved, Classes):
-            found.append(resolved.indices)
-        return scores
-
-    scores = perturbed_scores(vm, batch, batch_size, lambda rows: (inputs[rows], rows), record, batch, passes)
-    return scores, target if target is not None else Classes(torch.cat(found).cpu())
-
-
-def perturbed_scores(
-    vm: VisionModel,
-    total: int,
-    batch_size: int,
-    build: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    score: Callable[[Any, torch.Tensor], torch.Tensor],
-    batch: int,
-    passes: PassCount,
-) -> torch.Tensor:
-    """Scores of ``total`` model inputs made on the fly, ``batch_size`` at a time, under
-    ``torch.inference_mode()``: ``build(points) -> (inputs, rows)`` makes the inputs numbered ``points``
-    (``rows``: which sample of the batch each belongs to), ``score(output, rows) -> [len(points)]``.
-    The forward of every perturbation method (occlusion, RISE, Score-CAM, prediction difference)."""
-    device = vm.device
     scores: list[torch.Tensor] = []
-    with torch.inference_mode(), kept_buffers(vm):
-        for points in chunks(total, batch_size, device):
-            inputs, rows = build(points)
-            scores.append(score(forward_only(vm, inputs), rows))
+    found: list[torch.Tensor] = []
+    classes = None
+    with torch.inference_mode():
+        for rows in chunks(batch, batch_size, inputs.device):
+            output = forward_only(vm, inputs[rows])
+            chunk_scores, resolved = target_scores(
+                target_rows(target, rows, batch), _scored(output, softmax), len(rows)
+            )
+            scores.append(chunk_scores)
+            if isinstance(resolved, Classes):
+                found.append(resolved.indices)
+            if isinstance(output, torch.Tensor) and output.ndim == 2:
+                classes = output.shape[1]
+            passes.add(len(rows), batch, backward=False)
+    fixed = target if target is not None else Classes(torch.cat(found).cpu())
+    return CleanPass(torch.cat(scores), fixed, classes)
+
+
+class Perturbations:
+    """The perturbed inputs of one call and how their scores make the maps: the step each perturbation method
+    defines (occlusion's windows, RISE's masks, prediction difference's sampled windows, Score-CAM's channel
+    masks), run by :func:`perturb`.
+
+    The ``count`` perturbed inputs are numbered ``0 .. count-1``. :meth:`build` makes those numbered
+    ``points`` and says which sample of the batch each one perturbs; :meth:`weigh` sees their scores as they
+    come (for maps that accumulate, so that nothing per perturbed input is kept; it runs in inference mode, so
+    what it accumulates into is made beforehand, in ``__init__``); :meth:`maps` turns all the scores, in order,
+    into the maps.
+    """
+
+    def __init__(self, inputs: torch.Tensor, count: int):
+        self.inputs = inputs
+        self.batch = inputs.shape[0]
+        self.count = count
+
+    def build(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(perturbed inputs [len(points), C, H, W], rows [len(points)])``."""
+        raise NotImplementedError
+
+    def weigh(self, points: torch.Tensor, rows: torch.Tensor, scores: torch.Tensor) -> None:
+        """Take the scores of the inputs numbered ``points`` (nothing by default: :meth:`maps` reads them)."""
+
+    def maps(self, scores: torch.Tensor) -> torch.Tensor:
+        """The maps from the scores ``[count]`` of all perturbed inputs."""
+        raise NotImplementedError
+
+
+def perturb(
+    vm: VisionModel,
+    perturbations: Perturbations,
+    target: TargetLike,
+    batch_size: int,
+    passes: PassCount,
+    softmax: bool = False,
+) -> torch.Tensor:
+    """The maps of ``perturbations``: each perturbed input built on the fly, ``batch_size`` at a time, and
+    scored for ``target`` (fixed beforehand, e.g. by :func:`clean_scores`; softmax probabilities with
+    ``softmax``) from one forward under ``torch.inference_mode()``, counted in ``passes``."""
+    batch = perturbations.batch
+    scores: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for points in chunks(perturbations.count, batch_size, vm.device):
+            inputs, rows = perturbations.build(points)
+            output = forward_only(vm, inputs)
+            found = target_scores(target_rows(target, rows, batch), _scored(output, softmax), len(rows))[0]
+            perturbations.weigh(points, rows, found)
+            scores.append(found)
             passes.add(len(points), batch, backward=False)
-    return torch.cat(scores) if scores else torch.empty(0, device=device)
+    # outside inference mode, so that the maps are ordinary tensors the caller may change in place
+    return perturbations.maps(torch.cat(scores) if scores else torch.empty(0, device=vm.device))
 
 
-def class_scorer(
-    target: TargetLike, batch: int, probabilities: bool = False
-) -> Callable[[Any, torch.Tensor], torch.Tensor]:
-    """``(output, rows) -> scores`` for :func:`perturbed_scores`; ``probabilities`` applies a softmax over
-    the classes of a ``[B, classes]`` output first."""
-
-    def score(output: Any, rows: torch.Tensor) -> torch.Tensor:
-        return target_scores(target_rows(target, rows, batch), _scored(output, probabilities), len(rows))[0]
-
-    return score
-
-
-def _scored(output: Any, probabilities: bool) -> Any:
-    if not probabilities:
+def _scored(output: Any, softmax: bool) -> Any:
+    if not softmax:
         return output
     if not isinstance(output, torch.Tensor) or output.ndim != 2:
         raise MethodError(

@@ -1,28 +1,46 @@
 """Perturbation family: occlusion, prediction difference analysis, RISE.
 
-Each method changes the input many times and reads how the target score moves: one forward per perturbed
-input, no backward, under ``torch.inference_mode()``, ``batch_size`` perturbed inputs per forward (for all
-samples of the batch together). Maps are ``[B,1,H,W]`` at the input's resolution.
+Each method changes the input many times and reads how the target score moves. They share one engine
+(:class:`PerturbationMethod`, over :func:`~deepscope.attribution.passes.perturb`): one clean forward gives the
+target's score and fixes the target (the top-1 class when none is given), then the perturbed inputs go through
+the model ``batch_size`` at a time (for all samples of the batch together), one forward each, no backward, under
+``torch.inference_mode()``. A method defines one step, :meth:`~PerturbationMethod.perturbations`: which perturbed
+inputs to build and how to weigh their scores into maps. Maps are ``[B,1,H,W]`` at the input's resolution.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from deepscope.attribution.base import Attribution, MethodError, register
 from deepscope.attribution.gradient import baseline_like
-from deepscope.attribution.passes import class_scorer, clean_scores, perturbed_scores
+from deepscope.attribution.passes import CleanPass, Perturbations, clean_scores, perturb
 from deepscope.attribution.targets import TargetLike
 
 
-def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
-        raise MethodError(f"{what} must be a positive int or (height, width), got {value!r}")
-    return pair
+class PerturbationMethod(Attribution):
+    """The engine of the perturbation methods: the clean forward, then the perturbed inputs of
+    :meth:`perturbations` (the step a method defines), scored and weighed into maps."""
+
+    default_batch_size = 32
+
+    def perturbations(self, inputs: torch.Tensor, clean: CleanPass) -> Perturbations:
+        """This call's perturbed inputs and how their scores make the maps."""
+        raise NotImplementedError
+
+    def compute(self, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
+        size = self.chunk_size(inputs)
+        clean = clean_scores(self.vm, inputs, target, size, self.passes, self.scores_softmax())
+        return perturb(
+            self.vm, self.perturbations(inputs, clean), clean.target, size, self.passes, self.scores_softmax()
+        )
+
+    def scores_softmax(self) -> bool:
+        """Whether the scores are the target's softmax probability (True) or its raw score."""
+        return False
 
 
 def window_positions(size: int, window: int, stride: int) -> list[int]:
@@ -37,6 +55,13 @@ def window_positions(size: int, window: int, stride: int) -> list[int]:
     return [index * stride for index in range(math.ceil((size - window) / stride) + 1)]
 
 
+def _pair(value: int | tuple[int, int], what: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if not all(v >= 1 for v in pair):
+        raise MethodError(f"{what} must be a positive int or (height, width), got {value!r}")
+    return pair
+
+
 @register(
     "occlusion",
     family="perturbation",
@@ -45,12 +70,12 @@ def window_positions(size: int, window: int, stride: int) -> list[int]:
     reference="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks: occlusion "
     "sensitivity, score drop averaged over the sliding windows covering each pixel",
 )
-class Occlusion(Attribution):
+class Occlusion(PerturbationMethod):
     """Occlusion (Zeiler & Fergus 2014): a ``window`` (all channels) slides over the input with ``stride``
     and is filled with ``fill`` (a number, or a tensor broadcastable to the batch, e.g. a blurred copy); each
     pixel gets the mean, over the windows covering it, of ``score(x) - score(occluded x)``. Windows sit at
     ``0, stride, 2 stride, ...`` and the last one may stick out of the image (Captum's convention).
-    Defaults: a window of 1/8 of the shorter side, half a window stride, fill 0 (the mean for normalised
+    Defaults: a window of 1/8 of the shorter side, half a window stride, fill 0 (the mean for normalized
     inputs).
 
     >>> import torch, deepscope as ds
@@ -59,26 +84,33 @@ class Occlusion(Attribution):
     torch.Size([1, 1, 28, 28])
     """
 
-    default_batch_size = 32
+    @dataclass(frozen=True, eq=False)
+    class Options(PerturbationMethod.Options):
+        window: int | tuple[int, int] | None = None
+        stride: int | tuple[int, int] | None = None
+        fill: float | torch.Tensor = 0.0
 
-    def __init__(
-        self,
-        model,
-        layer=None,
-        batch_size=None,
-        *,
-        window: int | tuple[int, int] | None = None,
-        stride: int | tuple[int, int] | None = None,
-        fill: float | torch.Tensor = 0.0,
-    ):
-        super().__init__(model, layer, batch_size)
-        self.window = None if window is None else _pair(window, "window")
-        self.stride = None if stride is None else _pair(stride, "stride")
-        self.fill = fill
+        def check(self) -> None:
+            for name in ("window", "stride"):
+                if getattr(self, name) is not None:
+                    _pair(getattr(self, name), name)
+
+    @classmethod
+    def quick_options(cls, size: tuple[int, int]) -> dict:
+        side = max(1, min(size) // 4)  # 16 windows
+        return {"window": side, "stride": side}
 
     def geometry(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        window = self.window or (max(1, round(min(height, width) / 8)),) * 2
-        stride = self.stride or tuple(max(1, w // 2) for w in window)
+        window = (
+            _pair(self.options.window, "window")
+            if self.options.window is not None
+            else (max(1, round(min(height, width) / 8)),) * 2
+        )
+        stride = (
+            _pair(self.options.stride, "stride")
+            if self.options.stride is not None
+            else tuple(max(1, w // 2) for w in window)
+        )
         for axis, size in enumerate((height, width)):
             if window[axis] > size:
                 raise MethodError(f"occlusion window {window} is larger than the input {height}x{width}")
@@ -89,40 +121,55 @@ class Occlusion(Attribution):
                 )
         return window, stride
 
-    def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
-        inputs = inputs.to(self.vm.device)
-        batch, _, height, width = inputs.shape
-        (kh, kw), (sh, sw) = self.geometry(height, width)
-        fill = baseline_like(self.fill, inputs, "fill")
-        size = self.chunk_size(inputs)
-        clean, target = clean_scores(self.vm, inputs, target, size, self.passes)
-        windows = [
+    def perturbations(self, inputs: torch.Tensor, clean: CleanPass) -> Perturbations:
+        return OccludedWindows(inputs, clean, *self.geometry(*inputs.shape[-2:]), self.options.fill)
+
+
+class OccludedWindows(Perturbations):
+    """Input ``w * B + b`` is sample ``b`` with window ``w`` filled; a pixel's map value is the mean score drop
+    over the windows covering it."""
+
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        clean: CleanPass,
+        window: tuple[int, int],
+        stride: tuple[int, int],
+        fill: float | torch.Tensor,
+    ):
+        height, width = inputs.shape[-2:]
+        self.window = window
+        self.windows = [
             (top, left)
-            for top in window_positions(height, kh, sh)
-            for left in window_positions(width, kw, sw)
+            for top in window_positions(height, window[0], stride[0])
+            for left in window_positions(width, window[1], stride[1])
         ]
+        super().__init__(inputs, len(self.windows) * inputs.shape[0])
+        self.clean = clean.scores
+        self.fill = baseline_like(fill, inputs, "fill")
 
-        def build(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            rows = points % batch
-            occluded = inputs[rows].clone()
-            for index, (point, row) in enumerate(zip(points.tolist(), rows.tolist(), strict=True)):
-                top, left = windows[point // batch]
-                occluded[index, :, top : top + kh, left : left + kw] = fill[
-                    row, :, top : top + kh, left : left + kw
-                ]
-            return occluded, rows
+    def build(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (kh, kw), rows = self.window, points % self.batch
+        occluded = self.inputs[rows].clone()
+        for index, (point, row) in enumerate(zip(points.tolist(), rows.tolist(), strict=True)):
+            top, left = self.windows[point // self.batch]
+            occluded[index, :, top : top + kh, left : left + kw] = self.fill[
+                row, :, top : top + kh, left : left + kw
+            ]
+        return occluded, rows
 
-        drops = clean.repeat(len(windows)) - perturbed_scores(
-            self.vm, len(windows) * batch, size, build, class_scorer(target, batch), batch, self.passes
-        )
-        total = torch.zeros(batch, height, width, dtype=drops.dtype, device=inputs.device)
-        counts = torch.zeros(height, width, dtype=drops.dtype, device=inputs.device)
-        for index, (top, left) in enumerate(windows):
+    def maps(self, scores: torch.Tensor) -> torch.Tensor:
+        (kh, kw), batch = self.window, self.batch
+        height, width = self.inputs.shape[-2:]
+        drops = self.clean.repeat(len(self.windows)) - scores
+        total = torch.zeros(batch, height, width, dtype=drops.dtype, device=self.inputs.device)
+        counts = torch.zeros(height, width, dtype=drops.dtype, device=self.inputs.device)
+        for index, (top, left) in enumerate(self.windows):
             total[:, top : top + kh, left : left + kw] += drops[
                 index * batch : (index + 1) * batch, None, None
             ]
             counts[top : top + kh, left : left + kw] += 1
-        return (total / counts)[:, None].to(inputs.dtype)
+        return (total / counts)[:, None].to(self.inputs.dtype)
 
 
 @register(
@@ -133,11 +180,11 @@ class Occlusion(Attribution):
     reference="Petsiuk, Das & Saenko 2018, RISE: Randomized Input Sampling for Explanation: class "
     "probability of the input masked by random upsampled binary grids, averaged with the masks as weights",
 )
-class RISE(Attribution):
+class RISE(PerturbationMethod):
     """RISE (Petsiuk et al. 2018): ``masks`` random binary ``cells x cells`` grids (each cell kept with
     probability ``p``), upsampled bilinearly to ``(cells+1)`` cell sizes and cropped at a random shift, mask
     the input; the map is ``sum_i score(x * M_i) M_i / (masks * p)``. The score is the target class's
-    softmax probability (``probabilities=False``: the raw target score). The same masks serve every sample;
+    softmax probability (``softmax=False``: the raw target score). The same masks serve every sample;
     they come from a generator seeded with ``seed`` and are made ``batch_size`` at a time.
 
     >>> import torch, deepscope as ds
@@ -146,38 +193,39 @@ class RISE(Attribution):
     torch.Size([1, 1, 28, 28])
     """
 
-    default_batch_size = 32
+    @dataclass(frozen=True, eq=False)
+    class Options(PerturbationMethod.Options):
+        masks: int = 4000
+        cells: int = 7
+        p: float = 0.5
+        softmax: bool = True
+        seed: int = 0
 
-    def __init__(
-        self,
-        model,
-        layer=None,
-        batch_size=None,
-        *,
-        masks: int = 4000,
-        cells: int = 7,
-        p: float = 0.5,
-        probabilities: bool = True,
-        seed: int = 0,
-    ):
-        super().__init__(model, layer, batch_size)
-        if not isinstance(masks, int) or masks < 1:
-            raise MethodError(f"rise needs masks >= 1, got {masks!r}")
-        if not isinstance(cells, int) or cells < 1:
-            raise MethodError(f"rise needs cells >= 1, got {cells!r}")
-        if not 0 < p <= 1:
-            raise MethodError(f"rise needs 0 < p <= 1, got {p}")
-        self.count, self.cells, self.p, self.probabilities, self.seed = masks, cells, p, probabilities, seed
+        def check(self) -> None:
+            if self.masks < 1:
+                raise MethodError(f"rise needs masks >= 1, got {self.masks!r}")
+            if self.cells < 1:
+                raise MethodError(f"rise needs cells >= 1, got {self.cells!r}")
+            if not 0 < self.p <= 1:
+                raise MethodError(f"rise needs 0 < p <= 1, got {self.p}")
+
+    @classmethod
+    def quick_options(cls, size: tuple[int, int]) -> dict:
+        return {"masks": 64}
+
+    def scores_softmax(self) -> bool:
+        return self.options.softmax
 
     def grids(self, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The binary grids ``[masks, 1, cells, cells]`` and the crop shifts ``[masks, 2]`` (pixels)."""
-        generator = torch.Generator().manual_seed(self.seed)
-        grids = (torch.rand(self.count, 1, self.cells, self.cells, generator=generator) < self.p).float()
-        cell = (math.ceil(height / self.cells), math.ceil(width / self.cells))
+        count, cells = self.options.masks, self.options.cells
+        generator = torch.Generator().manual_seed(self.options.seed)
+        grids = (torch.rand(count, 1, cells, cells, generator=generator) < self.options.p).float()
+        cell = (math.ceil(height / cells), math.ceil(width / cells))
         shifts = torch.stack(
             [
-                torch.randint(0, cell[0], (self.count,), generator=generator),
-                torch.randint(0, cell[1], (self.count,), generator=generator),
+                torch.randint(0, cell[0], (count,), generator=generator),
+                torch.randint(0, cell[1], (count,), generator=generator),
             ],
             1,
         )
@@ -185,10 +233,11 @@ class RISE(Attribution):
 
     def masks(self, grids: torch.Tensor, shifts: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Grids -> ``[n, 1, H, W]`` smooth masks in [0, 1]."""
-        cell = (math.ceil(height / self.cells), math.ceil(width / self.cells))
+        cells = self.options.cells
+        cell = (math.ceil(height / cells), math.ceil(width / cells))
         big = torch.nn.functional.interpolate(
             grids,
-            size=((self.cells + 1) * cell[0], (self.cells + 1) * cell[1]),
+            size=((cells + 1) * cell[0], (cells + 1) * cell[1]),
             mode="bilinear",
             align_corners=False,
         )
@@ -196,32 +245,34 @@ class RISE(Attribution):
             [big[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(shifts.tolist())]
         )
 
-    def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
-        inputs = inputs.to(self.vm.device)
-        batch, _, height, width = inputs.shape
-        size = self.chunk_size(inputs)
-        _, target = clean_scores(self.vm, inputs, target, size, self.passes, self.probabilities)
-        grids, shifts = self.grids(height, width, inputs.device)
-        total = torch.zeros(batch, 1, height, width, dtype=inputs.dtype, device=inputs.device)
-        scorer = class_scorer(target, batch, self.probabilities)
-        made: dict[str, torch.Tensor] = {}
+    def perturbations(self, inputs: torch.Tensor, clean: CleanPass) -> Perturbations:
+        return RandomMasks(inputs, self)
 
-        def build(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            rows, mask = points % batch, points // batch
-            first = int(mask[0])
-            made["masks"] = self.masks(
-                grids[first : int(mask[-1]) + 1], shifts[first : int(mask[-1]) + 1], height, width
-            ).to(inputs.dtype)
-            made["index"] = mask - first
-            return inputs[rows] * made["masks"][made["index"]], rows
 
-        def score(output, rows: torch.Tensor) -> torch.Tensor:
-            scores = scorer(output, rows)
-            total.index_add_(0, rows, scores.view(-1, 1, 1, 1) * made["masks"][made["index"]])
-            return scores
+class RandomMasks(Perturbations):
+    """Input ``i * B + b`` is sample ``b`` times mask ``i``; the map accumulates ``score * mask`` as the scores
+    come, so that no more than one chunk of masks exists at a time."""
 
-        perturbed_scores(self.vm, self.count * batch, size, build, score, batch, self.passes)
-        return total / (self.count * self.p)
+    def __init__(self, inputs: torch.Tensor, method: RISE):
+        super().__init__(inputs, method.options.masks * inputs.shape[0])
+        self.method = method
+        self.size = tuple(inputs.shape[-2:])
+        self.grids, self.shifts = method.grids(*self.size, inputs.device)
+        self.total = torch.zeros(self.batch, 1, *self.size, dtype=inputs.dtype, device=inputs.device)
+        self.chunk_masks = torch.empty(0)
+
+    def build(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, mask = points % self.batch, points // self.batch
+        first, last = int(mask[0]), int(mask[-1]) + 1
+        made = self.method.masks(self.grids[first:last], self.shifts[first:last], *self.size)
+        self.chunk_masks = made.to(self.inputs.dtype)[mask - first]
+        return self.inputs[rows] * self.chunk_masks, rows
+
+    def weigh(self, points: torch.Tensor, rows: torch.Tensor, scores: torch.Tensor) -> None:
+        self.total.index_add_(0, rows, scores.view(-1, 1, 1, 1) * self.chunk_masks)
+
+    def maps(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.total / (self.method.options.masks * self.method.options.p)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -256,8 +307,8 @@ class ConditionalPatchSampler:
             ]
         ).flatten(2)  # [patches, C, size^2]
         self.mean = stacked.mean(0)  # [C, size^2]
-        centred = stacked - self.mean
-        self.covariance = torch.einsum("nci,ncj->cij", centred, centred) / max(patches - 1, 1)
+        centered = stacked - self.mean
+        self.covariance = torch.einsum("nci,ncj->cij", centered, centered) / max(patches - 1, 1)
         self.low = data64.transpose(0, 1).flatten(1).amin(1)
         self.high = data64.transpose(0, 1).flatten(1).amax(1)
         self._conditionals: dict[
@@ -325,9 +376,9 @@ class ConditionalPatchSampler:
     "Difference Analysis: weight of evidence in log2 odds with Laplace correction, marginal or "
     "conditional (Gaussian) sampling of windows",
 )
-class PredictionDifference(Attribution):
+class PredictionDifference(PerturbationMethod):
     """Prediction difference analysis (Zintgraf et al. 2017). Each ``window x window`` patch (all channels)
-    is marginalised out by replacing it with ``samples`` values and averaging the target class's softmax
+    is marginalized out by replacing it with ``samples`` values and averaging the target class's softmax
     probability; its relevance is the weight of evidence
     ``WE = log2 odds(p'(c|x)) - log2 odds(p'(c|x without the patch))``, with Laplace's correction
     ``p' = (p N + 1) / (N + K)`` (``N = train_size``, K classes; the reference code's N = 100,000). Each
@@ -347,119 +398,132 @@ class PredictionDifference(Attribution):
     torch.Size([1, 1, 28, 28])
     """
 
-    default_batch_size = 32
+    @dataclass(frozen=True, eq=False)
+    class Options(PerturbationMethod.Options):
+        data: torch.Tensor
+        sampling: str = "conditional"
+        window: int = 10
+        padding: int = 2
+        stride: int | None = None
+        samples: int = 10
+        train_size: int = 100_000
+        fit_patches: int = 20000
+        seed: int = 0
 
-    def __init__(
-        self,
-        model,
-        layer=None,
-        batch_size=None,
-        *,
-        data: torch.Tensor | None = None,
-        sampling: str = "conditional",
-        window: int = 10,
-        padding: int = 2,
-        stride: int | None = None,
-        samples: int = 10,
-        train_size: int = 100_000,
-        fit_patches: int = 20000,
-        seed: int = 0,
-    ):
-        super().__init__(model, layer, batch_size)
-        if sampling not in ("marginal", "conditional"):
-            raise MethodError(f"sampling must be 'marginal' or 'conditional', got {sampling!r}")
-        if not isinstance(data, torch.Tensor) or data.ndim != 4:
-            raise MethodError(
-                "prediction_difference samples windows from reference images: pass data=[N,C,H,W], a batch "
-                "preprocessed like the inputs (e.g. vm.preprocess(images))"
-            )
-        for name, value, low in (("window", window, 1), ("padding", padding, 0), ("samples", samples, 1)):
-            if not isinstance(value, int) or value < low:
-                raise MethodError(f"{name} must be an int >= {low}, got {value!r}")
-        if sampling == "marginal" and data.shape[0] < samples:
-            raise MethodError(
-                f"marginal sampling takes each window from the first {samples} images of data; data has "
-                f"{data.shape[0]}"
-            )
-        self.data, self.sampling, self.window, self.padding = data, sampling, window, padding
-        self.stride = stride or max(1, window // 2)
-        self.samples, self.train_size, self.fit_patches, self.seed = samples, train_size, fit_patches, seed
+        def check(self) -> None:
+            if self.sampling not in ("marginal", "conditional"):
+                raise MethodError(f"sampling must be 'marginal' or 'conditional', got {self.sampling!r}")
+            if self.data.ndim != 4:
+                raise MethodError(
+                    "prediction_difference samples windows from reference images: pass data=[N,C,H,W], a batch "
+                    f"preprocessed like the inputs (e.g. vm.preprocess(images)), not shape {list(self.data.shape)}"
+                )
+            for name, low in (("window", 1), ("padding", 0), ("samples", 1), ("stride", 1)):
+                value = getattr(self, name)
+                if value is not None and value < low:
+                    raise MethodError(f"{name} must be an int >= {low}, got {value!r}")
+            if self.sampling == "marginal" and self.data.shape[0] < self.samples:
+                raise MethodError(
+                    f"marginal sampling takes each window from the first {self.samples} images of data; data "
+                    f"has {self.data.shape[0]}"
+                )
+
+    @classmethod
+    def quick_options(cls, size: tuple[int, int]) -> dict:
+        side = max(1, min(size) // 4)  # 16 windows, 2 marginal samples each
+        return {"sampling": "marginal", "window": side, "stride": side, "samples": 2}
+
+    def scores_softmax(self) -> bool:
+        return True
 
     def positions(self, size: int) -> list[int]:
-        last = size - self.window
+        window = self.options.window
+        last = size - window
         if last < 0:
-            raise MethodError(f"window {self.window} is larger than the input side {size}")
-        found = list(range(0, last + 1, self.stride))
+            raise MethodError(f"window {window} is larger than the input side {size}")
+        found = list(range(0, last + 1, self.options.stride or max(1, window // 2)))
         return found if found[-1] == last else [*found, last]
 
-    def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
-        inputs = inputs.to(self.vm.device)
-        batch, channels, height, width = inputs.shape
-        if tuple(self.data.shape[1:]) != (channels, height, width):
-            raise MethodError(
-                f"data images are {list(self.data.shape[1:])}, inputs {[channels, height, width]}"
-            )
+    def compute(self, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
+        data = self.options.data
+        if tuple(data.shape[1:]) != tuple(inputs.shape[1:]):
+            raise MethodError(f"data images are {list(data.shape[1:])}, inputs {list(inputs.shape[1:])}")
         if target is not None and (callable(target) or isinstance(target, bool)):
             raise MethodError(
                 "prediction_difference explains a class probability: target must be None, a class index or "
                 "one class index per sample"
             )
-        size = self.chunk_size(inputs)
-        clean, target = clean_scores(self.vm, inputs, target, size, self.passes, probabilities=True)
+        return super().compute(inputs, target)
+
+    def perturbations(self, inputs: torch.Tensor, clean: CleanPass) -> Perturbations:
+        height, width = inputs.shape[-2:]
         windows = [(top, left) for top in self.positions(height) for left in self.positions(width)]
-        k, draws = self.window, self.samples
-        sampler = (
-            ConditionalPatchSampler(self.data.cpu(), k, self.padding, self.fit_patches, self.seed)
-            if self.sampling == "conditional"
+        return SampledWindows(inputs, clean, windows, self.options)
+
+
+class SampledWindows(Perturbations):
+    """Input ``(w * B + b) * samples + d`` is sample ``b`` with window ``w`` replaced by draw ``d``; a window's
+    weight of evidence compares the clean probability with the mean over its draws, and a pixel's map value is
+    the mean over the windows covering it."""
+
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        clean: CleanPass,
+        windows: list[tuple[int, int]],
+        options: PredictionDifference.Options,
+    ):
+        super().__init__(inputs, len(windows) * inputs.shape[0] * options.samples)
+        self.clean, self.windows, self.options = clean, windows, options
+        self.sampler = (
+            ConditionalPatchSampler(
+                options.data.cpu(), options.window, options.padding, options.fit_patches, options.seed
+            )
+            if options.sampling == "conditional"
             else None
         )
-        reference = self.data.to(inputs.device, inputs.dtype)[:draws]
-        cached: dict[tuple[int, int], torch.Tensor] = {}
+        self.reference = options.data.to(inputs.device, inputs.dtype)[: options.samples]
+        self.cached: dict[tuple[int, int], torch.Tensor] = {}
 
-        def patches(window: int, row: int) -> torch.Tensor:
-            top, left = windows[window]
-            if sampler is None:
-                return reference[:, :, top : top + k, left : left + k]
-            if (window, row) not in cached:
-                generator = torch.Generator().manual_seed(self.seed + window * batch + row)
-                cached.clear()
-                cached[(window, row)] = sampler.sample(inputs[row].cpu(), top, left, draws, generator).to(
-                    inputs.device
-                )
-            return cached[(window, row)]
+    def patches(self, window: int, row: int) -> torch.Tensor:
+        """The ``samples`` draws ``[samples, C, k, k]`` for window ``window`` of sample ``row``."""
+        top, left = self.windows[window]
+        k = self.options.window
+        if self.sampler is None:
+            return self.reference[:, :, top : top + k, left : left + k]
+        if (window, row) not in self.cached:
+            generator = torch.Generator().manual_seed(self.options.seed + window * self.batch + row)
+            self.cached.clear()  # inputs come window by window: one window's draws are all that is reused
+            draws = self.sampler.sample(self.inputs[row].cpu(), top, left, self.options.samples, generator)
+            self.cached[(window, row)] = draws.to(self.inputs.device)
+        return self.cached[(window, row)]
 
-        def build(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            pairs, draw = points // draws, points % draws
-            rows = pairs % batch
-            filled = inputs[rows].clone()
-            for index, (pair, row, d) in enumerate(
-                zip(pairs.tolist(), rows.tolist(), draw.tolist(), strict=True)
-            ):
-                top, left = windows[pair // batch]
-                filled[index, :, top : top + k, left : left + k] = patches(pair // batch, row)[d]
-            return filled, rows
+    def build(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, batch = self.options.window, self.batch
+        pairs, draw = points // self.options.samples, points % self.options.samples
+        rows = pairs % batch
+        filled = self.inputs[rows].clone()
+        for index, (pair, row, d) in enumerate(
+            zip(pairs.tolist(), rows.tolist(), draw.tolist(), strict=True)
+        ):
+            top, left = self.windows[pair // batch]
+            filled[index, :, top : top + k, left : left + k] = self.patches(pair // batch, row)[d]
+        return filled, rows
 
-        scorer = class_scorer(target, batch, True)
-        classes: list[int] = []
-
-        def score(output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            classes[:] = [output.shape[1]]
-            return scorer(output, rows)
-
-        probabilities = perturbed_scores(
-            self.vm, len(windows) * batch * draws, size, build, score, batch, self.passes
+    def maps(self, scores: torch.Tensor) -> torch.Tensor:
+        k, batch, train_size = self.options.window, self.batch, self.options.train_size
+        height, width = self.inputs.shape[-2:]
+        marginal = scores.view(len(self.windows), batch, self.options.samples).mean(2).to(torch.float64)
+        classes = self.clean.classes
+        evidence = _log2_odds(self.clean.scores.to(torch.float64), train_size, classes) - _log2_odds(
+            marginal, train_size, classes
         )
-        marginal = probabilities.view(len(windows), batch, draws).mean(2).to(torch.float64)
-        classes = classes[0]
-        evidence = _log2_odds(clean.to(torch.float64), self.train_size, classes) - _log2_odds(
-            marginal, self.train_size, classes
-        )
-        total = torch.zeros(batch, height, width, dtype=torch.float64, device=inputs.device)
-        counts = torch.zeros(height, width, dtype=torch.float64, device=inputs.device)
-        for index, (top, left) in enumerate(windows):
+        total = torch.zeros(batch, height, width, dtype=torch.float64, device=self.inputs.device)
+        counts = torch.zeros(height, width, dtype=torch.float64, device=self.inputs.device)
+        for index, (top, left) in enumerate(self.windows):
             total[:, top : top + k, left : left + k] += evidence[index][:, None, None]
             counts[top : top + k, left : left + k] += 1
-        return (total / counts)[:, None].to(inputs.dtype)
+        return (total / counts)[:, None].to(self.inputs.dtype)
 
 
 def _log2_odds(probability: torch.Tensor, train_size: int, classes: int) -> torch.Tensor:

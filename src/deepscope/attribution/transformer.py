@@ -15,6 +15,7 @@ Attention computed any other way (custom kernels, TorchScript) is not seen; a mo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,6 @@ from torch.overrides import TorchFunctionMode
 
 from deepscope.attribution.base import Attribution, MethodError, chunks, register, upsample
 from deepscope.attribution.layers import layout_of
-from deepscope.attribution.passes import kept_buffers
 from deepscope.attribution.targets import TargetLike
 
 _SOFTMAX = {torch.softmax, torch.Tensor.softmax, F.softmax}
@@ -111,31 +111,29 @@ class AttentionRollout(Attribution):
     default_batch_size = 32
     uses_target = False
 
-    def __init__(
-        self, model, layer=None, batch_size=None, *, head_fusion: str = "mean", upsample: bool = True
-    ):
-        super().__init__(model, layer, batch_size)
-        if head_fusion not in FUSIONS:
-            raise MethodError(f"head_fusion must be one of {', '.join(FUSIONS)}, got {head_fusion!r}")
-        self.head_fusion, self.upsample = head_fusion, upsample
+    @dataclass(frozen=True, eq=False)
+    class Options(Attribution.Options):
+        head_fusion: str = "mean"
+        upsample: bool = True
 
-    def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
-        if target is not None:
-            raise MethodError(
-                "attention_rollout explains no class (it follows attention only); leave target=None"
-            )
-        inputs = inputs.to(self.vm.device)
+        def check(self) -> None:
+            if self.head_fusion not in FUSIONS:
+                raise MethodError(
+                    f"head_fusion must be one of {', '.join(FUSIONS)}, got {self.head_fusion!r}"
+                )
+
+    def compute(self, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
         batch, _, height, width = inputs.shape
         size = self.chunk_size(inputs)
         maps = []
         for rows in chunks(batch, size, inputs.device):
-            recorder = _RecordAttention(FUSIONS[self.head_fusion])
-            with torch.inference_mode(), kept_buffers(self.vm), recorder:
+            recorder = _RecordAttention(FUSIONS[self.options.head_fusion])
+            with torch.inference_mode(), recorder:
                 self.vm.module(inputs[rows])
             self.passes.add(len(rows), batch, backward=False)
             maps.append(self._rollout(recorder.maps, (height, width)))
         result = torch.cat(maps).to(inputs.dtype)
-        return upsample(result, (height, width)) if self.upsample else result
+        return upsample(result, (height, width)) if self.options.upsample else result
 
     def _rollout(self, attentions: list[torch.Tensor], input_size: tuple[int, int]) -> torch.Tensor:
         if not attentions:

@@ -2,7 +2,8 @@
 
 Methods are taken from the registry, so a family added later (LRP) joins the gallery by itself; a method that
 cannot run on EfficientNet-Lite0 (attention rollout needs a transformer) is listed with the reason. Methods
-that expand the batch run with small settings, given in the page, so that the section stays fast on a CPU.
+that expand the batch run with their quick options (``Attribution.quick_options``, shown in the page), so that
+the section stays fast on a CPU.
 """
 
 from __future__ import annotations
@@ -13,74 +14,79 @@ from typing import Any
 
 import torch
 
-from deepscope.attribution.base import method_info, methods
+from deepscope.attribution.base import Method, method, method_info, methods
 from deepscope.attribution.explain import explain
 from deepscope.attribution.passes import SharedPassMethod
 from deepscope.errors import DeepscopeError
 from deepscope.render.heatmap import grid
 from deepscope.render.html import Report
 
-# Small settings for the demo (the defaults follow the papers and cost more): name -> settings.
-GALLERY_SETTINGS: dict[str, dict[str, Any]] = {
-    "integrated_gradients": {"steps": 8},
-    "smoothgrad": {"samples": 6},
-    "occlusion": {"window": 56, "stride": 56},
-    "rise": {"masks": 64},
-    "score_cam": {"layer": "_blocks.4"},  # 40 channels instead of the head's 1280
-    "prediction_difference": {"sampling": "marginal", "window": 56, "stride": 56, "samples": 2},
-}
+# Score-CAM masks the input once per channel of its layer: block 4 of EfficientNet-Lite0 has 40 channels, the
+# head 1280.
+SCORE_CAM_LAYER = "_blocks.4"
 BATCH_SIZE = 8  # EfficientNet-Lite0 runs fastest per image in batches of about 8 on a CPU
+
+
+def gallery_methods(x: torch.Tensor) -> list[Method]:
+    """Every registered method with its quick options for inputs like ``x`` (``Attribution.quick_options``);
+    prediction difference samples its windows from the photos themselves."""
+    specs = []
+    for info in methods():
+        options: dict[str, Any] = info.quick_options((int(x.shape[-2]), int(x.shape[-1])))
+        if info.name == "prediction_difference":
+            options["data"] = x
+        if info.name == "score_cam":
+            options["layer"] = SCORE_CAM_LAYER
+        specs.append(method(info.name, batch_size=BATCH_SIZE, **options))
+    return specs
 
 
 def heatmap_gallery(vm, pixels: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[list[str]], list[str]]:
     """Run every registered method on ``pixels`` (``[B,3,H,W]`` in [0,1]): (maps, table rows, skipped)."""
     x = vm.normalize(pixels)
-    names = [info.name for info in methods()]
-    settings = {name: dict(GALLERY_SETTINGS.get(name, {})) for name in names}
-    if "prediction_difference" in settings:
-        settings["prediction_difference"]["data"] = x
+    specs = gallery_methods(x)
     maps: dict[str, torch.Tensor] = {}
     rows: list[list[str]] = []
     skipped: list[str] = []
-    shared = [n for n in names if _shares_pass(n) and not settings[n]]
+    shared = [spec for spec in specs if _shares_pass(spec)]
     start = time.perf_counter()
-    together = explain(vm, x, shared, batch_size=BATCH_SIZE)
+    together = explain(vm, x, shared)
     elapsed = time.perf_counter() - start
-    for name in shared:
-        maps[name] = together[name]
+    for spec in shared:
+        maps[spec.name] = together[spec.name]
         rows.append(
-            _row(name, f"{elapsed:.1f} s for all {len(shared)} (one shared pass)", together.layers.get(name))
+            _row(
+                spec,
+                f"{elapsed:.1f} s for all {len(shared)} (one shared pass)",
+                together.layers.get(spec.name),
+            )
         )
-    for name in names:
-        if name in shared:
+    for spec in specs:
+        if spec in shared:
             continue
-        options = dict(settings[name])
-        layer = options.pop("layer", None)
         start = time.perf_counter()
         try:
-            found = explain(
-                vm, x, [name], layer=layer, batch_size=BATCH_SIZE, **({name: options} if options else {})
-            )
+            found = explain(vm, x, [spec])
         except DeepscopeError as error:
-            skipped.append(f"{name}: {error}")
+            skipped.append(f"{spec.name}: {error}")
             continue
-        maps[name] = found[name]
-        rows.append(_row(name, f"{time.perf_counter() - start:.1f} s", found.layers.get(name), options))
+        maps[spec.name] = found[spec.name]
+        rows.append(_row(spec, f"{time.perf_counter() - start:.1f} s", found.layers.get(spec.name)))
     return maps, rows, skipped
 
 
-def _shares_pass(name: str) -> bool:
-    method = method_info(name).method
-    return issubclass(method, SharedPassMethod) and method.shares_pass
+def _shares_pass(spec: Method) -> bool:
+    method_class = spec.info.method
+    return issubclass(method_class, SharedPassMethod) and method_class.shares_pass
 
 
-def _row(name: str, seconds: str, layer: str | None, options: dict | None = None) -> list[str]:
-    info = method_info(name)
-    shown = {k: v for k, v in (options or {}).items() if k != "data"}
-    setting = ", ".join(f"{k}={v}" for k, v in shown.items())
+def _row(spec: Method, seconds: str, layer: str | None) -> list[str]:
+    info = spec.info
+    shown = {key: value for key, value in spec.changed().items() if key != "data"}
+    setting = ", ".join(f"{key}={value}" for key, value in shown.items())
     if layer:
         setting = ", ".join(filter(None, [f"layer={layer}", setting]))
-    return [name, info.family, setting or "defaults", info.passes, seconds, info.reference]
+    return [spec.name, info.family, setting or "defaults", info.passes, seconds, info.reference]
 
 
 def heatmaps_section(report: Report, context) -> None:

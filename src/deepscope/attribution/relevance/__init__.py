@@ -21,12 +21,11 @@ from deepscope.attribution.relevance.composites import (
 from deepscope.attribution.relevance.engine import (
     Composite,
     LayerRule,
-    RelevanceError,
     input_bounds,
     lrp,
     trace_rules,
 )
-from deepscope.attribution.relevance.layers import LinearLayer
+from deepscope.attribution.relevance.layers import LinearLayer, RelevanceError
 from deepscope.attribution.relevance.rules import (
     AlphaBeta,
     Epsilon,

@@ -13,7 +13,7 @@ method                             convolutions         dense layers          fi
 =================================  ===================  ====================  =================================
 
 All share Zennit's base map: activations and unfolded batch norms pass relevance through, sums and average
-pooling divide it in proportion to their inputs (stabilised by ``stabilizer``), batch norms after a linear layer
+pooling divide it in proportion to their inputs (stabilized by ``stabilizer``), batch norms after a linear layer
 are folded into it. Defaults are Zennit's: ``epsilon=1e-6``, ``stabilizer=1e-6``, ``gamma=0.25``. Zennit has no
 composite named ``epsilon`` or ``zplus``; ``lrp_epsilon`` and ``lrp_zplus`` are the base map with one rule for every
 linear layer. One difference: where a model's first layer is a dense layer, ``lrp_epsilon_gamma_box`` gives it the
@@ -22,18 +22,17 @@ z-box rule (Zennit's gives z-box only to the first convolution).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
-from torch import nn
 
 from deepscope.attribution.base import Attribution, MethodError, check_inputs, register
 from deepscope.attribution.relevance.engine import Composite, LayerRule, propagate, trace_rules
 from deepscope.attribution.relevance.rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus
 from deepscope.attribution.targets import TargetLike
 from deepscope.probe.layers import find_layers
-from deepscope.zoo.vision_model import VisionModel
 
 _PASSES = "1 forward + 1 backward"
 _BACH = "Bach et al. 2015, On Pixel-Wise Explanations for Non-Linear Classifier Decisions by LRP"
@@ -48,7 +47,7 @@ _KOHLBRENNER = (
 class LRP(Attribution):
     """Base of the registered LRP composites: one forward and one backward pass with the composite's rules.
 
-    Settings (all optional): ``epsilon`` (dense layers, and every layer of ``lrp_epsilon``), ``stabilizer`` (the
+    Options (all optional): ``epsilon`` (dense layers, and every layer of ``lrp_epsilon``), ``stabilizer`` (the
     ε of the other rules, sums and average pooling), ``gamma`` and ``low``/``high`` (the input bounds of z-box)
     where the composite has them, and ``layers``: a mapping from layer names or globs to rules that override the
     composite (``{"features.0": ZBox(-1.0, 1.0)}``). Returns signed ``[B,C,H,W]`` relevance, raw.
@@ -61,60 +60,44 @@ class LRP(Attribution):
     ('_conv_stem', ZBox(low=None, high=None, stabilizer=1e-06), '_bn0')
     """
 
-    options: ClassVar[tuple[str, ...]] = ("epsilon", "stabilizer", "layers")
+    @dataclass(frozen=True, eq=False)
+    class Options(Attribution.Options):
+        stabilizer: float = 1e-6
+        layers: Mapping[str, Rule] | None = None
 
-    def __init__(
-        self,
-        model: VisionModel | nn.Module,
-        layer: str | None = None,
-        batch_size: int | None = None,
-        **config: Any,
-    ):
-        super().__init__(model, layer=layer, batch_size=batch_size, **config)
-        if layer is not None:
-            raise MethodError(
-                f"{self.name} explains the input pixels; it takes no layer (got layer={layer!r})"
-            )
-        unknown = sorted(set(config) - set(self.options))
-        if unknown:
-            raise MethodError(
-                f"{self.name} has no setting {', '.join(map(repr, unknown))}; its settings: {', '.join(self.options)}"
-            )
-        overrides = config.get("layers") or {}
-        if not isinstance(overrides, Mapping) or not all(isinstance(r, Rule) for r in overrides.values()):
-            raise MethodError("layers must map layer names or globs to rules, e.g. {'features.0': Flat()}")
-        for pattern in overrides:
-            find_layers(self.vm, pattern)  # a name that matches nothing raises, with suggestions
-        self.composite = self.build(
-            **{key: value for key, value in config.items() if key not in ("low", "high")}
-        )
-        if overrides:
-            self.composite = Composite(
-                self.composite.conv,
-                self.composite.linear,
-                self.composite.first,
-                dict(overrides),
-                self.composite.stabilizer,
-            )
-
-    def build(self, **settings: Any) -> Composite:
+    def build(self) -> Composite:
+        """The composite's rules for this method's options (the step each registered composite defines)."""
         raise NotImplementedError
 
-    def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
+    def bounds(self) -> tuple[Any, Any]:
+        """The input bounds ``(low, high)`` of z-box rules; ``(None, None)``: the model's normalization."""
+        return None, None
+
+    def composite(self) -> Composite:
+        """:meth:`build` with the ``layers`` overrides, whose names are checked against the model."""
+        overrides = self.options.layers or {}
+        for pattern in overrides:
+            find_layers(self.vm, pattern)  # a name that matches nothing raises, with suggestions
+        composite = self.build()
+        return replace(composite, layers=dict(overrides)) if overrides else composite
+
+    def compute(self, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
+        low, high = self.bounds()
         relevance, _ = propagate(
-            self.vm,
-            check_inputs(inputs),
-            self.composite,
-            target,
-            low=self.config.get("low"),
-            high=self.config.get("high"),
-            batch_size=self.batch_size,
+            self.vm, inputs, self.composite(), target, low=low, high=high, batch_size=self.batch_size
         )
         return relevance
 
     def rules(self, inputs: torch.Tensor) -> list[LayerRule]:
         """Which rule each convolution / dense layer call gets for inputs like ``inputs`` (forward pass only)."""
-        return trace_rules(self.vm, check_inputs(inputs), self.composite)
+        return trace_rules(self.vm, check_inputs(inputs), self.composite())
+
+
+@dataclass(frozen=True, eq=False)
+class EpsilonOptions(LRP.Options):
+    """The options of the composites with an ε rule."""
+
+    epsilon: float = 1e-6
 
 
 @register(
@@ -131,7 +114,10 @@ class LRPEpsilon(LRP):
     (torch.Size([2, 1, 28, 28]), True)
     """
 
-    def build(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, layers: Any = None) -> Composite:
+    Options = EpsilonOptions
+
+    def build(self) -> Composite:
+        epsilon, stabilizer = self.options.epsilon, self.options.stabilizer
         return Composite(conv=Epsilon(epsilon), linear=Epsilon(epsilon), stabilizer=stabilizer)
 
 
@@ -147,9 +133,8 @@ class LRPZPlus(LRP):
     torch.Size([1, 1, 28, 28])
     """
 
-    options = ("stabilizer", "layers")
-
-    def build(self, stabilizer: float = 1e-6, layers: Any = None) -> Composite:
+    def build(self) -> Composite:
+        stabilizer = self.options.stabilizer
         return Composite(conv=ZPlus(stabilizer), linear=ZPlus(stabilizer), stabilizer=stabilizer)
 
 
@@ -169,7 +154,10 @@ class LRPEpsilonPlus(LRP):
     torch.Size([1, 1, 28, 28])
     """
 
-    def build(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, layers: Any = None) -> Composite:
+    Options = EpsilonOptions
+
+    def build(self) -> Composite:
+        epsilon, stabilizer = self.options.epsilon, self.options.stabilizer
         return Composite(conv=ZPlus(stabilizer), linear=Epsilon(epsilon), stabilizer=stabilizer)
 
 
@@ -190,7 +178,10 @@ class LRPEpsilonPlusFlat(LRP):
     torch.Size([1, 1, 28, 28])
     """
 
-    def build(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, layers: Any = None) -> Composite:
+    Options = EpsilonOptions
+
+    def build(self) -> Composite:
+        epsilon, stabilizer = self.options.epsilon, self.options.stabilizer
         return Composite(
             conv=ZPlus(stabilizer), linear=Epsilon(epsilon), first=Flat(stabilizer), stabilizer=stabilizer
         )
@@ -212,7 +203,10 @@ class LRPEpsilonAlpha2Beta1(LRP):
     torch.Size([1, 1, 28, 28])
     """
 
-    def build(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, layers: Any = None) -> Composite:
+    Options = EpsilonOptions
+
+    def build(self) -> Composite:
+        epsilon, stabilizer = self.options.epsilon, self.options.stabilizer
         return Composite(conv=AlphaBeta(2, 1, stabilizer), linear=Epsilon(epsilon), stabilizer=stabilizer)
 
 
@@ -234,7 +228,10 @@ class LRPEpsilonAlpha2Beta1Flat(LRP):
     torch.Size([1, 1, 28, 28])
     """
 
-    def build(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, layers: Any = None) -> Composite:
+    Options = EpsilonOptions
+
+    def build(self) -> Composite:
+        epsilon, stabilizer = self.options.epsilon, self.options.stabilizer
         return Composite(
             conv=AlphaBeta(2, 1, stabilizer),
             linear=Epsilon(epsilon),
@@ -253,7 +250,7 @@ class LRPEpsilonAlpha2Beta1Flat(LRP):
 class LRPEpsilonGammaBox(LRP):
     """z-box for the first layer, γ for the other convolutions, ε for dense layers (Zennit's ``EpsilonGammaBox``;
     Montavon et al. 2017 and 2019). The z-box bounds default to the pixel range [0, 1] through the model's
-    normalisation; ``low``/``high`` (floats, per-channel values or input-shaped tensors) override them.
+    normalization; ``low``/``high`` (floats, per-channel values or input-shaped tensors) override them.
 
     >>> import deepscope as ds
     >>> vm = ds.load_model("zoo:lenet_mnist")
@@ -261,14 +258,24 @@ class LRPEpsilonGammaBox(LRP):
     torch.Size([1, 1, 28, 28])
     """
 
-    options = ("epsilon", "gamma", "stabilizer", "low", "high", "layers")
+    @dataclass(frozen=True, eq=False)
+    class Options(EpsilonOptions):
+        gamma: float = 0.25
+        low: float | Sequence[float] | torch.Tensor | None = None
+        high: float | Sequence[float] | torch.Tensor | None = None
 
-    def build(
-        self, epsilon: float = 1e-6, gamma: float = 0.25, stabilizer: float = 1e-6, layers: Any = None
-    ) -> Composite:
+        def check(self) -> None:
+            if (self.low is None) != (self.high is None):
+                raise MethodError("give both low and high, or neither (to use the model's normalization)")
+
+    def build(self) -> Composite:
+        options = self.options
         return Composite(
-            conv=Gamma(gamma, stabilizer),
-            linear=Epsilon(epsilon),
-            first=ZBox(stabilizer=stabilizer),
-            stabilizer=stabilizer,
+            conv=Gamma(options.gamma, options.stabilizer),
+            linear=Epsilon(options.epsilon),
+            first=ZBox(stabilizer=options.stabilizer),
+            stabilizer=options.stabilizer,
         )
+
+    def bounds(self) -> tuple[Any, Any]:
+        return self.options.low, self.options.high

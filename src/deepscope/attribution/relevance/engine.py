@@ -35,23 +35,20 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from deepscope.attribution.base import MethodError, chunks, target_rows
+from deepscope.attribution.base import chunks, target_rows
 from deepscope.attribution.relevance.layers import (
     CONVOLUTIONS,
-    LayerSpecError,
     LinearLayer,
+    RelevanceError,
     bind_convolution,
     convolution_layer,
 )
 from deepscope.attribution.relevance.rules import InputDomain, Rule, stabilize
 from deepscope.attribution.targets import TargetLike, resolve_target
+from deepscope.errors import SettingError
 from deepscope.probe.graph import op_name
 from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
-
-
-class RelevanceError(MethodError):
-    """A model LRP cannot propagate relevance through (the message names the operation and its layer)."""
 
 
 @dataclass(frozen=True)
@@ -316,9 +313,9 @@ _HINTS = {
     "matmul": "a product of two activations (attention) has no LRP rule here",
     "softmax": "LRP explains a score; make the model return logits (drop the final softmax)",
     "log_softmax": "LRP explains a score; make the model return logits (drop the final log-softmax)",
-    "layer_norm": "normalisation by statistics of the input itself is not linear",
-    "group_norm": "normalisation by statistics of the input itself is not linear",
-    "instance_norm": "normalisation by statistics of the input itself is not linear",
+    "layer_norm": "normalization by statistics of the input itself is not linear",
+    "group_norm": "normalization by statistics of the input itself is not linear",
+    "instance_norm": "normalization by statistics of the input itself is not linear",
     "interpolate": "resampling has no LRP rule here",
 }
 
@@ -517,13 +514,10 @@ class _RelevanceTracer(TorchFunctionMode):
         name = self.param_owners.get(id(weight)) or self.calling_layer()[0]
         weight = weight.detach()
         bias = None if bias is None else bias.detach()
-        try:
-            if op == "linear":
-                layer = LinearLayer(name, "linear", weight, bias)
-            else:
-                layer = convolution_layer(name, op, bound, weight, bias)
-        except LayerSpecError as error:
-            raise RelevanceError(str(error)) from None
+        if op == "linear":
+            layer = LinearLayer(name, "linear", weight, bias)
+        else:
+            layer = convolution_layer(name, op, bound, weight, bias)
         domain = self._domain(x) if self._track_pixels else None
         first = domain is not None
         rule = self.composite.rule_for(name, layer.kind, first)
@@ -630,7 +624,7 @@ def input_bounds(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lowest and highest values each input entry can take, shaped like ``inputs``.
 
-    By default the pixel range [0, 1] through the model's normalisation (``(0 - mean) / std`` and
+    By default the pixel range [0, 1] through the model's normalization (``(0 - mean) / std`` and
     ``(1 - mean) / std`` per channel); ``low``/``high`` (floats, per-channel sequences or tensors broadcastable to
     the input) override it.
 
@@ -640,7 +634,7 @@ def input_bounds(
     True
     """
     if (low is None) != (high is None):
-        raise ValueError("give both low and high, or neither (to use the model's normalisation)")
+        raise SettingError("give both low and high, or neither (to use the model's normalization)")
     if low is None:
         mean = torch.as_tensor(vm.preprocessing.mean, dtype=inputs.dtype, device=inputs.device)
         std = torch.as_tensor(vm.preprocessing.std, dtype=inputs.dtype, device=inputs.device)
@@ -649,8 +643,8 @@ def input_bounds(
             if bool((mean == mean[0]).all()) and bool((std == std[0]).all()):
                 mean, std = mean[:1].expand(channels), std[:1].expand(channels)
             else:
-                raise ValueError(
-                    f"{vm.name} normalises {mean.numel()} channels but the input has {channels}; "
+                raise SettingError(
+                    f"{vm.name} normalizes {mean.numel()} channels but the input has {channels}; "
                     "pass low= and high= (the input's value bounds) explicitly"
                 )
         low, high = (0 - mean) / std, (1 - mean) / std
@@ -663,11 +657,11 @@ def input_bounds(
         try:
             shaped.append(bound.expand_as(inputs).contiguous())
         except RuntimeError:
-            raise ValueError(
+            raise SettingError(
                 f"bounds of shape {list(bound.shape)} do not broadcast to the input's {list(inputs.shape)}"
             ) from None
     if bool((shaped[0] > shaped[1]).any()):
-        raise ValueError("low must not exceed high")
+        raise SettingError("low must not exceed high")
     return shaped[0], shaped[1]
 
 
@@ -787,7 +781,7 @@ def lrp(
     """Layer-wise relevance propagation (Bach et al. 2015) of ``target`` with the rules of ``composite``.
 
     Returns the signed relevance of every input entry, ``[B,C,H,W]``, raw. ``low``/``high`` bound the input for
-    z-box rules (default: pixels [0, 1] through the model's normalisation). The model runs in eval mode inside
+    z-box rules (default: pixels [0, 1] through the model's normalization). The model runs in eval mode inside
     the call and is left exactly as found; ``batch_size`` bounds how many samples go through at once.
 
     >>> import deepscope as ds

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from deepscope.attribution.base import MethodError
+
 # Positional parameters of the functional forms, after the input (what torch.nn modules call).
 CONVOLUTIONS = {
     "conv1d": (1, False),
@@ -29,8 +31,9 @@ _TRANSPOSED_ARGS = ("input", "weight", "bias", "stride", "padding", "output_padd
 _DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1, "output_padding": 0}
 
 
-class LayerSpecError(ValueError):
-    """A convolution configured in a way the LRP engine cannot express (it names what and why)."""
+class RelevanceError(MethodError):
+    """A model LRP cannot propagate relevance through (the message names the operation and its layer), or a
+    convolution configured in a way the engine cannot express."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ def convolution_layer(
     elif padding == "same":
         totals = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
         if any(total % 2 for total in totals):
-            raise LayerSpecError(
+            raise RelevanceError(
                 f"layer {layer_name!r} uses padding='same' with an even kernel {tuple(kernel)}, which pads one "
                 "side more than the other; pad explicitly (F.pad or nn.ZeroPad2d) before the convolution"
             )

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepscope.attribution.relevance.engine import RelevanceError
+from deepscope.attribution.relevance.layers import RelevanceError
 
 ZENNIT_NAMES = {
     "lrp_epsilon_plus": "EpsilonPlus",

@@ -18,7 +18,7 @@ z-box         ``x_i w_ij − l_i w⁺_ij − h_i w⁻_ij`` for inputs bounded by
 
 The variants follow Zennit (Anders et al. 2021), whose composites the registered methods reproduce: z+, alpha-beta
 and gamma treat negative inputs with the mirrored weights, biases are clamped with the weights they go with, and
-denominators are stabilised by ``± stabilizer`` (the sign of the denominator, + at zero). Where a layer's input
+denominators are stabilized by ``± stabilizer`` (the sign of the denominator, + at zero). Where a layer's input
 has no negative entries (every layer after a ReLU) the mirrored terms are exactly zero and are skipped, and gamma
 reuses the layer's own output for its denominators, so z+ costs one extra forward pass per layer and gamma one
 (Zennit recomputes two and five).
@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from deepscope.attribution.relevance.layers import LinearLayer
+from deepscope.attribution.relevance.layers import LinearLayer, RelevanceError
+from deepscope.errors import SettingError
 
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -123,9 +124,9 @@ class AlphaBeta(Rule):
 
     def __post_init__(self) -> None:
         if self.alpha < 0 or self.beta < 0:
-            raise ValueError(f"alpha and beta must be >= 0, got alpha={self.alpha}, beta={self.beta}")
+            raise SettingError(f"alpha and beta must be >= 0, got alpha={self.alpha}, beta={self.beta}")
         if self.alpha - self.beta != 1:
-            raise ValueError(
+            raise SettingError(
                 f"alpha - beta must be 1 for relevance to be conserved, got alpha={self.alpha}, beta={self.beta}"
             )
         object.__setattr__(self, "alpha", float(self.alpha))
@@ -200,8 +201,8 @@ class Gamma(Rule):
 
     def relevance(self, layer, r, x, z, input_shape, domain=None):
         gamma, weight, bias = self.gamma, layer.weight, layer.bias
-        up = weight + gamma * weight.clamp(min=0)  # favours positive contributions
-        down = weight + gamma * weight.clamp(max=0)  # favours negative contributions
+        up = weight + gamma * weight.clamp(min=0)  # favors positive contributions
+        down = weight + gamma * weight.clamp(max=0)  # favors negative contributions
         rising, falling = z > 0, z < 0
         if not _has_negative(x):
             # x >= 0: with p = x·w⁺ + b⁺ >= 0, the denominators are z + γp (z > 0) and (1 + γ)z - γp (z < 0),
@@ -277,7 +278,7 @@ class ZBox(Rule):
 
     ``low``/``high`` are bounds of the layer's input (floats or tensors broadcastable to it). Left ``None``, the
     engine supplies the bounds of the model input (by default the [0, 1] pixel range passed through the model's
-    normalisation), carried through any padding or reshaping in front of the layer.
+    normalization), carried through any padding or reshaping in front of the layer.
 
     >>> ZBox(low=-2.1, high=2.6)
     ZBox(low=-2.1, high=2.6, stabilizer=1e-06)
@@ -290,7 +291,7 @@ class ZBox(Rule):
 
     def __post_init__(self) -> None:
         if (self.low is None) != (self.high is None):
-            raise ValueError("give both low and high, or neither (to use the model input's bounds)")
+            raise SettingError("give both low and high, or neither (to use the model input's bounds)")
 
     def relevance(self, layer, r, x, z, input_shape, domain=None):
         if self.low is not None:
@@ -302,7 +303,7 @@ class ZBox(Rule):
                 low = torch.where(domain.support > 0, low, x)
                 high = torch.where(domain.support > 0, high, x)
         elif domain is None or domain.low is None:
-            raise ValueError(
+            raise RelevanceError(
                 f"ZBox at layer {layer.name!r} has no bounds: it does not take the model input directly, so give "
                 "ZBox(low=..., high=...) for its input"
             )
