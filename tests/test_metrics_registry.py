@@ -62,7 +62,7 @@ def arguments(info: ds.metrics.MetricInfo, masks: torch.Tensor) -> dict:
 
 
 METRICS = ds.metrics.metrics()
-EVALUATES_OWN = ("method", "method_config", "masks", "boxes")  # options that ds.evaluate sets itself
+EVALUATES_OWN = ("method", "masks", "boxes")  # options that ds.evaluate sets itself
 
 
 @pytest.mark.parametrize("info", METRICS, ids=[info.name for info in METRICS])

@@ -265,6 +265,11 @@ class MethodInfo:
         return self.method.needs_layer
 
     @property
+    def sensitivity(self) -> bool:
+        """Whether the map's sign gives a direction of change (a sensitivity) rather than evidence for the class."""
+        return self.method.sensitivity
+
+    @property
     def options(self) -> tuple[OptionInfo, ...]:
         """The method's options: name, type, default."""
         return options_of(self.method)
@@ -347,6 +352,9 @@ class Attribution:
     uses_target: ClassVar[bool] = True
     # True for the methods that read a layer (the CAM family): they take layer=, the others refuse it.
     needs_layer: ClassVar[bool] = False
+    # True for sensitivity maps, whose sign says which way the score would move if the pixel changed rather than
+    # evidence for the class (saliency, guided backprop...): they are ranked and shown by magnitude.
+    sensitivity: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -322,6 +322,8 @@ class GuidedGradCAM(LayerMethod):
     torch.Size([1, 1, 28, 28])
     """
 
+    sensitivity = True
+
     shares_pass = False
     Options = SharedPassMethod.Options  # a pixel-space map: neither upsample nor relu applies
 

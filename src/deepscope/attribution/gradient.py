@@ -57,6 +57,8 @@ class Saliency(SharedPassMethod):
     torch.Size([2, 1, 28, 28])
     """
 
+    sensitivity = True
+
     def needs(self) -> Needs:
         return Needs(input_gradient=True)
 
@@ -230,6 +232,8 @@ class SmoothGrad(Attribution):
     >>> ds.attribute(vm, torch.rand(2, 1, 28, 28), "smoothgrad", samples=4).shape
     torch.Size([2, 1, 28, 28])
     """
+
+    sensitivity = True
 
     @dataclass(frozen=True, eq=False)
     class Options(Attribution.Options):
@@ -421,6 +425,8 @@ class GuidedBackprop(_ModifiedReluGradient):
     torch.Size([1, 1, 28, 28])
     """
 
+    sensitivity = True
+
     rule = "guided"
 
 
@@ -441,5 +447,7 @@ class Deconvnet(_ModifiedReluGradient):
     >>> ds.attribute(vm, torch.rand(1, 1, 28, 28), "deconvnet").shape
     torch.Size([1, 1, 28, 28])
     """
+
+    sensitivity = True
 
     rule = "deconvnet"

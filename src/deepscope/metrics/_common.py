@@ -11,13 +11,13 @@ the caches and cost more per image, while small inputs (28 x 28 digits) still go
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from deepscope.attribution.base import check_inputs, chunk_size
+from deepscope.attribution.base import Method, as_method, check_inputs, chunk_size
 from deepscope.attribution.targets import TargetLike, resolve_target
 from deepscope.errors import DeepscopeError, SettingTypeError
 from deepscope.probe.inference import forward_only
@@ -265,14 +265,18 @@ def step_counts(units: int, per_step: int | None, steps: int | None = None) -> t
     return torch.clamp(torch.arange(count + 1) * per_step, max=units)
 
 
-def make_explainer(
-    method: str | Explainer, batch_size: int | None, method_config: Mapping[str, Any] | None
-) -> Explainer:
-    """A method name from the registry (``ds.methods()``) or a callable ``(model, x, target) -> maps``."""
-    config = dict(method_config or {})
+def make_explainer(method: str | Method | Explainer, batch_size: int | None) -> Explainer:
+    """How a metric recomputes maps: a registry name (``ds.methods()``), a ``ds.method(name, **options)`` spec
+    (its own ``batch_size`` kept, else ``batch_size``), or any callable ``(model, x, target) -> maps``."""
+    if isinstance(method, str):
+        method = as_method(method)
+    if isinstance(method, Method):
+        return (
+            method
+            if method.batch_size is not None or batch_size is None
+            else method.replace(batch_size=batch_size)
+        )
     if callable(method):
-        if config:
-            raise MetricError("method_config applies to registry methods; close over the settings instead")
 
         def explain_in_fast_layout(vm: VisionModel, inputs: torch.Tensor, target: Any) -> torch.Tensor:
             # the inputs in the layout the model runs fastest in, as for the registry's methods; the maps back in
@@ -281,16 +285,10 @@ def make_explainer(
             return maps.contiguous() if isinstance(maps, torch.Tensor) else maps
 
         return explain_in_fast_layout
-    if not isinstance(method, str):
-        raise MetricError(f"method must be a registry name or a callable, got {type(method).__name__}")
-    from deepscope.attribution.base import attribute, method_info
-
-    method_info(method)  # an unknown name fails here, listing the known ones
-
-    def explain(vm: VisionModel, inputs: torch.Tensor, target: Any) -> torch.Tensor:
-        return attribute(vm, inputs, method, target=target, batch_size=batch_size, **config)
-
-    return explain
+    raise SettingTypeError(
+        f"method must be a registry name, a ds.method(...) spec or a callable (model, x, target) -> maps, got "
+        f"{type(method).__name__}"
+    )
 
 
 def explain_chunks(

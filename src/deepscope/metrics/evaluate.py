@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from deepscope.attribution.base import Method
 from deepscope.attribution.targets import TargetLike
 from deepscope.errors import SettingTypeError, suggestion
 from deepscope.metrics._common import (
@@ -41,7 +42,6 @@ from deepscope.zoo.vision_model import VisionModel, as_vision_model
 # Options of a metric that evaluate() sets itself: the maps function of the method evaluated, and the objects.
 SET_BY_EVALUATE = {
     "method": "evaluate passes the method evaluated",
-    "method_config": "set a method's options in methods={name: {...}}",
     "masks": "pass masks= to evaluate",
     "boxes": "pass boxes= to evaluate",
 }
@@ -145,25 +145,38 @@ def _first_names(names: list[str], shown: int = 8) -> str:
     return f"{'sample' if len(names) == 1 else 'samples'} {', '.join(names[:shown])}{more}"
 
 
-def _methods(methods: str | Sequence[str] | Mapping[str, Any]) -> dict[str, tuple[str | Explainer, dict]]:
+def _methods(
+    methods: str | Sequence[str | Method] | Mapping[str, Any],
+) -> dict[str, str | Method | Explainer]:
+    """Label -> what recomputes the maps: names ('a,b' or a list), ``ds.method(...)`` specs (labelled by their
+    names), or a dict label -> name, spec or callable ``(model, x, target) -> maps``."""
     if isinstance(methods, str):
         methods = [name.strip() for name in methods.split(",") if name.strip()]
     if isinstance(methods, Mapping):
-        chosen = {}
-        for name, setting in methods.items():
-            if callable(setting):
-                chosen[name] = (setting, {})
-            elif isinstance(setting, Mapping):
-                chosen[name] = (
-                    setting.get("method", name),
-                    {k: v for k, v in setting.items() if k != "method"},
-                )
-            else:
+        chosen = dict(methods)
+        for label, given in chosen.items():
+            if not isinstance(given, (str, Method)) and not callable(given):
                 raise SettingTypeError(
-                    f"method {name!r}: give a callable or a dict of settings, got {setting!r}"
+                    f"method {label!r}: give a registry name, a ds.method(...) spec or a callable "
+                    f"(model, x, target) -> maps, got {given!r}"
                 )
     else:
-        chosen = {name: (name, {}) for name in methods}
+        if isinstance(methods, Method):
+            methods = [methods]
+        chosen = {}
+        for given in methods:
+            if not isinstance(given, (str, Method)):
+                raise SettingTypeError(
+                    f"a list of methods holds names and ds.method(...) specs; give a callable a label in a dict "
+                    f"(methods={{'mine': function}}), got {given!r}"
+                )
+            label = given if isinstance(given, str) else given.name
+            if label in chosen:
+                raise MetricError(
+                    f"{label} is listed twice; to compare two settings of one method, label them in a dict: "
+                    f"methods={{'{label}_a': ds.method(...), '{label}_b': ds.method(...)}}"
+                )
+            chosen[label] = given
     if not chosen:
         raise MetricError("no heat-map method to evaluate")
     return chosen
@@ -231,8 +244,8 @@ def evaluate(
     :func:`deepscope.load_dataset`), a list of PIL images or a dict of them (``ds.samples()``); ``limit`` keeps
     the first samples. A dataset's (or list's) images are read as image folders are, in the model's mode
     (grayscale replicated to RGB, alpha dropped); a dict's images must be in it already. ``methods``:
-    registry names (list or 'a,b'), or a dict name -> settings for ``ds.attribute`` (``{"layer": ...}``,
-    ``"method"`` to reuse one method under several names) or name -> callable ``(model, x, target) -> maps``.
+    registry names and ``ds.method(name, **options)`` specs (a list, or 'a,b'), or a dict label -> name, spec or
+    callable ``(model, x, target) -> maps`` (to compare two settings of one method, or your own method).
     ``metrics``: names from the registry, ``ds.metrics.metrics()`` (default: all, those that need the objects
     only with ``masks``/``boxes``), or a dict name -> settings, the metric function's keyword options (an
     unknown option is refused; ``method``, ``masks`` and ``boxes`` are evaluate's own). ``target``: None (each
@@ -285,8 +298,8 @@ def evaluate(
     with evaluation_mode(vm.module):
         fixed = fixed_target(vm, x, target)
         rows = torch.arange(x.shape[0], device=x.device)
-        for method_name, (method, config) in chosen_methods.items():
-            explain = _per_pixel(make_explainer(method, batch_size, config), method_name in absolute_methods)
+        for method_name, method in chosen_methods.items():
+            explain = _per_pixel(make_explainer(method, batch_size), method_name in absolute_methods)
             start = time.perf_counter()
             maps[method_name] = explain_chunks(explain, vm, x, rows, fixed, x.shape[0], batch_size)
             seconds[f"{method_name}: maps"] = time.perf_counter() - start

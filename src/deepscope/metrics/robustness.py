@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import nn
 
+from deepscope.attribution.base import Method
 from deepscope.attribution.targets import TargetLike
 from deepscope.metrics._common import (
     DEFAULT_BATCH_SIZE,
@@ -42,14 +40,13 @@ def max_sensitivity(
     attributions: torch.Tensor,
     target: TargetLike = None,
     *,
-    method: str | Explainer,
+    method: str | Method | Explainer,
     radius: float = 0.2,
     samples: int = 10,
     perturbations: torch.Tensor | None = None,
     relative: bool = True,
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
-    method_config: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
     """Max-sensitivity (Yeh et al. 2019, "On the (In)fidelity and Sensitivity of Explanations"), per sample
     ``[B]``: ``max_{|d|_inf <= radius} ||map(x + d) - map(x)||`` estimated from ``samples`` draws of ``d``
@@ -74,7 +71,7 @@ def max_sensitivity(
     x, original = prepare(x, attributions)
     check_count("batch_size", batch_size)
     vm = as_vision_model(model)
-    explain = make_explainer(method, batch_size, method_config)
+    explain = make_explainer(method, batch_size)
     batch = x.shape[0]
     if perturbations is None:
         check_count("samples", samples)

@@ -10,13 +10,14 @@ The user's model is never touched: layers are randomized in a deep copy.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from deepscope.attribution.base import Method
 from deepscope.attribution.targets import Classes, TargetLike, resolve_target
 from deepscope.metrics._common import (
     DEFAULT_BATCH_SIZE,
@@ -198,7 +199,7 @@ def randomization(
     attributions: torch.Tensor,
     target: TargetLike = None,
     *,
-    method: str | Explainer,
+    method: str | Method | Explainer,
     order: str = "cascading",
     layers: str | Sequence[str] | None = None,
     similarity: Similarity | Sequence[Similarity] = ("spearman", "ssim"),
@@ -207,7 +208,6 @@ def randomization(
     seed: int = 0,
     keep_maps: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    method_config: Mapping[str, Any] | None = None,
 ) -> Randomization:
     """Model-parameter randomization test (Adebayo et al. 2018, "Sanity Checks for Saliency Maps").
 
@@ -245,7 +245,7 @@ def randomization(
         raise MetricError(f"order must be 'cascading' or 'independent', got {order!r}")
     check_seed(seed)
     vm = as_vision_model(model)
-    explain = make_explainer(method, batch_size, method_config)
+    explain = make_explainer(method, batch_size)
     measures = _measures(similarity)
     names = randomizable_layers(vm.module) if layers is None else find_layers(vm, layers)
     if not names:
@@ -309,14 +309,13 @@ def random_logit(
     attributions: torch.Tensor,
     target: TargetLike = None,
     *,
-    method: str | Explainer,
+    method: str | Method | Explainer,
     off_target: Sequence[int] | torch.Tensor | None = None,
     similarity: Similarity = "ssim",
     absolute: bool = False,
     normalize: bool = True,
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    method_config: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
     """Random-logit test (Sixt et al. 2020, "When Explanations Lie: Why Many Modified BP Attributions Fail"):
     the similarity ``[B]`` between each map and the map of the same method for a random other class
@@ -339,7 +338,7 @@ def random_logit(
     """
     x, original = prepare(x, attributions)
     vm = as_vision_model(model)
-    explain = make_explainer(method, batch_size, method_config)
+    explain = make_explainer(method, batch_size)
     (measure,) = _measures(similarity).values()
     runner = ModelRunner(vm, batch_size, softmax=False)
     if isinstance(target, Classes):  # already resolved: one sample's output tells the number of classes

@@ -136,7 +136,6 @@ def _as_pil(image: Image.Image | torch.Tensor | np.ndarray) -> Image.Image:
 
 
 # What the colors of a signed map say: sensitivity maps (how the score would change) and attributions (evidence).
-SENSITIVITY_METHODS = {"saliency", "smoothgrad", "guided_backprop", "deconvnet", "guided_grad_cam"}
 MEANINGS = {
     "sensitivity": "red: raising the pixel raises the class score; blue: lowers it",
     "perturbation": "red: the class score drops without this region; blue: it rises",
@@ -220,7 +219,7 @@ def heatmap(
 def _meaning_of(method: str | None, family: str | None) -> str | None:
     if method is None:
         return None
-    if method in SENSITIVITY_METHODS:
+    if method_info(method).sensitivity:
         return "sensitivity"
     return "perturbation" if family == "perturbation" else "attribution"
 

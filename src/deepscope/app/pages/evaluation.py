@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from deepscope.attribution.base import method as method_spec
+from deepscope.attribution.base import methods
 from deepscope.metrics.evaluate import Evaluation, evaluate
 from deepscope.metrics.registry import metric_info, metrics
 from deepscope.render.curves import curve_plot, randomization_plot
@@ -17,17 +19,17 @@ from deepscope.render.images import data_uri, scale_each, to_pil
 
 # Sensitivity maps say how strongly a pixel would change the score, with a sign for the direction: ranked by
 # magnitude. Attribution maps (input x gradient, integrated gradients, CAMs) keep their sign.
-SENSITIVITY = ["saliency", "smoothgrad", "guided_backprop", "deconvnet"]
+SENSITIVITY = [info.name for info in methods() if info.sensitivity]
 
-LENET_METHODS: dict[str, Any] = {
-    "saliency": {},
-    "input_x_gradient": {},
-    "integrated_gradients": {"steps": 16},
-    "smoothgrad": {"samples": 16},
-    "guided_backprop": {},
-    "deconvnet": {},
-    "grad_cam": {},
-}
+LENET_METHODS = [
+    "saliency",
+    "input_x_gradient",
+    method_spec("integrated_gradients", steps=16),
+    method_spec("smoothgrad", samples=16),
+    "guided_backprop",
+    "deconvnet",
+    "grad_cam",
+]
 # LeNet-5 runs every registered metric; these settings differ from the metrics' defaults (fewer samples and
 # steps keep the section under a minute; the maps of the cascade are kept for the figure).
 LENET_SETTINGS: dict[str, dict] = {
@@ -40,12 +42,7 @@ LENET_SETTINGS: dict[str, dict] = {
 }
 LENET_METRICS: dict[str, dict] = {info.name: LENET_SETTINGS.get(info.name, {}) for info in metrics()}
 # One pass per map keeps the section under a minute (integrated gradients would cost 16 per map and step).
-PHOTO_METHODS: dict[str, Any] = {
-    "saliency": {},
-    "input_x_gradient": {},
-    "guided_backprop": {},
-    "grad_cam": {},
-}
+PHOTO_METHODS = ["saliency", "input_x_gradient", "guided_backprop", "grad_cam"]
 # The cascade on EfficientNet-Lite0 stops at a few checkpoints (each step randomizes everything above it).
 PHOTO_CHECKPOINTS = ["_fc", "_blocks.14", "_blocks.10", "_blocks.5", "_conv_stem"]
 PHOTO_METRICS: dict[str, dict] = {
@@ -82,8 +79,9 @@ def evaluation_section(report: Report, context: Any) -> None:
     digits = context.digits.subset(range(0, 1000, 40))
     x = lenet.preprocess(digits.images)
     strokes = lenet.pixels(digits.images)[:, 0] > 0.5
-    methods = {**LENET_METHODS, "random": random_maps}
-    result = evaluate(lenet, x, methods, LENET_METRICS, masks=strokes, absolute=SENSITIVITY, batch_size=256)
+    methods = {**{m if isinstance(m, str) else m.name: m for m in LENET_METHODS}, "random": random_maps}
+    absolute = [name for name in SENSITIVITY if name in methods]
+    result = evaluate(lenet, x, methods, LENET_METRICS, masks=strokes, absolute=absolute, batch_size=256)
     section.html(f"<h3>LeNet-5 on {x.shape[0]} held-out MNIST digits</h3>")
     _table(section, result)
     section.image(
@@ -98,7 +96,13 @@ def evaluation_section(report: Report, context: Any) -> None:
     photos = context.photos
     x = net.preprocess(list(photos.values()))
     absolute = [name for name in SENSITIVITY if name in PHOTO_METHODS]
-    result = evaluate(net, x, {**PHOTO_METHODS, "random": random_maps}, PHOTO_METRICS, absolute=absolute)
+    result = evaluate(
+        net,
+        x,
+        {**{name: name for name in PHOTO_METHODS}, "random": random_maps},
+        PHOTO_METRICS,
+        absolute=absolute,
+    )
     section.html(f"<h3>EfficientNet-Lite0 on the {x.shape[0]} bundled photos</h3>")
     _table(section, result)
     section.image(
