@@ -192,7 +192,7 @@ def test_graphs_traced_in_two_threads_at_once_leave_module_calls_unpatched():
 
 
 def test_overlapping_evaluation_blocks_restore_each_flag_once():
-    from deepscope.probe.state import evaluation_mode
+    from deepscope.zoo.state import evaluation_mode
 
     model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Dropout(), nn.BatchNorm1d(2)))
     model.train()

@@ -199,3 +199,24 @@ def test_a_file_that_is_not_torchscript(tmp_path):
 
 def test_list_models_names_the_bundled_zoo():
     assert set(ds.list_models()) == {"zoo:efficientnet_lite0", "zoo:lenet_mnist"}
+
+
+def test_predict_runs_a_train_mode_model_in_eval_mode_and_restores_it():
+    """predict ran a train-mode model as it was (dropout on, batch norms updating), unlike every other call."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Flatten(),
+        torch.nn.Dropout(0.5),
+        torch.nn.Linear(4 * 6 * 6, 5),
+    )
+    vm = ds.VisionModel(model, "small", ds.Preprocessing())
+    x = torch.randn(6, 3, 8, 8)
+    with torch.no_grad():
+        expected = model.eval()(x).softmax(1).topk(5, dim=1).values
+    model.train()
+    running = model[1].running_mean.clone()
+    torch.testing.assert_close(vm.predict(x)[0], expected)
+    assert all(module.training for module in model.modules())
+    assert torch.equal(model[1].running_mean, running)

@@ -37,9 +37,9 @@ from deepscope.atlas.scanning.loading import LoadedItem, Loader, batch_input
 from deepscope.atlas.scanning.plan import plan_scan
 from deepscope.errors import DatasetError, SettingError, SettingTypeError, WorkspaceError
 from deepscope.probe.inference import forward_only
-from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.datasets import load_dataset
 from deepscope.zoo.loaders import load_model
+from deepscope.zoo.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ from torch import nn
 from deepscope.attribution.targets import TargetError, TargetLike, resolve_target
 from deepscope.errors import DeepscopeError, ImageError, SettingError, SettingTypeError, suggestion
 from deepscope.probe.layers import parse_layer
-from deepscope.probe.state import evaluation_mode
+from deepscope.zoo.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 

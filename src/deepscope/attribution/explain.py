@@ -25,7 +25,7 @@ from deepscope.attribution.base import (
 )
 from deepscope.attribution.passes import SharedContext, SharedPassMethod, run_shared
 from deepscope.attribution.targets import TargetLike
-from deepscope.probe.state import evaluation_mode
+from deepscope.zoo.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from deepscope.attribution.base import MethodError, PassCount
 from deepscope.probe.hooks import first_tensor, hooks
 from deepscope.probe.layers import LayerAddress
-from deepscope.probe.state import evaluation_mode
+from deepscope.zoo.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 MAX_PREFIX_TOKENS = 8

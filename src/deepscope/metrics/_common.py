@@ -21,7 +21,7 @@ from deepscope.attribution.base import Method, as_method, check_inputs, chunk_si
 from deepscope.attribution.targets import TargetLike, resolve_target
 from deepscope.errors import DeepscopeError, SettingTypeError
 from deepscope.probe.inference import forward_only
-from deepscope.probe.state import evaluation_mode
+from deepscope.zoo.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 

@@ -34,9 +34,9 @@ from deepscope.metrics.faithfulness import Curve
 from deepscope.metrics.registry import MetricInfo, metric_info
 from deepscope.metrics.registry import metrics as registered_metrics
 from deepscope.metrics.sanity import Randomization, fixed_target
-from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.datasets import is_map_style, load_dataset, split_item
 from deepscope.zoo.images import convert_mode
+from deepscope.zoo.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 # Options of a metric that evaluate() sets itself: the maps function of the method evaluated, and the objects.

@@ -21,7 +21,7 @@ from deepscope.metrics._common import (
 )
 from deepscope.metrics.faithfulness import PerturbationSource
 from deepscope.metrics.registry import register
-from deepscope.probe.state import evaluation_mode
+from deepscope.zoo.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 

@@ -33,7 +33,7 @@ from deepscope.metrics._common import (
 from deepscope.metrics.registry import register
 from deepscope.metrics.similarity import SIMILARITIES, against
 from deepscope.probe.layers import find_layers
-from deepscope.probe.state import evaluation_mode
+from deepscope.zoo.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 Similarity = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

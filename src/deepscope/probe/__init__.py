@@ -7,7 +7,6 @@ from deepscope.probe.hooks import hooks, layer_hooks
 from deepscope.probe.inference import forward_only
 from deepscope.probe.layers import LayerAddress, find_layers, get_layer, layer_names, parse_layer
 from deepscope.probe.receptive_field import ReceptiveField, receptive_field
-from deepscope.probe.state import evaluation_mode
 
 __all__ = [
     "Graph",
@@ -16,7 +15,6 @@ __all__ = [
     "ReceptiveField",
     "Recording",
     "capture",
-    "evaluation_mode",
     "find_layers",
     "forward_only",
     "get_layer",

@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 from deepscope.errors import GraphError, ImageError, LayerNotFoundError, SettingError, suggestion
 from deepscope.probe.hooks import hooks
 from deepscope.probe.inference import OwnThreadTracer
-from deepscope.probe.state import evaluation_mode
+from deepscope.zoo.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)

@@ -13,7 +13,7 @@ from deepscope.probe.capture import Recording, capture
 from deepscope.probe.hooks import layer_hooks
 from deepscope.probe.inference import forward_only
 from deepscope.probe.layers import get_layer
-from deepscope.probe.state import evaluation_mode
+from deepscope.zoo.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel
 
 

@@ -15,6 +15,7 @@ from torchvision.transforms import v2 as T
 
 from deepscope.errors import ImageError, ModelError
 from deepscope.zoo.images import to_mode
+from deepscope.zoo.state import evaluation_mode
 
 Out = TypeVar("Out")
 
@@ -284,10 +285,10 @@ class VisionModel:
     def predict(self, x: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``k`` softmax probabilities and class indices, each [B,k], for a preprocessed batch.
 
-        Runs the module as it is (its train/eval mode untouched) without recording gradients.
+        Runs the module in eval mode for the call (each submodule's flag restored), without gradients.
         """
-        with torch.inference_mode():
-            logits = self.module(x)
+        with torch.inference_mode(), evaluation_mode(self.module):
+            logits = self.module(self.check_inputs(x))
         if logits.ndim != 2:
             raise ModelError(
                 f"{self.name} returns shape {list(logits.shape)}, not [B, classes]; cannot rank classes"

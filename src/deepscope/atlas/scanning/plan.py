@@ -16,8 +16,8 @@ from deepscope.atlas.scanning.loading import Loader, batch_input
 from deepscope.errors import DatasetError, LayerNotFoundError, SettingError, SettingTypeError
 from deepscope.probe.hooks import first_tensor, layer_hooks
 from deepscope.probe.layers import INPUT_SUFFIX, LayerAddress, find_layers, split_address
-from deepscope.probe.state import evaluation_mode
 from deepscope.zoo.datasets import dataset_name
+from deepscope.zoo.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel
 
 

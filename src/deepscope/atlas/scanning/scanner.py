@@ -21,9 +21,9 @@ from deepscope.atlas.scanning.plan import ScanPlan, class_scores
 from deepscope.atlas.scanning.reductions import ScanState
 from deepscope.errors import DatasetError
 from deepscope.probe.inference import forward_only
-from deepscope.probe.state import evaluation_mode
 from deepscope.workspace.store import SampleRow, pack_arrays, unpack_arrays
 from deepscope.zoo.datasets import source_of
+from deepscope.zoo.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel
 
 

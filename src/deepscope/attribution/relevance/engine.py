@@ -47,7 +47,7 @@ from deepscope.attribution.relevance.rules import InputDomain, Rule, stabilize
 from deepscope.attribution.targets import TargetLike, resolve_target
 from deepscope.errors import SettingError
 from deepscope.probe.graph import op_name
-from deepscope.probe.state import evaluation_mode
+from deepscope.zoo.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 

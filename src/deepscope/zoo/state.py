@@ -1,4 +1,8 @@
-"""Leaving the user's model as found: scoped, reversible changes to train/eval mode."""
+"""Leaving the user's model as found: scoped, reversible changes to train/eval mode.
+
+The policy everywhere in deepscope: a model runs in eval mode for the duration of a call (batch norms use their
+running statistics, dropout is off), and each submodule's own train/eval flag is restored afterwards.
+"""
 
 from __future__ import annotations
 
