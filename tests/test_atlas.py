@@ -1220,3 +1220,34 @@ def test_large_models_are_recorded_block_by_block():
     # small models and large ones without blocks keep every convolution and linear layer
     assert default_layers(ds.load_model("zoo:lenet_mnist").module) == ["conv1", "conv2", "fc1", "fc2", "fc3"]
     assert len(default_layers(torchvision.models.vgg19())) == 19
+
+
+def test_unreadable_and_non_finite_samples_are_recorded_skips(lenet, tmp_path):
+    """A lazily decoded truncated image aborted the scan with a raw OSError (from the dataset fingerprint); a
+    NaN input raised sqlite3.IntegrityError and left a workspace that could never complete."""
+    digits = ds.datasets.mnist5k("test")
+    paths = []
+    for index in range(6):
+        path = tmp_path / f"{index}.png"
+        digits.images[index].save(path)
+        paths.append(path)
+    paths[2].write_bytes(paths[2].read_bytes()[:60])
+
+    class Lazy(torch.utils.data.Dataset):  # Image.open without load(): decoding happens when pixels are read
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, index):
+            return Image.open(paths[index]), int(digits.labels[index])
+
+    lazy = ds.atlas.scan(lenet, Lazy(), out=tmp_path / "lazy", progress=False)
+    assert lazy.complete and [skip.index for skip in lazy.skipped] == [2]
+    assert "truncated" in lazy.skipped[0].error and len(lazy.predictions) == 5
+    x = lenet.preprocess(digits.images[:6])
+    x[3, 0, 4, 4] = float("nan")
+    x[5, 0, 0, 0] = float("inf")
+    tensors = torch.utils.data.TensorDataset(x, torch.as_tensor(digits.labels[:6]))
+    scanned = ds.atlas.scan(lenet, tensors, out=tmp_path / "nan", progress=False)
+    assert scanned.complete and [skip.index for skip in scanned.skipped] == [3, 5]
+    assert all("NaN or infinite" in skip.error for skip in scanned.skipped)
+    assert np.isfinite(scanned.probabilities).all() and len(scanned.indices) == 4

@@ -263,3 +263,42 @@ def test_region_and_callable_targets_work_with_gradient_and_cam_methods():
     assert grad_cam.shape == (2, 1, 8, 8)
     rise = ds.attribute(segmenter, x, "rise", target=region, masks=10, softmax=False, batch_size=3)
     assert rise.shape == (2, 1, 8, 8)
+
+
+class Overflowing(nn.Module):
+    """A classifier whose scores overflow float32 for inputs of large values (weights of 1e38 in the head)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.conv.weight.abs_()
+            self.conv.bias.zero_()
+            self.fc.weight.fill_(1e38)
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(self.pool(self.relu(self.conv(x))).flatten(1))
+
+
+@pytest.mark.parametrize("name", [info.name for info in ds.methods() if info.family != "transformer"])
+def test_non_finite_inputs_and_scores_are_errors_that_name_the_sample(name, unchanged):
+    """NaN inputs gave NaN maps, and saliency even a finite map for NaN logits; both are errors naming samples."""
+    model = Overflowing().eval()
+    x = torch.rand(3, 3, 16, 16) * 1e-3
+    options = ds.attribution.method_info(name).quick_options((16, 16))
+    if name == "prediction_difference":
+        options["data"] = torch.rand(6, 3, 16, 16) * 1e-3
+    with unchanged(model):
+        nan = x.clone()
+        nan[1, 0, 2, 2] = float("nan")
+        with pytest.raises(ImageError, match=r"sample 1 \(of 3\)"):
+            ds.attribute(model, nan, name, **options)
+        huge = x.clone()
+        huge[2] += 100.0  # the head overflows for sample 2 only
+        with pytest.raises(ds.errors.NonFiniteError, match="sample 2"):
+            ds.attribute(model, huge, name, target=0, **options)

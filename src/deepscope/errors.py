@@ -25,6 +25,10 @@ class ModelError(DeepscopeError, TypeError):
     needs (class scores ``[B, classes]``, a tensor)."""
 
 
+class NonFiniteError(DeepscopeError, ValueError):
+    """NaN or infinity where deepscope needs finite numbers: a model's output for some samples."""
+
+
 class SpecError(DeepscopeError, ValueError):
     """A model, dataset or objective spec that deepscope cannot understand."""
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepscope.attribution.targets import TargetError, TargetLike, resolve_target
-from deepscope.errors import DeepscopeError, ImageError, SettingError, SettingTypeError, suggestion
+from deepscope.errors import DeepscopeError, NonFiniteError, SettingError, SettingTypeError, suggestion
 from deepscope.probe.layers import parse_layer
 from deepscope.zoo.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
@@ -391,7 +391,7 @@ class Attribution:
     def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
         """Maps of the preprocessed batch ``inputs`` ``[B,C,H,W]`` explaining ``target`` (see
         :func:`attribute`), with the model in eval mode for the call."""
-        inputs = check_inputs(inputs).to(self.vm.device)
+        inputs = self.vm.check_inputs(inputs).to(self.vm.device)
         if target is not None and not self.uses_target:
             raise MethodError(f"{self.name} explains no class; leave target=None")
         with evaluation_mode(self.model):
@@ -419,22 +419,6 @@ def check_batch_size(batch_size: int | None) -> int | None:
     if batch_size < 1:
         raise SettingError(f"batch_size must be >= 1, got {batch_size}")
     return batch_size
-
-
-def check_inputs(inputs: Any) -> torch.Tensor:
-    """A model-ready image batch ``[B,C,H,W]`` float tensor, or a clear error."""
-    if isinstance(inputs, (list, tuple)):
-        shapes = {tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)}
-        if len(shapes) > 1:
-            raise ImageError(f"a batch of mixed sizes {sorted(shapes)}; resize the images to one size first")
-        raise ImageError("inputs must be one [B,C,H,W] tensor; stack them (or use vm.preprocess)")
-    if not isinstance(inputs, torch.Tensor):
-        raise ImageError(f"inputs must be a [B,C,H,W] tensor, got {type(inputs).__name__}")
-    if inputs.ndim != 4:
-        raise ImageError(f"inputs must be a [B,C,H,W] batch, got shape {list(inputs.shape)}")
-    if not inputs.is_floating_point():
-        raise ImageError(f"inputs must be a float tensor (preprocessed), got {inputs.dtype}")
-    return inputs
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -684,14 +668,27 @@ def target_rows(target: TargetLike, rows: torch.Tensor, batch: int) -> TargetLik
     return target
 
 
-def target_scores(target: TargetLike, output: Any, rows: int) -> tuple[torch.Tensor, Callable]:
-    """``(scores [rows], resolved target)`` for one sub-batch's output, with a clear error for a target
-    callable that does not return one score per row."""
+def target_scores(
+    target: TargetLike, output: Any, samples: torch.Tensor, perturbed: bool = False
+) -> tuple[torch.Tensor, Callable]:
+    """``(scores [rows], resolved target)`` for one sub-batch's output; ``samples`` says which sample of the
+    caller's batch each row is (a perturbed copy of it with ``perturbed``), to name them in the errors: a target
+    callable that does not return one score per row, or scores that are NaN or infinite."""
+    rows = len(samples)
     resolved = resolve_target(target, output)
     scores = resolved(output)
     if not isinstance(scores, torch.Tensor) or scores.shape != (rows,):
         got = list(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise TargetError(f"the target must give one score per sample, shape [{rows}], got {got}")
+    finite = torch.isfinite(scores.detach())
+    if not bool(finite.all()):
+        bad = sorted(set(samples[~finite].tolist()))
+        listed = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        copies = "perturbed copies of " if perturbed else ""
+        raise NonFiniteError(
+            f"the model's target score is NaN or infinite for {copies}sample{'s' if len(bad) > 1 else ''} "
+            f"{listed}; its maps would be meaningless (look at the model's output for {'them' if len(bad) > 1 else 'it'})"
+        )
     return scores, resolved
 
 

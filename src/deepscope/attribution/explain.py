@@ -20,7 +20,6 @@ from deepscope.attribution.base import (
     MethodError,
     PassCount,
     as_methods,
-    check_inputs,
     with_call_settings,
 )
 from deepscope.attribution.passes import SharedContext, SharedPassMethod, run_shared
@@ -84,7 +83,7 @@ def explain(
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise MethodError(f"a method is listed twice in {names}")
-    inputs = check_inputs(inputs).to(vm.device)
+    inputs = vm.check_inputs(inputs).to(vm.device)
     instances: dict[str, Attribution] = {spec.name: spec.build(vm) for spec in specs}
     with evaluation_mode(vm.module):
         return _explain(vm, inputs, instances, target)

@@ -210,7 +210,7 @@ def forward_backward(
     # counters, so a later in-place change to them is caught.
     with torch.enable_grad() if backward else torch.no_grad():
         output = vm.in_fast_layout(forward, x)
-        scores, resolved = target_scores(target_rows(target, rows, batch), output, len(rows))
+        scores, resolved = target_scores(target_rows(target, rows, batch), output, rows)
         for tap in tapped.values():
             tap.check(vm, chunk)
         pass_ = Pass(chunk, rows, _detach(output), resolved, scores.detach())
@@ -296,7 +296,7 @@ def clean_scores(
         for rows in chunks(batch, batch_size, inputs.device):
             output = forward_only(vm, inputs[rows])
             chunk_scores, resolved = target_scores(
-                target_rows(target, rows, batch), _scored(output, softmax), len(rows)
+                target_rows(target, rows, batch), _scored(output, softmax), rows
             )
             scores.append(chunk_scores)
             if isinstance(resolved, Classes):
@@ -354,7 +354,9 @@ def perturb(
         for points in chunks(perturbations.count, batch_size, vm.device):
             inputs, rows = perturbations.build(points)
             output = forward_only(vm, inputs)
-            found = target_scores(target_rows(target, rows, batch), _scored(output, softmax), len(rows))[0]
+            found = target_scores(
+                target_rows(target, rows, batch), _scored(output, softmax), rows, perturbed=True
+            )[0]
             perturbations.weigh(points, rows, found)
             scores.append(found)
             passes.add(len(points), batch, backward=False)

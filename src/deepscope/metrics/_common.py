@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepscope.attribution.base import Method, as_method, check_inputs, chunk_size
+from deepscope.attribution.base import Method, as_method, chunk_size
 from deepscope.attribution.targets import TargetLike, resolve_target
-from deepscope.errors import DeepscopeError, SettingTypeError
+from deepscope.errors import DeepscopeError, NonFiniteError, SettingTypeError
 from deepscope.probe.inference import forward_only
 from deepscope.zoo.state import evaluation_mode
-from deepscope.zoo.vision_model import VisionModel, as_vision_model
+from deepscope.zoo.vision_model import VisionModel, as_vision_model, check_inputs
 
 
 class MetricError(DeepscopeError, ValueError):
@@ -132,7 +132,15 @@ class ModelRunner:
             if not isinstance(output, torch.Tensor) or output.ndim != 2:
                 raise MetricError("softmax=True needs a [B, classes] output; pass softmax=False")
             output = output.float().softmax(1)
-        return select_target(target, rows, batch)(output).detach().float()
+        scores = select_target(target, rows, batch)(output).detach().float()
+        finite = torch.isfinite(scores)
+        if not bool(finite.all()):
+            bad = sorted(set(rows[~finite].tolist()))
+            raise NonFiniteError(
+                f"the model's target score is NaN or infinite for (perturbed copies of) samples "
+                f"{', '.join(map(str, bad[:10]))}; the metric would be meaningless"
+            )
+        return scores
 
     def scores(
         self,
@@ -311,6 +319,9 @@ def explain_chunks(
     return torch.cat(maps)
 
 
-def prepare(x: Any, attributions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x = check_inputs(x)
+def prepare(
+    model: VisionModel | nn.Module | None, x: Any, attributions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs checked as the model's (shape, channels, finite values) and the maps checked against them."""
+    x = check_inputs(x, None if model is None else as_vision_model(model))
     return x, check_maps(x, attributions)

@@ -164,7 +164,7 @@ def pixel_flipping(
     >>> result.curve.shape, result.aopc.shape
     (torch.Size([2, 99]), torch.Size([2]))
     """
-    x, maps = prepare(x, attributions)
+    x, maps = prepare(model, x, attributions)
     generator = generator_for(x.device, seed, stream=1)
     fill = replacement_values(_vision(model), x, replacement, generator)
     units = maps[0].numel()
@@ -264,7 +264,7 @@ def insertion(
     >>> ds.metrics.insertion(vm, x, x, start="black").curve.shape  # 784 pixels, 8 per step
     torch.Size([2, 99])
     """
-    x, maps = prepare(x, attributions)
+    x, maps = prepare(model, x, attributions)
     fill = replacement_values(_vision(model), x, start, generator_for(x.device, seed, stream=1))
     units = maps[0].numel()
     return _curve(
@@ -320,7 +320,7 @@ def region_perturbation(
     >>> result.curve.shape  # 7 x 7 cells
     torch.Size([2, 50])
     """
-    x, maps = prepare(x, attributions)
+    x, maps = prepare(model, x, attributions)
     check_count("region_size", region_size)
     height, width = x.shape[-2:]
     cells, cell_of_pixel = _grid(height, width, region_size, x.device)
@@ -396,7 +396,7 @@ def infidelity(
     >>> ds.metrics.infidelity(vm, x, torch.rand_like(x), samples=8).shape
     torch.Size([2])
     """
-    x, maps = prepare(x, attributions)
+    x, maps = prepare(model, x, attributions)
     batch = x.shape[0]
     draw = _perturbation_source(model, x, perturbation, samples, scale, patch, replacement, seed)
     runner = ModelRunner(model, batch_size, softmax)

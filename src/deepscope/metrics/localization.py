@@ -73,7 +73,7 @@ def pointing_game(
     >>> pointing_game(None, torch.zeros(2, 1, 8, 8), maps, masks=mask, tolerance=0)
     tensor([1., 0.])
     """
-    x, maps = prepare(x, attributions)
+    x, maps = prepare(model, x, attributions)
     batch, _, height, width = x.shape
     if (masks is None) == (boxes is None):
         raise MetricError("the pointing game needs the objects: give masks or boxes (one of them)")

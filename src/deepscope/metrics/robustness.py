@@ -68,7 +68,7 @@ def max_sensitivity(
     >>> ds.metrics.max_sensitivity(vm, x, gradient(vm, x, target), target, method=gradient).shape
     torch.Size([2])
     """
-    x, original = prepare(x, attributions)
+    x, original = prepare(model, x, attributions)
     check_count("batch_size", batch_size)
     vm = as_vision_model(model)
     explain = make_explainer(method, batch_size)

@@ -240,7 +240,7 @@ def randomization(
     >>> result.similarity["spearman"].shape
     torch.Size([4, 5])
     """
-    x, original = prepare(x, attributions)
+    x, original = prepare(model, x, attributions)
     if order not in ("cascading", "independent"):
         raise MetricError(f"order must be 'cascading' or 'independent', got {order!r}")
     check_seed(seed)
@@ -336,7 +336,7 @@ def random_logit(
     >>> ds.metrics.random_logit(vm, x, gradient(vm, x, target), target, method=gradient).shape
     torch.Size([4])
     """
-    x, original = prepare(x, attributions)
+    x, original = prepare(model, x, attributions)
     vm = as_vision_model(model)
     explain = make_explainer(method, batch_size)
     (measure,) = _measures(similarity).values()

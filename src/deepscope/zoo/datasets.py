@@ -334,9 +334,12 @@ def dataset_fingerprint(dataset: Dataset) -> str:
         ):
             try:
                 item = dataset[index]
-            except (ImageError, OSError) as error:  # an unreadable item is part of the content too
-                item = type(error).__name__
-            _digest_content(item, digest)
+                _digest_content(item, digest)
+            except (
+                ImageError,
+                OSError,
+            ) as error:  # an unreadable item (lazily decoded too) is content as well
+                digest.update(f"unreadable {index}: {type(error).__name__}".encode())
         parts.append(digest.hexdigest())
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 

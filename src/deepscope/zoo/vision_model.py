@@ -181,42 +181,7 @@ class VisionModel:
         ...
         deepscope.errors.ImageError: the inputs hold NaN or infinite values in sample 2 (of 3); ...
         """
-        if isinstance(inputs, (list, tuple)):
-            shapes = {tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)}
-            if len(shapes) > 1:
-                raise ImageError(
-                    f"a batch of mixed sizes {sorted(shapes)}; resize the images to one size first"
-                )
-            raise ImageError("inputs must be one [B,C,H,W] tensor; stack them (or use vm.preprocess)")
-        if not isinstance(inputs, torch.Tensor):
-            raise ImageError(f"inputs must be a [B,C,H,W] tensor, got {type(inputs).__name__}")
-        if inputs.ndim != 4:
-            hint = "; add the batch dimension with x[None]" if inputs.ndim == 3 else ""
-            raise ImageError(f"inputs must be a [B,C,H,W] batch, got shape {list(inputs.shape)}{hint}")
-        if not inputs.is_floating_point():
-            raise ImageError(
-                f"inputs must be a float tensor of model inputs, got {inputs.dtype}; make them with vm.preprocess"
-            )
-        batch, channels, height, width = inputs.shape
-        if batch == 0:
-            raise ImageError(f"the batch holds no image (shape {list(inputs.shape)})")
-        if height == 0 or width == 0:
-            raise ImageError(f"the images are {height}x{width} pixels; an image needs at least one pixel")
-        expected = self.preprocessing.channels
-        if self.channels_known and self.transform is None and channels != expected:
-            raise ImageError(
-                f"{self.name} reads {expected}-channel images ({self.image_mode}), but the inputs have {channels} "
-                f"channels (shape {list(inputs.shape)})"
-            )
-        finite = torch.isfinite(inputs).flatten(1).all(1)
-        if not bool(finite.all()):
-            bad = (~finite).nonzero().flatten().tolist()
-            listed = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
-            raise ImageError(
-                f"the inputs hold NaN or infinite values in sample{'s' if len(bad) > 1 else ''} {listed} "
-                f"(of {batch}); a model's outputs and maps for them would be NaN"
-            )
-        return inputs
+        return check_inputs(inputs, self)
 
     @property
     def input_size(self) -> Size | None:
@@ -308,6 +273,45 @@ class VisionModel:
 def _chw(array: np.ndarray) -> np.ndarray:
     """An image array [H,W] or [H,W,C] -> a contiguous [C,H,W] copy (what ``ToImage`` makes of a PIL image)."""
     return np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+
+
+def check_inputs(inputs: object, vm: VisionModel | None = None) -> torch.Tensor:
+    """``inputs`` as a batch of model inputs (see :meth:`VisionModel.check_inputs`); without ``vm`` the channels
+    are not checked."""
+    if isinstance(inputs, (list, tuple)):
+        shapes = {tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)}
+        if len(shapes) > 1:
+            raise ImageError(f"a batch of mixed sizes {sorted(shapes)}; resize the images to one size first")
+        raise ImageError("inputs must be one [B,C,H,W] tensor; stack them (or use vm.preprocess)")
+    if not isinstance(inputs, torch.Tensor):
+        raise ImageError(f"inputs must be a [B,C,H,W] tensor, got {type(inputs).__name__}")
+    if inputs.ndim != 4:
+        hint = "; add the batch dimension with x[None]" if inputs.ndim == 3 else ""
+        raise ImageError(f"inputs must be a [B,C,H,W] batch, got shape {list(inputs.shape)}{hint}")
+    if not inputs.is_floating_point():
+        raise ImageError(
+            f"inputs must be a float tensor of model inputs, got {inputs.dtype}; make them with vm.preprocess"
+        )
+    batch, channels, height, width = inputs.shape
+    if batch == 0:
+        raise ImageError(f"the batch holds no image (shape {list(inputs.shape)})")
+    if height == 0 or width == 0:
+        raise ImageError(f"the images are {height}x{width} pixels; an image needs at least one pixel")
+    expected = vm.preprocessing.channels if vm is not None else channels
+    if vm is not None and vm.channels_known and vm.transform is None and channels != expected:
+        raise ImageError(
+            f"{vm.name} reads {expected}-channel images ({vm.image_mode}), but the inputs have {channels} "
+            f"channels (shape {list(inputs.shape)})"
+        )
+    finite = torch.isfinite(inputs).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        listed = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        raise ImageError(
+            f"the inputs hold NaN or infinite values in sample{'s' if len(bad) > 1 else ''} {listed} "
+            f"(of {batch}); a model's outputs and maps for them would be NaN"
+        )
+    return inputs
 
 
 def as_vision_model(

@@ -74,7 +74,7 @@ class Loader:
                     f"item {index} of {dataset_name(self.dataset)} is a tensor of shape {list(image.shape)}; "
                     "a tensor item is taken as one model input [C,H,W]"
                 )
-            return LoadedItem("input", image, label, None)
+            return _input_item(image, label)
         if not isinstance(image, Image.Image):
             raise DatasetError(
                 f"item {index} of {dataset_name(self.dataset)} holds a {type(image).__name__}; expected a PIL "
@@ -84,7 +84,7 @@ class Loader:
         try:
             image = convert_mode(image, self.vm.image_mode)
             if not self.to_pixels:
-                return LoadedItem("input", self.vm.transform(image), label, None)
+                return _input_item(self.vm.transform(image), label)
             # Decoding happens here (a lazily loaded file fails on this sample, not on its batch).
             return LoadedItem("pixels", np.asarray(image), label, None)
         except (ImageError, OSError) as error:
@@ -170,3 +170,11 @@ def default_workers(device: torch.device) -> int:
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
     return max(1, min(8, cores - 1))
+
+
+def _input_item(tensor: torch.Tensor, label: int | None) -> LoadedItem:
+    """A model input, or a skipped sample when it holds NaN or infinity (its outputs would be meaningless and the
+    workspace's statistics poisoned)."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        return LoadedItem("skipped", None, None, "NonFiniteError: the input holds NaN or infinite values")
+    return LoadedItem("input", tensor, label, None)

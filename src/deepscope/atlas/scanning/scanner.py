@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from deepscope.atlas.scanning.loading import Loader, default_workers, stack_batch, thumbnails
 from deepscope.atlas.scanning.plan import ScanPlan, class_scores
 from deepscope.atlas.scanning.reductions import ScanState
-from deepscope.errors import DatasetError
+from deepscope.errors import DatasetError, NonFiniteError
 from deepscope.probe.inference import forward_only
 from deepscope.workspace.store import SampleRow, pack_arrays, unpack_arrays
 from deepscope.zoo.datasets import source_of
@@ -244,6 +244,7 @@ class ChunkScanner:
                 index_tensor = torch.tensor(batch.indices, dtype=torch.int64, device=self.device)
                 label_tensor = torch.tensor(batch.labels, dtype=torch.int64, device=self.device)
                 logits = class_scores(recorder.forward(inputs))
+                _check_finite(logits, batch.indices)
                 recorder.end_batch()
                 state.end_batch(index_tensor)
                 batch_probabilities = logits.float().softmax(1)
@@ -290,3 +291,15 @@ def _check_labels(labels: list[int], classes: int, indices: list[int]) -> None:
     for index, label in zip(indices, labels, strict=True):
         if not -1 <= label < classes:
             raise DatasetError(f"sample {index} has label {label}, outside the model's {classes} classes")
+
+
+def _check_finite(logits: torch.Tensor, indices: list[int]) -> None:
+    """Class scores that are NaN or infinite for a finite input (an overflow in the model) end the scan with the
+    samples named: the chunk is not committed, so nothing of them reaches the workspace."""
+    finite = torch.isfinite(logits).all(1)
+    if not bool(finite.all()):
+        bad = [index for index, ok in zip(indices, finite.tolist(), strict=True) if not ok]
+        raise NonFiniteError(
+            f"the model's class scores are NaN or infinite for dataset item{'s' if len(bad) > 1 else ''} "
+            f"{', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''} although their inputs are finite"
+        )

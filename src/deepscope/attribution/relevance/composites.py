@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from deepscope.attribution.base import Attribution, MethodError, check_inputs, register
+from deepscope.attribution.base import Attribution, MethodError, register
 from deepscope.attribution.relevance.engine import Composite, LayerRule, propagate, trace_rules
 from deepscope.attribution.relevance.rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus
 from deepscope.attribution.targets import TargetLike
@@ -90,7 +90,7 @@ class LRP(Attribution):
 
     def rules(self, inputs: torch.Tensor) -> list[LayerRule]:
         """Which rule each convolution / dense layer call gets for inputs like ``inputs`` (forward pass only)."""
-        return trace_rules(self.vm, check_inputs(inputs), self.composite())
+        return trace_rules(self.vm, self.vm.check_inputs(inputs), self.composite())
 
 
 @dataclass(frozen=True, eq=False)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from deepscope.attribution.base import chunks, target_rows
+from deepscope.attribution.base import chunks, target_rows, target_scores
 from deepscope.attribution.relevance.layers import (
     CONVOLUTIONS,
     LinearLayer,
@@ -44,7 +44,7 @@ from deepscope.attribution.relevance.layers import (
     convolution_layer,
 )
 from deepscope.attribution.relevance.rules import InputDomain, Rule, stabilize
-from deepscope.attribution.targets import TargetLike, resolve_target
+from deepscope.attribution.targets import TargetLike
 from deepscope.errors import SettingError
 from deepscope.probe.graph import op_name
 from deepscope.zoo.state import evaluation_mode
@@ -692,7 +692,7 @@ def propagate(
             chunk_bounds = None if bounds is None else (bounds[0][rows], bounds[1][rows])
             relevance, records = vm.in_fast_layout(
                 lambda x, rows=rows, chunk_bounds=chunk_bounds: _propagate_chunk(
-                    module, x, composite, target_rows(target, rows, batch), chunk_bounds
+                    module, x, composite, target_rows(target, rows, batch), chunk_bounds, rows
                 ),
                 inputs[rows],
             )
@@ -706,7 +706,9 @@ def _propagate_chunk(
     composite: Composite,
     target: TargetLike,
     bounds: tuple[torch.Tensor, torch.Tensor] | None,
+    samples: torch.Tensor,
 ) -> tuple[torch.Tensor, list[LayerRule]]:
+    """LRP relevance of one chunk of inputs (``samples``: their places in the caller's batch)."""
     # the input keeps the memory layout it comes in (see VisionModel.in_fast_layout)
     leaf = inputs.detach().requires_grad_()
     tracer = _RelevanceTracer(module, composite, bounds)
@@ -730,9 +732,7 @@ def _propagate_chunk(
                 f"the composite has a rule for the first layer ({composite.first!r}) but no convolution or dense "
                 "layer takes the model input directly (through padding or reshaping only)"
             )
-        scores = resolve_target(target, output)(output)
-        if scores.ndim != 1 or scores.shape[0] != inputs.shape[0]:
-            raise RelevanceError(f"the target must give one score per sample, got shape {list(scores.shape)}")
+        scores, _ = target_scores(target, output, samples)
         # Relevance at the output: the score's own decomposition, output * d score / d output.
         grads = torch.autograd.grad(scores.sum(), outputs, allow_unused=True)
         starts = [
