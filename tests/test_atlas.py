@@ -1251,3 +1251,42 @@ def test_unreadable_and_non_finite_samples_are_recorded_skips(lenet, tmp_path):
     assert scanned.complete and [skip.index for skip in scanned.skipped] == [3, 5]
     assert all("NaN or infinite" in skip.error for skip in scanned.skipped)
     assert np.isfinite(scanned.probabilities).all() and len(scanned.indices) == 4
+
+
+def test_a_workspace_on_read_only_storage_opens_for_reading(lenet, tmp_path):
+    """Opening set WAL mode, which failed with 'unable to open database file' on a read-only mount; writing there
+    now says so in one line."""
+    import os
+    import subprocess
+
+    source = tmp_path / "ws"
+    ds.atlas.scan(lenet, ds.datasets.mnist5k("test").subset(range(200)), out=source, progress=False)
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    bound = (
+        subprocess.run(["mount", "--bind", str(source), str(mounted)], capture_output=True).returncode == 0
+    )
+    try:
+        if bound and subprocess.run(["mount", "-o", "remount,ro,bind", str(mounted)]).returncode != 0:
+            pytest.skip("this machine cannot remount read-only")
+        if not bound:
+            if os.geteuid() == 0:
+                pytest.skip("root without mount: permissions cannot make a directory read-only")
+            for path in [source, *source.rglob("*")]:
+                path.chmod(path.stat().st_mode & ~0o222)
+            mounted = source
+        ws = ds.atlas.open_workspace(mounted)
+        assert ws.store.read_only and ws.complete and len(ws.predictions) == 200
+        assert ws.confusion_matrix().sum() == 200 and ws.layout("pca").shape == (200, 2)
+        with pytest.raises(WorkspaceError, match=r"read-only storage, so feedback cannot be saved") as error:
+            ws.add_feedback("note", "blurry", index=3)
+        assert "\n" not in str(error.value)
+        with pytest.raises(WorkspaceError, match="cannot create the workspace"):
+            ds.atlas.scan(
+                lenet, ds.datasets.mnist5k("test").subset(range(10)), out=mounted / "new", progress=False
+            )
+    finally:
+        if bound:
+            subprocess.run(
+                ["umount", "--lazy", str(mounted)]
+            )  # lazy: an open database file must not block it

@@ -270,7 +270,7 @@ class Workspace:
             if found is not None:
                 return np.load(found)
         array = compute()
-        if self.complete:
+        if self.complete and not self.store.read_only:  # on read-only storage it is computed, not kept
             self.store.save_layout(self.run.id, kind, layer, params, array)
         return array
 

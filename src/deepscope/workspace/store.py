@@ -226,9 +226,19 @@ class Store:
     1
     """
 
-    def __init__(self, path: Path, connection: sqlite3.Connection):
+    def __init__(self, path: Path, connection: sqlite3.Connection, read_only: bool = False):
         self.path = path
         self.connection = connection
+        # True for a workspace on storage this process cannot write (a read-only mount, a shared archive):
+        # everything reads, every write raises a WorkspaceError saying so.
+        self.read_only = read_only
+
+    def _check_writable(self, what: str) -> None:
+        if self.read_only:
+            raise WorkspaceError(
+                f"workspace {self.path} is on read-only storage, so {what} cannot be saved; copy the workspace to "
+                "a writable directory to add to it"
+            )
 
     # ------------------------------------------------------------------------------------------------------
     # opening
@@ -246,8 +256,12 @@ class Store:
                 f"{path} is not empty and holds no {DATABASE}; refusing to turn it into a workspace, "
                 "give a new or empty directory"
             )
-        path.mkdir(parents=True, exist_ok=True)
-        connection = _connect(path / DATABASE)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            connection = _connect(path / DATABASE)
+        except (OSError, sqlite3.OperationalError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise WorkspaceError(f"cannot create the workspace {path}: {reason}") from None
         with connection:
             connection.executescript(SCHEMA)
             connection.executemany(
@@ -263,7 +277,14 @@ class Store:
         database = path / DATABASE
         if not database.is_file():
             raise WorkspaceError(f"{path} is not a deepscope workspace (no {DATABASE} in it)")
-        connection = _connect(database)
+        read_only = _on_read_only_storage(path)
+        wal = database.with_name(database.name + "-wal")
+        if read_only and wal.is_file() and wal.stat().st_size > 0:
+            raise WorkspaceError(
+                f"workspace {path} is on read-only storage with transactions still in its write-ahead log "
+                f"({wal.name}: the scan writing it did not finish); open it once on writable storage"
+            )
+        connection = _connect(database, read_only)
         try:
             rows = dict(connection.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as error:
@@ -277,7 +298,7 @@ class Store:
                 f"this deepscope reads version {SCHEMA_VERSION}. Scan again into a new directory, or open it "
                 "with the deepscope version that wrote it (docs/workspace.md lists the versions)"
             )
-        return cls(path, connection)
+        return cls(path, connection, read_only)
 
     @property
     def schema_version(self) -> int:
@@ -292,6 +313,7 @@ class Store:
         twice with the same arguments (two terminals, a job restarted while the old one still runs) does not
         write the same chunks twice. The lock is the operating system's lock on ``locks/<fingerprint>.lock``
         (``filelock``), which ends with its process however that ends: a killed scan never blocks its resume."""
+        self._check_writable("a scan")
         from filelock import FileLock, Timeout
 
         folder = self.path / "locks"
@@ -367,6 +389,7 @@ class Store:
     ) -> Run:
         """Record a new run and preallocate its arrays. Each of ``layers`` is stored as
         ``embeddings/<file>.npy`` [n_samples, width]; ``arrays``: other files, relative name -> (shape, dtype)."""
+        self._check_writable("a scan")
         held = self.dataset_fingerprint()
         if held is not None and held[1] != dataset_fingerprint:
             same_name = " (the same name, other content: the data changed, or its items are random)"
@@ -458,6 +481,7 @@ class Store:
     ) -> None:
         """Make ``chunks`` count, atomically: their sample rows, chunk rows and prediction rows, and the run's new
         merged ``state``. The chunks' array rows must already be written and flushed."""
+        self._check_writable("a scan")
         now = time.time()
         with self.transaction() as db:
             for rows in chunks:
@@ -489,8 +513,12 @@ class Store:
             )
 
     def finish_run(self, run_id: int) -> None:
+        self._check_writable("a scan")
         with self.transaction() as db:
             db.execute("UPDATE runs SET status='complete', finished_at=? WHERE id=?", (time.time(), run_id))
+        # Move every committed transaction from the write-ahead log into the database file, so that a finished
+        # workspace copied or mounted read-only is whole in workspace.sqlite alone.
+        self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # ------------------------------------------------------------------------------------------------------
     # samples
@@ -534,6 +562,7 @@ class Store:
         self, run_id: int, kind: str, layer: str, params: Mapping[str, Any], array: np.ndarray
     ) -> Path:
         """Store a layout (or neighbor list) array; an existing one with the same parameters is replaced."""
+        self._check_writable("a layout")
         folder = self.run_dir(run_id) / "layouts"
         folder.mkdir(parents=True, exist_ok=True)
         used = {path.stem for path in folder.glob("*.npy")}
@@ -580,6 +609,7 @@ class Store:
         >>> store.feedback()[0]["value"]
         7
         """
+        self._check_writable("feedback")
         if not isinstance(kind, str):
             raise SettingTypeError(f"feedback kind must be a non-empty string, got {kind!r}")
         if not kind:
@@ -622,7 +652,16 @@ def _run(row: tuple) -> Run:
     )
 
 
-def _connect(database: Path) -> sqlite3.Connection:
+def _on_read_only_storage(path: Path) -> bool:
+    """Whether this process cannot write in ``path``: a read-only mount, or a directory without write access."""
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY) or not os.access(path, os.W_OK)
+
+
+def _connect(database: Path, read_only: bool = False) -> sqlite3.Connection:
+    if read_only:
+        # No WAL, lock or journal file can be made on read-only storage: read the database file as it is
+        # (immutable), which holds every committed transaction once the writer has closed it.
+        return sqlite3.connect(f"{database.as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False)
     connection = sqlite3.connect(database, timeout=30.0, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode: a committed transaction survives a killed process; only an OS crash may lose the
