@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import deepscope as ds
-from deepscope.attribution.base import MethodError, check_inputs, method_info
+from deepscope.attribution.base import MethodError, method_info
 from deepscope.attribution.targets import Classes, TargetError, resolve_target
 from deepscope.errors import ImageError
+from deepscope.zoo.vision_model import check_inputs
 
 LOGITS = torch.tensor([[0.0, 5.0, 1.0], [4.0, 0.0, 2.0]])
 
@@ -69,3 +71,22 @@ def test_inputs_must_be_one_image_batch():
     with pytest.raises(ImageError, match="float tensor"):
         check_inputs(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
     assert isinstance(Classes(torch.tensor([0])), Classes)
+
+
+@pytest.mark.parametrize(
+    ("target", "complaint"),
+    [
+        ("3", "the string '3'; pass the index itself"),
+        (2.5, "got 2.5 \\(a float\\)"),
+        (True, "got True"),
+        (torch.tensor([0.5, 1.0]), "torch.float32 values"),
+        ([object()], "integer class index or a list of them"),
+    ],
+)
+def test_a_class_target_is_an_integer_or_an_error_saying_so(lenet, target, complaint):
+    """Target '3' was a raw error from torch, and 2.5 silently became class 2."""
+    x = torch.zeros(2, 1, 28, 28)
+    for method in ("saliency", "occlusion"):
+        with pytest.raises(TargetError, match=complaint):
+            ds.attribute(lenet, x, method, target=target)
+    assert ds.attribute(lenet, x, "saliency", target=np.int64(3)).shape == x.shape

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepscope.attribution.targets import TargetError, TargetLike, resolve_target
+from deepscope.attribution.targets import TargetError, TargetLike, class_indices, resolve_target
 from deepscope.errors import DeepscopeError, NonFiniteError, SettingError, SettingTypeError, suggestion
 from deepscope.probe.layers import parse_layer
 from deepscope.zoo.state import evaluation_mode
@@ -652,20 +652,19 @@ def target_rows(target: TargetLike, rows: torch.Tensor, batch: int) -> TargetLik
     Class lists are indexed, targets with ``.select(rows)`` select themselves; a callable without
     ``select`` is applied to each sub-batch as is, so it must score each row on its own.
     """
-    if target is None or isinstance(target, bool):
+    if target is None:
         return target
-    if isinstance(target, int):
-        return target
-    if isinstance(target, torch.Tensor) or (isinstance(target, Sequence) and not callable(target)):
-        indices = torch.as_tensor(target, dtype=torch.long).flatten().cpu()
-        if indices.numel() == 1:
-            return int(indices[0])
-        if indices.numel() != batch:
-            raise TargetError(f"{indices.numel()} targets for a batch of {batch}")
-        return indices[rows.cpu()]
-    if hasattr(target, "select"):
-        return target.select(rows)
-    return target
+    if not isinstance(target, torch.Tensor):  # a tensor has a select() of its own
+        if hasattr(target, "select"):
+            return target.select(rows)
+        if callable(target):
+            return target
+    indices = class_indices(target)
+    if indices.numel() == 1:
+        return int(indices[0])
+    if indices.numel() != batch:
+        raise TargetError(f"{indices.numel()} targets for a batch of {batch}")
+    return indices[rows.cpu()]
 
 
 def target_scores(

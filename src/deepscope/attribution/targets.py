@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from deepscope.errors import DeepscopeError
@@ -93,6 +94,44 @@ class Box:
 TargetLike = int | Sequence[int] | torch.Tensor | Callable[[Any], torch.Tensor] | None
 
 
+def class_indices(target: Any) -> torch.Tensor:
+    """A class target (an int, a NumPy integer, or a list, array or tensor of them) as a flat long tensor of class
+    indices on the CPU; anything else (a string, a fraction, a bool) is a :class:`TargetError` saying what a class
+    target is, instead of a cast that turns ``2.5`` into 2.
+
+    >>> class_indices([3, 1]).tolist(), class_indices(np.int64(7)).tolist()
+    ([3, 1], [7])
+    >>> class_indices(2.5)
+    Traceback (most recent call last):
+    ...
+    deepscope.attribution.targets.TargetError: a class target is an integer class index, got 2.5 (a float)
+    """
+    if isinstance(target, str):
+        raise TargetError(
+            f"a class target is an integer class index, got the string {target!r}; pass the index itself "
+            "(vm.labels.index(name) finds a class by name)"
+        )
+    if isinstance(target, (bool, np.bool_)) or (isinstance(target, float) and not isinstance(target, bool)):
+        raise TargetError(
+            f"a class target is an integer class index, got {target!r} (a {type(target).__name__})"
+        )
+    try:
+        values = torch.as_tensor(np.asarray(target) if not isinstance(target, torch.Tensor) else target)
+    except (TypeError, ValueError, RuntimeError):
+        raise TargetError(
+            f"a class target is an integer class index or a list of them, got {target!r}"
+        ) from None
+    if (
+        values.dtype == torch.bool
+        or values.is_floating_point()
+        or values.is_complex()
+        or values.dtype == torch.uint8
+    ):
+        shown = values.flatten()[:4].tolist()
+        raise TargetError(f"class targets are integer class indices, got {values.dtype} values {shown}")
+    return values.flatten().to(torch.long).cpu()
+
+
 def resolve_target(target: TargetLike, output: Any) -> Callable[[Any], torch.Tensor]:
     """Turn ``target`` into a callable ``output -> [B]`` scores, checking it against this ``output``.
 
@@ -111,16 +150,11 @@ def resolve_target(target: TargetLike, output: Any) -> Callable[[Any], torch.Ten
     batch, classes = output.shape
     if target is None:
         return Classes(output.detach().argmax(1))
-    if isinstance(target, bool):
-        raise TargetError(f"target must be a class index, got {target!r}")
-    if isinstance(target, int):
-        indices = torch.full((batch,), target, dtype=torch.long)
-    else:
-        indices = torch.as_tensor(target, dtype=torch.long).flatten().cpu()
-        if indices.numel() == 1:
-            indices = indices.expand(batch).clone()
-        if indices.numel() != batch:
-            raise TargetError(f"{indices.numel()} targets for a batch of {batch}")
+    indices = class_indices(target)
+    if indices.numel() == 1:
+        indices = indices.expand(batch).clone()
+    if indices.numel() != batch:
+        raise TargetError(f"{indices.numel()} targets for a batch of {batch}")
     bad = indices[(indices < 0) | (indices >= classes)]
     if bad.numel():
         raise TargetError(
