@@ -224,3 +224,31 @@ def test_explain_names_an_unknown_method(monkeypatch, photo_files, capsys):
         cli.main()
     assert exit_info.value.code == 2
     assert "unknown heat-map method 'grad_cm'. Did you mean: grad_cam" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["--help", "models", "methods", "metrics"])
+def test_the_listings_answer_without_importing_torch(command):
+    """Each cost about 3 s and 950 MB importing torch; the listings are read from the stored catalog."""
+    import subprocess
+
+    probe = (
+        "import sys\n"
+        "from deepscope.app.cli import main\n"
+        f"sys.argv = ['deepscope', {command!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip()
+
+
+def test_the_stored_catalog_is_the_registries():
+    """The listings `models`, `methods` and `metrics` print come from catalog.json; it must say what the
+    registries hold (after adding a model, method or metric: python -m deepscope.app.catalog)."""
+    from deepscope.app.catalog import listings, stored
+
+    for kind, text in listings().items():
+        assert stored(kind) == text, f"catalog.json is stale for {kind}: run python -m deepscope.app.catalog"

@@ -37,18 +37,9 @@ ConvertOption = Annotated[
 @app.command()
 def models() -> None:
     """List the bundled models and the spec schemes deepscope loads."""
-    from deepscope.zoo.loaders import SCHEMES, list_models
+    from deepscope.app.catalog import stored
 
-    typer.echo("Bundled (offline):")
-    for spec, description in list_models().items():
-        typer.echo(f"  {spec:26s} {description}")
-    typer.echo("\nSchemes: " + ", ".join(f"{scheme}:" for scheme in SCHEMES))
-    typer.echo(
-        "  torchvision:NAME          weights from the local torch hub cache (?weights=none: random init)"
-    )
-    typer.echo("  timm:NAME                 ?weights=none or ?checkpoint=PATH (needs timm)")
-    typer.echo("  torchscript:PATH          a saved TorchScript archive")
-    typer.echo("  python:pkg.module:factory a function returning a torch.nn.Module")
+    typer.echo(stored("models"))
 
 
 @app.command()
@@ -158,13 +149,9 @@ def explain(
 @app.command()
 def methods() -> None:
     """The heat-map methods: name, family, cost in passes, reference and options (for explain --option)."""
-    from deepscope.attribution.base import methods as registered
+    from deepscope.app.catalog import stored
 
-    for info in registered():
-        typer.echo(f"{info.name:30s} {info.family:13s} {info.passes}")
-        typer.echo(f"{'':30s} {info.reference}")
-        if info.options:
-            typer.echo(f"{'':30s} options: {'; '.join(str(option) for option in info.options)}")
+    typer.echo(stored("methods"))
 
 
 @app.command()
@@ -244,20 +231,9 @@ def evaluate(
 def list_metrics() -> None:
     """The heat-map metrics `evaluate` runs: name, family, which way is better, what the score is, its reference
     and what it needs beyond the maps."""
-    from deepscope.metrics.registry import metrics as registered
+    from deepscope.app.catalog import stored
 
-    for info in registered():
-        needs = [
-            need
-            for need, needed in (
-                ("recomputes maps with the method", info.needs_method),
-                ("needs object masks or boxes: ds.evaluate(masks=...)", info.needs_objects),
-            )
-            if needed
-        ]
-        better = "higher" if info.higher_is_better else "lower"
-        typer.echo(f"{info.name:20s} {info.family:13s} {better:7s}{info.score}")
-        typer.echo(f"{'':20s} {info.reference}{''.join('; ' + need for need in needs)}")
+    typer.echo(stored("metrics"))
 
 
 def _evaluation_data(items: list[str], vm, convert: bool):
