@@ -252,3 +252,59 @@ def test_the_stored_catalog_is_the_registries():
 
     for kind, text in listings().items():
         assert stored(kind) == text, f"catalog.json is stale for {kind}: run python -m deepscope.app.catalog"
+
+
+def test_output_paths_that_cannot_be_written_are_one_line_errors(monkeypatch, capsys, photo_files, tmp_path):
+    """explain, evaluate, units, scan and graph --svg gave 37-47 line tracebacks for an output under a file or in
+    a read-only place, after doing their work; they now refuse first, in one line, and create missing folders."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    photo = str(photo_files["coffee"])
+    commands = [
+        ["explain", "zoo:lenet_mnist", photo, "--convert", "--out", str(blocker / "maps")],
+        ["evaluate", "zoo:lenet_mnist", "mnist5k:test", "--methods", "saliency", "--out", str(blocker / "e")],
+        ["units", "zoo:lenet_mnist", "--layer", "conv1", "--out", str(blocker / "u")],
+        ["scan", "zoo:lenet_mnist", "mnist5k:test", "--out", str(blocker / "ws")],
+        ["graph", "zoo:lenet_mnist", "--svg", str(blocker / "g.svg")],
+    ]
+    for argv in commands:
+        monkeypatch.setattr(sys, "argv", ["deepscope", *argv])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        error = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(error) <= 2, (argv, error)  # a loading line, then the error
+        assert str(blocker) in error[-1] and error[-1].startswith("error: "), error
+    missing = tmp_path / "new" / "deeper" / "graph.svg"
+    assert runner.invoke(cli.app, ["graph", "zoo:lenet_mnist", "--svg", str(missing)]).exit_code == 0
+    assert missing.is_file()
+
+
+def test_long_commands_show_progress_and_take_a_limit(tmp_path):
+    scanned = runner.invoke(
+        cli.app, ["scan", "zoo:lenet_mnist", "mnist5k:test", "--limit", "40", "--out", str(tmp_path / "ws")]
+    )
+    assert scanned.exit_code == 0, scanned.output
+    assert "40 samples scanned" in scanned.output and "loading zoo:lenet_mnist" in scanned.output
+    assert len(ds.atlas.open_workspace(tmp_path / "ws").indices) == 40
+    units = runner.invoke(
+        cli.app,
+        [
+            "units",
+            "zoo:lenet_mnist",
+            "--layer",
+            "conv1",
+            "--data",
+            "mnist5k:test",
+            "--limit",
+            "30",
+            "--steps",
+            "2",
+            "--unit",
+            "0",
+            "--out",
+            str(tmp_path / "units"),
+        ],
+    )
+    assert units.exit_code == 0, units.output
+    assert "wrote" in units.output and " s)" in units.output  # each picture with the time so far
+    assert "done in" in units.output  # the loading stage

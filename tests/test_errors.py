@@ -17,9 +17,9 @@ BUILTIN_ERRORS = {
     for name, value in vars(builtins).items()
     if isinstance(value, type) and issubclass(value, BaseException)
 }
-# Builtins that are not complaints about input: an abstract method, the protocols of iterators and of attribute
-# lookup that Python itself relies on, and a command's exit status.
-ALLOWED = {"NotImplementedError", "StopIteration", "AttributeError", "SystemExit"}
+# Builtins that are not complaints about input: an abstract method, the protocols of iterators, sequences and
+# attribute lookup that Python itself relies on, and a command's exit status.
+ALLOWED = {"NotImplementedError", "StopIteration", "IndexError", "AttributeError", "SystemExit"}
 
 
 def builtin_raises(text: str) -> list[tuple[int, str]]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -28,10 +31,46 @@ ConvertOption = Annotated[
     bool,
     typer.Option(
         "--convert",
-        help="Read image files in the model's mode as image folders are: grayscale replicated to RGB, alpha "
-        "dropped, color to luminance (without it such files are an error)",
+        help="Read image files in the model's mode as image folders are: transparency flattened onto white, "
+        "grayscale replicated to RGB, color to luminance, the first frame (without it such files are an error)",
     ),
 ]
+LimitOption = Annotated[int | None, typer.Option(min=1, help="Use the first N samples of the data")]
+
+
+class OutputError(DeepscopeError, OSError):
+    """An output path deepscope cannot write: under a file, in a read-only or missing place."""
+
+
+def writable_directory(path: Path) -> Path:
+    """``path`` created if needed and checked writable before any work: a path under a file, in a read-only
+    place or where a directory cannot be made is a one-line error naming it, not a traceback at the end."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise OutputError(f"cannot write to {path}: {error.strerror or error}") from None
+    return path
+
+
+def writable_file(path: Path) -> Path:
+    """``path`` whose directory is writable (see :func:`writable_directory`) and which is not a directory."""
+    if path.is_dir():
+        raise OutputError(f"cannot write to {path}: it is a directory; give a file name")
+    writable_directory(path.parent)
+    return path
+
+
+@contextmanager
+def stage(what: str) -> Iterator[None]:
+    """Say on stderr what runs now and, when it is done, how long it took: the progress of a command's steps."""
+    started = time.perf_counter()
+    typer.echo(f"{what} ...", err=True)
+    yield
+    typer.echo(f"  done in {time.perf_counter() - started:.1f} s", err=True)
 
 
 @app.command()
@@ -76,6 +115,8 @@ def graph_command(
     from deepscope.render.graph_svg import graph_svg
     from deepscope.zoo.loaders import load_model
 
+    if svg is not None:
+        writable_file(svg)
     vm = load_model(model)
     dataflow = graph(vm, depth=depth)
     typer.echo(json.dumps(dataflow.to_dict(), indent=1) if as_json else dataflow.summary())
@@ -113,9 +154,18 @@ def explain(
             "-o steps=16 -o grad_cam.relu=true (deepscope methods lists the options); repeatable",
         ),
     ] = None,
+    clip: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            max=100,
+            help="Contrast: the percentile of |values| drawn at full color (lower it for sparse maps)",
+        ),
+    ] = 99.5,
     convert: ConvertOption = False,
 ) -> None:
-    """Heat maps of each image with each method: one overlay PNG per image and method, and grid.png."""
+    """Heat maps of each image with each method: one overlay PNG per image and method (over the photo as it is,
+    with a color bar), and grid.png."""
     from deepscope.attribution.base import parse_methods
     from deepscope.attribution.explain import explain as explain_batch
     from deepscope.render.heatmap import grid, heatmap
@@ -123,24 +173,30 @@ def explain(
     from deepscope.zoo.loaders import load_model
 
     specs = parse_methods(method, option or [])  # a wrong name or option fails before anything is loaded
-    vm = load_model(model)
+    writable_directory(out)
+    with stage(f"loading {model}"):
+        vm = load_model(model)
     pictures = load_images(images, mode=vm.image_mode, convert=convert)
-    pixels = vm.pixels(pictures) if vm.transform is None else None
     x = vm.preprocess(pictures)
-    maps = explain_batch(vm, x, specs, target=target, layer=layer, batch_size=batch_size)
-    _, top = vm.predict(x, k=1)
+    with stage(f"explaining {len(images)} image(s) with {', '.join(spec.name for spec in specs)}"):
+        maps = explain_batch(vm, x, specs, target=target, layer=layer, batch_size=batch_size)
+        _, top = vm.predict(x, k=1)
     explained = [target if target is not None else int(top[i, 0]) for i in range(len(images))]
-    backgrounds = pixels if pixels is not None else pictures
-    out.mkdir(parents=True, exist_ok=True)
+    # Each map over the photo as it is (its size and aspect, the part the model saw outlined); a model with its
+    # own transform has no crop to map back, so its maps go over its input.
+    originals = vm.transform is None
+    backgrounds = pictures if originals else [None] * len(pictures)
+    preprocessing = vm.preprocessing if originals else None
     for index, path in enumerate(images):
         typer.echo(f"{path}: explaining class {explained[index]} ({vm.label(explained[index])})")
         for name, batch in maps.items():
-            written = heatmap(batch[index], backgrounds[index], method=name).save(
-                out / f"{path.stem}_{name}.png"
+            picture = heatmap(
+                batch[index], backgrounds[index], method=name, preprocessing=preprocessing, clip=clip
             )
-            typer.echo(f"  {name:24s} {written}")
+            typer.echo(f"  {name:24s} {picture.save(out / f'{path.stem}_{name}.png')}")
     labels = [vm.label(c) for c in explained]
-    typer.echo(f"grid: {grid(dict(maps), backgrounds, labels=labels, cell=160).save(out / 'grid.png')}")
+    cells = vm.pixels(pictures) if originals else None
+    typer.echo(f"grid: {grid(dict(maps), cells, labels=labels, cell=160, clip=clip).save(out / 'grid.png')}")
     for name, layer_name in maps.layers.items():
         typer.echo(f"layer of {name}: {layer_name}")
     typer.echo(f"passes through the model: {maps.passes}")
@@ -196,7 +252,9 @@ def evaluate(
     from deepscope.render.curves import evaluation_plots
     from deepscope.zoo.loaders import load_model
 
-    vm = load_model(model)
+    writable_directory(out)
+    with stage(f"loading {model}"):
+        vm = load_model(model)
     dataset = _evaluation_data(data, vm, convert)
     if target not in ("top1", "label"):
         raise typer.BadParameter("target must be 'top1' or 'label'", param_hint="--target")
@@ -215,8 +273,8 @@ def evaluate(
         limit=limit,
         absolute=absolute == "all" or [name.strip() for name in (absolute or "").split(",") if name.strip()],
         batch_size=batch_size,
+        progress=True,
     )
-    out.mkdir(parents=True, exist_ok=True)
     table = result.table[["method", "metric", "mean", "std", "n", "better"]]
     typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     typer.echo("\nRanking (1 = best):")
@@ -261,19 +319,23 @@ def units(
     ] = None,
     k: Annotated[int, typer.Option(min=1, help="Top patches per unit")] = 9,
     steps: Annotated[int, typer.Option(min=1, help="Feature-visualization steps")] = 128,
+    limit: LimitOption = None,
 ) -> None:
     """What a layer's units encode: filters, activations, top-k patches with deconvnet projections, feature
     visualizations and an inversion, written as PNG files."""
     from deepscope.app.pages.units import write_unit_pictures
     from deepscope.probe.layers import get_layer
-    from deepscope.zoo.datasets import load_dataset
+    from deepscope.zoo.datasets import first_items, load_dataset
     from deepscope.zoo.loaders import load_model
 
-    vm = load_model(model)
+    writable_directory(out)
+    with stage(f"loading {model}"):
+        vm = load_model(model)
     get_layer(vm, layer)
-    dataset = load_dataset(data, vm.labels) if data is not None else None
+    dataset = first_items(load_dataset(data, vm.labels), limit) if data is not None else None
+    started = time.perf_counter()
     for path in write_unit_pictures(vm, layer, out, dataset, unit or None, k=k, steps=steps):
-        typer.echo(f"wrote {path}")
+        typer.echo(f"wrote {path} ({time.perf_counter() - started:.1f} s)")
 
 
 @app.command()
@@ -324,14 +386,20 @@ def scan_command(
             min=0, help="Threads reading images ahead of the model (default: 0 on the CPU, up to 8 on a GPU)"
         ),
     ] = None,
+    limit: LimitOption = None,
 ) -> None:
     """Scan a dataset with a model in one pass into a workspace (resumable: run it again after an interruption)."""
     from deepscope.atlas.scanning.driver import scan
+    from deepscope.zoo.datasets import first_items, load_dataset
+    from deepscope.zoo.loaders import load_model
 
+    writable_directory(out)
+    with stage(f"loading {model}"):
+        vm = load_model(model)
     try:
         ws = scan(
-            model,
-            data,
+            vm,
+            first_items(load_dataset(data, vm.labels), limit),
             layer or None,
             engine,
             out=out,
@@ -419,6 +487,11 @@ def main() -> None:
         app()
     except DeepscopeError as error:
         typer.echo(f"error: {error}", err=True)
+        raise SystemExit(2) from None
+    except OSError as error:  # a file the command reads or writes: its name and the reason, not a traceback
+        if error.filename is None:
+            raise
+        typer.echo(f"error: {error.filename}: {error.strerror}", err=True)
         raise SystemExit(2) from None
 
 

@@ -237,6 +237,7 @@ def evaluate(
     limit: int | None = None,
     absolute: bool | Sequence[str] = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
 ) -> Evaluation:
     """Evaluate heat-map methods with metrics on the same samples; return a tidy table and a ranking.
 
@@ -252,7 +253,7 @@ def evaluate(
     sample's top-1 class, the usual choice), 'label' (the dataset's labels) or any target. ``absolute``: True, or
     the names of the methods whose maps are ranked by magnitude (absolute values, taken before the channel sum):
     the sensitivity maps (saliency, SmoothGrad, guided backprop), whose sign gives a direction of change rather
-    than evidence for the class. Every metric sends its perturbed inputs through the model ``batch_size`` at a
+    than evidence for the class. ``progress`` shows a progress bar of the maps and metrics. Every metric sends its perturbed inputs through the model ``batch_size`` at a
     time under ``torch.inference_mode()``. The model runs in eval mode throughout (each submodule's own flag is
     restored afterwards).
 
@@ -294,16 +295,28 @@ def evaluate(
     results: dict[tuple[str, str], Any] = {}
     maps: dict[str, torch.Tensor] = {}
     seconds: dict[str, float] = {}
+    from tqdm.auto import tqdm
+
+    # One step per method's maps and per (method, metric) score.
+    bar = tqdm(
+        total=len(chosen_methods) * (len(chosen_metrics) + 1),
+        disable=not progress,
+        unit="step",
+        desc="evaluate",
+    )
     # The maps are computed, and the metrics run, in eval mode (the metrics enter it themselves too).
-    with evaluation_mode(vm.module):
+    with evaluation_mode(vm.module), bar:
         fixed = fixed_target(vm, x, target)
         rows = torch.arange(x.shape[0], device=x.device)
         for method_name, method in chosen_methods.items():
             explain = _per_pixel(make_explainer(method, batch_size), method_name in absolute_methods)
+            bar.set_postfix_str(f"{method_name}: maps")
             start = time.perf_counter()
             maps[method_name] = explain_chunks(explain, vm, x, rows, fixed, x.shape[0], batch_size)
             seconds[f"{method_name}: maps"] = time.perf_counter() - start
+            bar.update()
             for metric_name, (info, settings) in chosen_metrics.items():
+                bar.set_postfix_str(f"{method_name}: {metric_name}")
                 keywords = dict(settings)
                 if info.needs_objects:
                     keywords.update(masks=masks, boxes=boxes)
@@ -316,6 +329,7 @@ def evaluate(
                 seconds[f"{method_name}: {metric_name}"] = time.perf_counter() - start
                 results[method_name, metric_name] = result
                 scores[method_name, metric_name] = info.sample_scores(result).detach().double().cpu()
+                bar.update()
 
     records = []
     for (method_name, metric_name), values in scores.items():

@@ -308,6 +308,45 @@ def _image_folder(path: Path, labels: Sequence[str] | None) -> ImageFolder:
     return ImageFolder(path, mapping)
 
 
+class FirstItems(Dataset):
+    """The first ``count`` items of a map-style dataset (``--limit`` on the command line), keeping what the scan
+    and the pages read of it: its name (with the count), each item's source and a fingerprint of its own."""
+
+    def __init__(self, dataset: Any, count: int):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise SettingError(f"the number of items to keep must be an int >= 1, got {count!r}")
+        self.dataset = dataset
+        self.count = min(count, len(dataset))
+        self.name = f"{dataset_name(dataset)}[:{self.count}]"
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> Any:
+        if not -self.count <= index < self.count:
+            raise IndexError(index)  # the sequence protocol: iteration over the dataset ends here
+        return self.dataset[index % self.count]
+
+    def source(self, index: int) -> str:
+        source = getattr(self.dataset, "source", None)
+        return source(index) if callable(source) else f"{self.name}[{index}]"
+
+    def __getattr__(self, name: str) -> Any:  # classes, labels... of the dataset it cuts
+        if name.startswith("_") or name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def first_items(dataset: Any, count: int | None) -> Any:
+    """``dataset`` itself (``count`` None), or its first ``count`` items.
+
+    >>> import deepscope as ds
+    >>> len(first_items(ds.datasets.mnist5k("test"), 10)), first_items(ds.datasets.mnist5k("test"), 10).name
+    (10, 'mnist5k:test[:10]')
+    """
+    return dataset if count is None else FirstItems(dataset, count)
+
+
 def dataset_name(dataset: Dataset) -> str:
     name = getattr(dataset, "name", None)
     return name if isinstance(name, str) else type(dataset).__name__

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -25,38 +25,37 @@ def write_unit_pictures(
     k: int = 9,
     steps: int = 128,
     batch_size: int = 64,
-) -> list[Path]:
+) -> Iterator[Path]:
     """Write the layer's pictures into ``out``: ``filters.png`` (convolutions), ``activations.png`` and
     ``top-patches.png`` (with data: the first sample's maps; each unit's top patches with deconvnet projections),
     ``features.png`` (feature visualization of each unit), ``inversion.png`` (with data: the first sample
-    reconstructed from this layer). Returns the paths written."""
+    reconstructed from this layer). Yields each path as soon as it is written (the progress of the command)."""
     out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
     example = torch.zeros(1, vm.preprocessing.channels, *(vm.input_size or (224, 224)), device=vm.device)
     channels = activations(vm, example, layer).shape[1]
     units = list(units) if units is not None else list(range(min(channels, 8)))
 
-    def save(picture: Image.Image, name: str) -> None:
+    def save(picture: Image.Image, name: str) -> Path:
         path = out / name
         picture.save(path)
-        written.append(path)
+        return path
 
     module = vm.module.get_submodule(layer)
     if getattr(module, "weight", None) is not None and module.weight.ndim == 4:
-        save(filter_grid(filters(vm, layer)), "filters.png")
+        yield save(filter_grid(filters(vm, layer)), "filters.png")
     if data is not None:
         sample = split_item(data[0])[0]
         first = vm.preprocess([sample]) if isinstance(sample, Image.Image) else sample[None]
         maps = activations(vm, first, layer)
         if maps.ndim == 4:
-            save(activation_grid(maps[0], limit=64), "activations.png")
+            yield save(activation_grid(maps[0], limit=64), "activations.png")
         hits = top_patches(vm, data, layer, units=units, k=k, batch_size=batch_size, projection="deconvnet")[
             layer
         ]
-        save(patch_grid(hits), "top-patches.png")
+        yield save(patch_grid(hits), "top-patches.png")
         strip = invert_layers(vm, first, [layer])
         original = vm.pixels([sample]) if isinstance(sample, Image.Image) else strip[0].image
-        save(
+        yield save(
             image_strip(
                 torch.cat([original, strip[0].image]),
                 ["input", f"{layer}: error {float(strip[0].error[0]):.2f}"],
@@ -64,11 +63,10 @@ def write_unit_pictures(
             "inversion.png",
         )
     result = visualize(vm, [f"{layer}:{unit}" for unit in units], steps=steps)
-    save(
+    yield save(
         image_strip(result.image, [str(u) for u in units], tile_size=96, columns=min(len(units), 8)),
         "features.png",
     )
-    return written
 
 
 # demo section ---------------------------------------------------------------------------------------------------
