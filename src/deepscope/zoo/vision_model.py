@@ -297,6 +297,13 @@ def check_inputs(inputs: object, vm: VisionModel | None = None) -> torch.Tensor:
         raise ImageError(f"the batch holds no image (shape {list(inputs.shape)})")
     if height == 0 or width == 0:
         raise ImageError(f"the images are {height}x{width} pixels; an image needs at least one pixel")
+    if vm is not None:
+        wanted = next((p.dtype for p in vm.module.parameters() if p.is_floating_point()), inputs.dtype)
+        if inputs.dtype != wanted:
+            raise ImageError(
+                f"the inputs are {inputs.dtype} but {vm.name}'s parameters are {wanted}; convert them with "
+                f"x.to({wanted})"
+            )
     expected = vm.preprocessing.channels if vm is not None else channels
     if vm is not None and vm.channels_known and vm.transform is None and channels != expected:
         raise ImageError(
