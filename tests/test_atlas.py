@@ -1012,7 +1012,7 @@ def test_an_interrupted_cli_scan_says_how_to_continue(lenet, tmp_path, monkeypat
             return ds.datasets.mnist5k("test")[index]
 
     monkeypatch.setattr(
-        sys.modules["deepscope.atlas.scanning.driver"], "load_dataset", lambda data, labels: Interrupting()
+        sys.modules["deepscope.zoo.datasets"], "load_dataset", lambda data, labels: Interrupting()
     )
     result = CliRunner().invoke(
         cli.app, ["scan", "zoo:lenet_mnist", "anything", "--out", str(tmp_path), "--chunk-size", "100"]

@@ -748,7 +748,7 @@ def test_evaluate_command_prints_the_table_and_writes_plots(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()  # the progress goes to stderr
     assert lines[0].split() == ["method", "metric", "mean", "std", "n", "better"]
     assert (
         sum(line.startswith(("saliency", "grad_cam")) for line in lines) == 6
@@ -787,3 +787,25 @@ def test_guided_backprop_ignores_the_top_of_efficientnet(efficientnet, photos):
         (similarity["guided_backprop"] > 0.9).all()
     )  # the classifier and two blocks random: no change
     assert bool((similarity["saliency"] < 0.6).all())
+
+
+def test_unreadable_samples_are_skipped_and_reported_as_the_scan_does(lenet, tmp_path):
+    """A folder with a truncated image aborted evaluate (and units) although the scan skips it: one policy."""
+    digits = ds.datasets.mnist5k("test")
+    folder = tmp_path / "digits" / "3"
+    folder.mkdir(parents=True)
+    for index in range(5):
+        digits.images[index].save(folder / f"{index}.png")
+    (folder / "2.png").write_bytes((folder / "2.png").read_bytes()[:40])
+    data = ds.load_dataset(str(tmp_path / "digits"), lenet.labels)
+
+    def ink(model, x, target):
+        return x
+
+    with pytest.warns(RuntimeWarning, match="1 of the samples could not be read"):
+        result = ds.evaluate(lenet, data, {"ink": ink}, ["deletion"])
+    assert [(sample.index, sample.source) for sample in result.skipped] == [(2, "3/2.png")]
+    assert "cannot be decoded" in result.skipped[0].error or "truncated" in result.skipped[0].error
+    assert result.maps["ink"].shape[0] == 4 and int(result.table["n"].iloc[0]) == 4
+    workspace = ds.atlas.scan(lenet, data, out=tmp_path / "ws")
+    assert [sample.index for sample in workspace.skipped] == [2]

@@ -275,6 +275,8 @@ def evaluate(
         batch_size=batch_size,
         progress=True,
     )
+    for sample in result.skipped:
+        typer.echo(f"skipped {sample.index} {sample.source}: {sample.error}", err=True)
     table = result.table[["method", "metric", "mean", "std", "n", "better"]]
     typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     typer.echo("\nRanking (1 = best):")

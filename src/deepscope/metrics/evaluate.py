@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,8 +35,8 @@ from deepscope.metrics.faithfulness import Curve
 from deepscope.metrics.registry import MetricInfo, metric_info
 from deepscope.metrics.registry import metrics as registered_metrics
 from deepscope.metrics.sanity import Randomization, fixed_target
-from deepscope.zoo.datasets import is_map_style, load_dataset, split_item
-from deepscope.zoo.images import convert_mode
+from deepscope.workspace.store import SkippedSample
+from deepscope.zoo.datasets import dataset_name, fetch_item, is_map_style, load_dataset, read_item, split_item
 from deepscope.zoo.state import evaluation_mode
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
@@ -56,6 +57,8 @@ class Evaluation:
     what ``score`` is. ``ranking``: methods x metrics ranks (1 = best) and their ``mean_rank``, best first.
     ``scores[(method, metric)]`` holds the per-sample numbers, ``results[(method, metric)]`` the metric's own
     result (a :class:`Curve`, a :class:`Randomization`, a tensor), ``maps[method]`` the maps evaluated.
+    ``skipped``: the dataset's samples that could not be read (a corrupt file, NaN values), left out; the rows
+    of ``maps`` and ``scores`` are the samples that were read, in order.
     """
 
     table: Any
@@ -64,6 +67,7 @@ class Evaluation:
     results: dict[tuple[str, str], Any]
     maps: dict[str, torch.Tensor] = field(repr=False)
     seconds: dict[str, float] = field(default_factory=dict)
+    skipped: list[SkippedSample] = field(default_factory=list)
 
     def curves(self, metric: str) -> dict[str, Curve]:
         """The curves of a curve metric, per method."""
@@ -73,8 +77,12 @@ class Evaluation:
         return {m: r for (m, name), r in self.results.items() if isinstance(r, Randomization)}
 
 
-def _data(model: VisionModel, data: Any, limit: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Preprocessed inputs and, where every sample has one, labels."""
+def _data(
+    model: VisionModel, data: Any, limit: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None, list[SkippedSample]]:
+    """Preprocessed inputs, labels where every sample has one, and the dataset's samples that could not be read
+    (skipped and reported, as the scan does)."""
+    skipped: list[SkippedSample] = []
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
         raise SettingTypeError(f"limit must be None or an int, got {limit!r}")
     if limit is not None and limit < 0:
@@ -95,20 +103,50 @@ def _data(model: VisionModel, data: Any, limit: int | None) -> tuple[torch.Tenso
     elif is_map_style(data):
         _check_not_empty(len(data), limit)
         count = len(data) if limit is None else min(limit, len(data))
-        items = [split_item(data[index]) for index in range(count)]
-        images = [image for image, _ in items]
-        if _check_kinds(images, [str(index) for index in range(count)], tensors_allowed=True):
-            x = torch.stack(images)
-        else:
-            x = model.preprocess([convert_mode(image, model.image_mode) for image in images])
-        if all(label is not None for _, label in items):
-            labels = torch.tensor([label for _, label in items])
+        fetched = {index: fetch_item(data, index) for index in range(count)}
+        readable = [index for index, item in fetched.items() if item.error is None]
+        skipped += [
+            SkippedSample(i, _source(data, i), fetched[i].error) for i in fetched if i not in readable
+        ]
+        # one kind of sample (images or model inputs) before any is read: mixed kinds are the dataset's error
+        kinds = [split_item(fetched[index].item)[0] for index in readable]
+        as_inputs = bool(readable) and _check_kinds(
+            kinds, [str(index) for index in readable], tensors_allowed=True
+        )
+        read = []
+        for index in readable:
+            item = read_item(fetched[index].item, model.image_mode, f"sample {index} of {dataset_name(data)}")
+            if item.kind == "skipped":
+                skipped.append(SkippedSample(index, _source(data, index), item.error))
+            else:
+                read.append(item)
+        skipped.sort(key=lambda sample: sample.index)
+        if not read:
+            raise MetricError(
+                f"no samples to evaluate: none of the {count} samples could be read ({skipped[0].error})"
+            )
+        images = [item.value for item in read]
+        x = torch.stack(images) if as_inputs else model.preprocess(images)
+        if all(item.label is not None for item in read):
+            labels = torch.tensor([item.label for item in read])
     else:
         raise SettingTypeError(
             "data must be a preprocessed [B,C,H,W] tensor, a dataset (e.g. ds.load_dataset('mnist5k:test')), a "
             f"list of PIL images or a dict of them; got {type(data).__name__}"
         )
-    return x.to(model.device), labels
+    if skipped:
+        warnings.warn(
+            f"{len(skipped)} of the samples could not be read and are left out (Evaluation.skipped lists them): "
+            f"{skipped[0].source}: {skipped[0].error}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return x.to(model.device), labels, skipped
+
+
+def _source(data: Any, index: int) -> str:
+    source = getattr(data, "source", None)
+    return source(index) if callable(source) else f"{dataset_name(data)}[{index}]"
 
 
 def _check_not_empty(size: int, limit: int | None) -> None:
@@ -273,7 +311,7 @@ def evaluate(
 
     vm = as_vision_model(model)
     check_count("batch_size", batch_size)
-    x, labels = _data(vm, data, limit)
+    x, labels, skipped = _data(vm, data, limit)
     if isinstance(target, str):
         if target != "label":
             raise MetricError(f"target must be None, 'label' or a target (see ds.targets), got {target!r}")
@@ -360,4 +398,4 @@ def evaluate(
     ranking["mean_rank"] = ranking.mean(axis=1)
     ranking = ranking.sort_values("mean_rank").reindex(columns=[*chosen_metrics, "mean_rank"])
     ranking.columns.name = None
-    return Evaluation(table, ranking, scores, results, maps, seconds)
+    return Evaluation(table, ranking, scores, results, maps, seconds, skipped)

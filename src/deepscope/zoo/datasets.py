@@ -22,7 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from deepscope.errors import DatasetError, ImageError, SettingError, SpecError, close_matches, suggestion
-from deepscope.zoo.images import image_from_array, open_image, samples
+from deepscope.zoo.images import convert_mode, image_from_array, open_image, samples
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -342,7 +342,7 @@ def first_items(dataset: Any, count: int | None) -> Any:
 
     >>> import deepscope as ds
     >>> len(first_items(ds.datasets.mnist5k("test"), 10)), first_items(ds.datasets.mnist5k("test"), 10).name
-    (10, 'mnist5k:test[:10]')
+    (10, 'mnist5k-test[:10]')
     """
     return dataset if count is None else FirstItems(dataset, count)
 
@@ -433,6 +433,66 @@ def dataset_classes(dataset: Dataset) -> list[str] | None:
 # The keys of a dict item (the Hugging Face ``datasets`` convention), in the order they are looked for.
 IMAGE_KEYS = ("image", "img", "pixel_values")
 LABEL_KEYS = ("label", "labels", "target")
+
+
+class FetchedItem(NamedTuple):
+    """A raw dataset ``item``, or (``item`` None) the ``error`` that kept it from being read."""
+
+    item: Any
+    error: str | None
+
+
+class ReadItem(NamedTuple):
+    """A dataset item read for a model. ``kind`` 'image': ``value`` is a decoded PIL image in the model's mode;
+    'input': a finite ``[C,H,W]`` float tensor, a model input as it is; 'skipped': ``value`` is None and ``error``
+    says why the sample cannot be used. ``label`` is its class index, or None."""
+
+    kind: str
+    value: Image.Image | torch.Tensor | None
+    label: int | None
+    error: str | None
+
+
+def fetch_item(dataset: Any, index: int) -> FetchedItem:
+    """``dataset[index]``, or the reason it cannot be read (a corrupt or truncated file)."""
+    try:
+        return FetchedItem(dataset[index], None)
+    except (ImageError, OSError) as error:
+        return FetchedItem(None, f"{type(error).__name__}: {error}")
+
+
+def read_item(item: Any, mode: str, where: str) -> ReadItem:
+    """A raw dataset item (``where``: which one, for messages) read for a model whose images are in ``mode``.
+
+    The policy for unreadable samples, the same in the scan, top_patches and evaluate: a sample that cannot be
+    decoded (a corrupt or truncated file, also one decoded only now) or that holds NaN or infinity is skipped and
+    reported, never silently dropped and never fatal; an item that is no image at all is an error (the dataset,
+    not one sample, is wrong).
+
+    >>> from PIL import Image
+    >>> read_item((Image.new("RGB", (4, 4)), 3), "RGB", "item 0").kind
+    'image'
+    """
+    image, label = split_item(item)
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3:
+            raise DatasetError(
+                f"{where} is a tensor of shape {list(image.shape)}; a tensor item is taken as one model input [C,H,W]"
+            )
+        if image.is_floating_point() and not bool(torch.isfinite(image).all()):
+            return ReadItem("skipped", None, None, "NonFiniteError: the input holds NaN or infinite values")
+        return ReadItem("input", image, label, None)
+    if not isinstance(image, Image.Image):
+        raise DatasetError(
+            f"{where} holds a {type(image).__name__}; expected a PIL image, a uint8 NumPy image or a [C,H,W] "
+            "tensor, alone, first in a tuple with its label, or in a dict under 'image'"
+        )
+    try:
+        image = convert_mode(image, mode)
+        image.load()  # a lazily opened file is decoded here: it fails on this sample, not later on its batch
+    except (ImageError, OSError) as error:
+        return ReadItem("skipped", None, None, f"{type(error).__name__}: {error}")
+    return ReadItem("image", image, label, None)
 
 
 def split_item(item: Any) -> tuple[Image.Image | torch.Tensor | Any, int | None]:

@@ -9,20 +9,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
 
-from deepscope.errors import DatasetError, ImageError
-from deepscope.zoo.datasets import dataset_name, split_item
-from deepscope.zoo.images import convert_mode
+from deepscope.errors import DatasetError
+from deepscope.zoo.datasets import FetchedItem, dataset_name, fetch_item, read_item
 from deepscope.zoo.vision_model import VisionModel
-
-
-class FetchedItem(NamedTuple):
-    """A raw dataset ``item``, or (``item`` None) the ``error`` that kept it from being read."""
-
-    item: Any
-    error: str | None
 
 
 class LoadedItem(NamedTuple):
@@ -60,35 +51,19 @@ class Loader:
 
     def fetch(self, index: int) -> FetchedItem:
         """The raw dataset item, or the reason it cannot be read."""
-        try:
-            return FetchedItem(self.dataset[index], None)
-        except (ImageError, OSError) as error:
-            return FetchedItem(None, f"{type(error).__name__}: {error}")
+        return fetch_item(self.dataset, index)
 
     def prepare(self, item: Any, index: int) -> LoadedItem:
-        """A raw item (``index``: where it came from, for messages) made ready for a batch."""
-        image, label = split_item(item)
-        if isinstance(image, torch.Tensor):
-            if image.ndim != 3:
-                raise DatasetError(
-                    f"item {index} of {dataset_name(self.dataset)} is a tensor of shape {list(image.shape)}; "
-                    "a tensor item is taken as one model input [C,H,W]"
-                )
-            return _input_item(image, label)
-        if not isinstance(image, Image.Image):
-            raise DatasetError(
-                f"item {index} of {dataset_name(self.dataset)} holds a {type(image).__name__}; expected a PIL "
-                "image, a uint8 NumPy image or a [C,H,W] tensor, alone, first in a tuple with its label, or in a dict "
-                "under 'image'"
-            )
-        try:
-            image = convert_mode(image, self.vm.image_mode)
-            if not self.to_pixels:
-                return _input_item(self.vm.transform(image), label)
-            # Decoding happens here (a lazily loaded file fails on this sample, not on its batch).
-            return LoadedItem("pixels", np.asarray(image), label, None)
-        except (ImageError, OSError) as error:
-            return LoadedItem("skipped", None, None, f"{type(error).__name__}: {error}")
+        """A raw item (``index``: where it came from, for messages) made ready for a batch (see
+        :func:`deepscope.zoo.datasets.read_item` for what is skipped)."""
+        read = read_item(item, self.vm.image_mode, f"item {index} of {dataset_name(self.dataset)}")
+        if read.kind == "skipped":
+            return LoadedItem("skipped", None, None, read.error)
+        if read.kind == "input":
+            return LoadedItem("input", read.value, read.label, None)
+        if not self.to_pixels:
+            return _input_item(self.vm.transform(read.value), read.label)
+        return LoadedItem("pixels", np.asarray(read.value), read.label, None)
 
     def tensors(self, kinds: list[str], values: list[torch.Tensor | np.ndarray]) -> list[torch.Tensor]:
         """Per-sample [C,H,W] tensors of loaded items' values; images are preprocessed together, a batch at once."""
