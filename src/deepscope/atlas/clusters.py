@@ -144,7 +144,9 @@ def neuron_clusters(
             f"the scan in {ws.path} (run {ws.run.id}) was made with {ws.run.model}, not with this model "
             "(its structure, weights, preprocessing or class names differ); give the model that was scanned"
         )
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+    if isinstance(samples, bool) or not isinstance(samples, int):
+        raise SettingTypeError(f"samples must be a positive int (representatives per cluster), got {samples!r}")
+    if samples < 1:
         raise SettingError(f"samples must be a positive int (representatives per cluster), got {samples!r}")
     names = _default_layers(vm, ws) if layers is None else list(layers)
     if len(names) < 2:
