@@ -145,7 +145,9 @@ def neuron_clusters(
             "(its structure, weights, preprocessing or class names differ); give the model that was scanned"
         )
     if isinstance(samples, bool) or not isinstance(samples, int):
-        raise SettingTypeError(f"samples must be a positive int (representatives per cluster), got {samples!r}")
+        raise SettingTypeError(
+            f"samples must be a positive int (representatives per cluster), got {samples!r}"
+        )
     if samples < 1:
         raise SettingError(f"samples must be a positive int (representatives per cluster), got {samples!r}")
     names = _default_layers(vm, ws) if layers is None else list(layers)

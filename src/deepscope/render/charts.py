@@ -196,7 +196,8 @@ def selectivity_image(
 ) -> Image.Image:
     """Per-class activation histograms of chosen units of a :class:`~deepscope.atlas.Selectivity` (Sun et al.
     2015's view): one panel per unit, one line per class (the share of that class's samples in each bin, so
-    classes of different sizes compare), titled with the unit's class selectivity index and preferred class.
+    classes of different sizes compare; on a square-root axis, so that the tails stay visible next to the
+    peak of a ReLU unit's zeros), titled with the unit's class selectivity index and preferred class.
     ``units`` default to the 8 most selective.
 
     >>> import numpy as np, deepscope as ds
@@ -237,8 +238,12 @@ def selectivity_image(
         axes.set_title(
             f"unit {unit}: index {described}, prefers {classes[selectivity.preferred[unit]]}", fontsize=8
         )
+        axes.set_yscale("function", functions=(np.sqrt, np.square))
+        axes.set_ylim(0, 1)
         axes.tick_params(labelsize=7)
         axes.set_xlabel("pooled activation", fontsize=7)
+        if position % width == 0:
+            axes.set_ylabel("share of the class", fontsize=7)
     if len(present) <= 20:
         figure.legend(
             *figure.axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=7, title="class"
