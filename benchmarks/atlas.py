@@ -32,6 +32,11 @@ Every ratio is measured within one run, the two sides interleaved, best time of 
 7. UMAP of the same embeddings, each in a fresh process (the first UMAP of a process pays numba's compilation):
    ``ds.atlas.umap`` (exact neighbor lists from scikit-learn) versus ``umap.UMAP(...).fit_transform`` (its own
    pynndescent search above 4,096 points), with the 5-NN accuracy of each 2-D layout as the quality check.
+8. Unit views from the workspace of the 5,000 digits (ReLU outputs recorded): ``ws.selectivity`` of the 120 fc1
+   units against the same numbers by plain NumPy (a mask per class, ``np.histogram`` per unit and class);
+   ``ds.atlas.neuron_clusters`` over conv1 -> conv2 -> fc1 -> fc2 -> fc3 against scikit-learn's Ward clustering
+   of the same profiles plus the weight sums alone; ``ds.atlas.compare(a, b, layout='tsne')`` over two layers
+   against openTSNE alone on the same four embeddings.
 """
 
 from __future__ import annotations
@@ -466,12 +471,84 @@ def umap_first_call() -> dict[str, dict[str, float]]:
     return results
 
 
+def unit_views(repeats: int) -> dict[str, tuple[float, float]]:
+    """(baseline seconds, deepscope seconds) per unit view; see item 8 of the module docstring."""
+    from openTSNE import TSNE
+    from sklearn.cluster import AgglomerativeClustering
+
+    lenet = ds.load_model("zoo:lenet_mnist")
+    digits = ds.datasets.mnist5k()
+    layers = ["fc3:input", "conv1", "conv2", "fc1", "fc2", "fc3", "relu3"]
+    results = {}
+    with tempfile.TemporaryDirectory() as out:
+        ws = ds.atlas.scan(lenet, digits, layers, out=Path(out) / "a", thumbnail_size=0)
+        pooled, labels = ws.embeddings("relu3"), ws.labels
+
+        def numpy_selectivity():
+            means = np.stack([pooled[labels == c].mean(0) for c in range(10)], axis=1)
+            edges = np.linspace(pooled.min(0), pooled.max(0), 21, axis=1)
+            for unit in range(pooled.shape[1]):
+                for c in range(10):
+                    np.histogram(pooled[labels == c, unit], bins=edges[unit])
+            return means
+
+        timings = best_of(repeats, {"numpy": numpy_selectivity, "ours": lambda: ws.selectivity("relu3")})
+        results["selectivity, 120 units x 10 classes"] = (timings["numpy"], timings["ours"])
+
+        chain = ["conv1", "conv2", "fc1", "fc2", "fc3"]
+
+        def scikit_learn_and_weight_sums():
+            for layer in chain:
+                columns = ws.embeddings(layer).astype(np.float64)
+                centered = columns - columns.mean(0)
+                profiles = (centered / np.maximum(np.linalg.norm(centered, axis=0), 1e-300)).T
+                AgglomerativeClustering(n_clusters=4, linkage="ward").fit_predict(profiles)
+            for name in chain[1:]:
+                getattr(lenet.module, name).weight.detach().abs().sum()
+
+        timings = best_of(
+            repeats,
+            {
+                "baseline": scikit_learn_and_weight_sums,
+                "ours": lambda: ds.atlas.neuron_clusters(ws, lenet, chain, k=4),
+            },
+        )
+        results["neuron clusters, 5 layers, k=4"] = (timings["baseline"], timings["ours"])
+
+        other = ds.atlas.scan(lenet, digits, layers, out=Path(out) / "b", thumbnail_size=0)
+        counter = [0]
+
+        def ours():
+            counter[0] += 1  # new parameters each time: nothing is read back from the workspace cache
+            ds.atlas.compare(
+                ws,
+                other,
+                ["fc1", "fc2"],
+                ["fc1", "fc2"],
+                layout="tsne",
+                perplexity=30.0 + 1e-9 * counter[0],
+                n_jobs=1,
+            )
+
+        def openTSNE_alone():
+            for side in (ws, other):
+                for layer in ("fc1", "fc2"):
+                    TSNE(n_components=2, perplexity=30.0, random_state=0, n_jobs=1).fit(
+                        side.embeddings(layer)
+                    )
+
+        timings = best_of(repeats, {"openTSNE": openTSNE_alone, "ours": ours})
+        results["compare with t-SNE, 2 layers x 2 models"] = (timings["openTSNE"], timings["ours"])
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-tsne", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-umap", action="store_true")
+    parser.add_argument("--skip-unit-views", action="store_true")
     parser.add_argument("--device", default="cpu", help="device of the models (cpu, cuda)")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -568,6 +645,17 @@ def main() -> None:
         print("|---|---:|---:|")
         for side, row in umap_first_call().items():
             print(f"| {side} | {row['seconds']:.1f} | {row['accuracy']:.3f} |")
+
+    if not args.skip_unit_views:
+        print("\n| unit views, 5,000 LeNet digits | baseline (s) | deepscope (s) | baseline / deepscope |")
+        print("|---|---:|---:|---:|")
+        for name, (baseline, ours) in unit_views(max(args.repeats - 1, 1)).items():
+            print(f"| {name} | {baseline:.3f} | {ours:.3f} | {baseline / ours:.2f}x |")
+        print(
+            "\nBaselines: plain NumPy for the selectivity numbers; scikit-learn's Ward clustering of the same "
+            "profiles plus the weight sums for the clusters (deepscope also checks the dataflow between the layers "
+            "and picks representatives); openTSNE alone on the same embeddings for the comparison's layouts."
+        )
 
 
 if __name__ == "__main__":

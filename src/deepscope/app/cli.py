@@ -460,15 +460,21 @@ def compare_command(
         int | None,
         typer.Option(min=1, help="Run of the second workspace (two models scanned into one workspace)"),
     ] = None,
+    layouts: Annotated[
+        str | None,
+        typer.Option(
+            help="Also lay out every layer's samples on the page: tsne, umap or pca (stored in each workspace)"
+        ),
+    ] = None,
 ) -> None:
-    """Compare two scans of the same data: linear CKA between every pair of layers (pooled activations) and the
-    two confusion matrices side by side."""
+    """Compare two scans of the same data: linear CKA between every pair of layers (pooled activations), each
+    layer's sparsity and the two confusion matrices side by side."""
     from deepscope.app.pages.atlas import comparison_report
     from deepscope.atlas.compare import compare
     from deepscope.atlas.workspace import open_workspace
 
     a, b = open_workspace(workspace_a, run_a), open_workspace(workspace_b, run_b)
-    result = compare(a, b)
+    result = compare(a, b, layout=layouts)
     typer.echo(f"A: {a.run.model} ({workspace_a} run {a.run.id})  accuracy {result.accuracy_a:.2%}")
     typer.echo(f"B: {b.run.model} ({workspace_b} run {b.run.id})  accuracy {result.accuracy_b:.2%}")
     typer.echo(f"same prediction on {result.agreement:.2%} of {len(a.indices)} samples")
@@ -478,9 +484,90 @@ def compare_command(
     typer.echo(" " * (width + 1) + " ".join(f"{name:>{column}s}" for name in result.layers_b))
     for name, row in zip(result.layers_a, result.cka, strict=True):
         typer.echo(f"{name:{width}s} " + " ".join(f"{value:{column}.3f}" for value in row))
+    for side, names, values in (
+        ("A", result.layers_a, result.sparsity_a),
+        ("B", result.layers_b, result.sparsity_b),
+    ):
+        typer.echo(
+            f"sparsity {side} (values <= 0): "
+            + ", ".join(f"{n} {v:.1%}" for n, v in zip(names, values, strict=True))
+        )
     if html is not None:
         comparison_report(result, a, b).write(html)
         typer.echo(f"wrote {html.resolve()}", err=True)
+
+
+@app.command("selectivity")
+def selectivity_command(
+    workspace: Annotated[Path, typer.Argument(help="Workspace of a scan of labeled data")],
+    layer: Annotated[
+        list[str] | None,
+        typer.Option("--layer", help="Recorded layer (repeatable; default: every recorded layer)"),
+    ] = None,
+    run: Annotated[int | None, typer.Option(min=1, help="Run (default: the latest complete scan)")] = None,
+    html: Annotated[
+        Path | None, typer.Option(help="Also write a page: per-class histograms of the most selective units")
+    ] = None,
+) -> None:
+    """Class selectivity of each layer's units (Morcos et al. 2018's index over the classes' mean pooled
+    activations): how many respond to one class only, how many to every class."""
+    from deepscope.app.pages.atlas import selectivity_report
+    from deepscope.atlas.workspace import open_workspace
+
+    ws = open_workspace(workspace, run)
+    results = [ws.selectivity(name) for name in layer or ws.layers]
+    typer.echo(
+        f"{'layer':16s} {'units':>6s} {'defined':>8s} {'mean index':>11s} {'one class':>10s} {'all classes':>12s}"
+    )
+    for result in results:
+        summary = result.summary()
+        typer.echo(
+            f"{result.layer[:16]:16s} {summary['units']:6d} {summary['defined']:8d} {summary['mean_index']:11.3f} "
+            f"{summary['one_class']:10d} {summary['all_classes']:12d}"
+        )
+    typer.echo(
+        "index undefined: units with a negative class mean (record the layer after its ReLU) or never active"
+    )
+    if html is not None:
+        selectivity_report(ws, results).write(html)
+        typer.echo(f"wrote {html.resolve()}", err=True)
+
+
+@app.command("clusters")
+def clusters_command(
+    workspace: Annotated[Path, typer.Argument(help="Workspace of a scan of the model")],
+    model: ModelArgument,
+    layer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layer",
+            help="Layer (repeatable, consecutive in the model; default: recorded conv / linear layers)",
+        ),
+    ] = None,
+    k: Annotated[int, typer.Option(min=1, help="Clusters per layer")] = 4,
+    run: Annotated[int | None, typer.Option(min=1, help="Run (default: the latest complete scan)")] = None,
+    svg: Annotated[Path | None, typer.Option(help="Also write the node-link diagram of the clusters")] = None,
+) -> None:
+    """Neuron clusters (CNNVis): each layer's units clustered by their activations over the scanned data, joined
+    by the summed absolute weights between clusters of consecutive layers."""
+    from deepscope.atlas.clusters import neuron_clusters
+    from deepscope.atlas.workspace import open_workspace
+    from deepscope.render.graph_svg import cluster_graph_svg
+
+    ws = open_workspace(workspace, run)
+    result = neuron_clusters(ws, model, layer or None, k=k)
+    for entry in result.layers:
+        typer.echo(f"{entry.layer}: {entry.clusters} clusters")
+        for cluster in range(entry.clusters):
+            shown = [int(s) for s in entry.representatives[cluster] if s >= 0]
+            typer.echo(f"  {cluster}: units {entry.members(cluster).tolist()}  samples {shown}")
+    if svg is not None:
+        thumbnails = ws.thumbnails
+        picture = cluster_graph_svg(
+            result, thumbnails, ws.indices if thumbnails is not None else None, ws.run.model
+        )
+        svg.write_text(picture)
+        typer.echo(f"wrote {svg.resolve()}", err=True)
 
 
 def main() -> None:

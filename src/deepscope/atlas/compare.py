@@ -1,4 +1,5 @@
-"""Comparing two models on the same data: linear CKA between every pair of layers, and their scans side by side.
+"""Comparing two models on the same data: linear CKA between every pair of layers, and their scans side by side
+(each layer's sparsity and 2-D layout of the samples).
 
 Linear centered kernel alignment (Kornblith, Norouzi, Lee & Hinton, "Similarity of Neural Network
 Representations Revisited", ICML 2019, eq. 5): for activations ``X [n, p]`` and ``Y [n, q]`` of the same ``n``
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -134,23 +135,58 @@ def _check_same_samples(a: Workspace, b: Workspace) -> None:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Two scans of the same data side by side: ``cka[i, j]`` between layer ``layers_a[i]`` and
-    ``layers_b[j]``, both confusion matrices, accuracies (NaN without labels) and the fraction of samples on
-    which the two models predict the same class."""
+    """Two scans of the same data side by side, layer by layer (Yu et al. 2016, see :func:`compare`):
+    ``cka[i, j]`` between layer ``layers_a[i]`` and ``layers_b[j]``; each layer's ``sparsity`` (the fraction of its
+    output values that are not positive); when asked for, each layer's 2-D ``layouts`` of the samples (``[N, 2]``,
+    one per layer, of kind ``layout``; None otherwise); both confusion matrices and accuracies (None and NaN
+    without labels) and the fraction of samples on which the two models predict the same class."""
 
     cka: np.ndarray
     layers_a: list[str]
     layers_b: list[str]
-    confusion_a: np.ndarray
-    confusion_b: np.ndarray
+    sparsity_a: np.ndarray
+    sparsity_b: np.ndarray
+    layout: str | None
+    layouts_a: list[np.ndarray] | None
+    layouts_b: list[np.ndarray] | None
+    confusion_a: np.ndarray | None
+    confusion_b: np.ndarray | None
     classes: list[str]
     accuracy_a: float
     accuracy_b: float
     agreement: float
 
 
-def compare(a: Workspace, b: Workspace) -> Comparison:
-    """Compare two scans of the same dataset: layer-by-layer CKA and the two confusion matrices.
+def sparsity(ws: Workspace, layer: str) -> float:
+    """The fraction of ``layer``'s output values over the scanned data that are not positive (from the scan's
+    histogram of every value, exact): for a ReLU output its share of zeros, for a pre-activation the share a ReLU
+    after it would set to zero.
+
+    >>> import tempfile, deepscope as ds
+    >>> digits = ds.datasets.mnist5k("test").subset(range(100))
+    >>> ws = ds.atlas.scan("zoo:lenet_mnist", digits, ["fc3:input"], out=tempfile.mkdtemp(), thumbnail_size=0)
+    >>> 0 < sparsity(ws, "fc3:input") < 1
+    True
+    """
+    histogram = ws.activation_histogram(layer)
+    return 1.0 - histogram.positive_fraction
+
+
+def compare(
+    a: Workspace,
+    b: Workspace,
+    layers_a: Sequence[str] | None = None,
+    layers_b: Sequence[str] | None = None,
+    *,
+    layout: str | None = None,
+    **layout_params: Any,
+) -> Comparison:
+    """Compare two scans of the same dataset layer by layer, as Yu, Yang, Bai, Wang & Chen ("Visualizing and
+    Comparing AlexNet and VGG using Deconvolutional Layers", ICML 2016 Visualization workshop) compare two
+    networks: linear CKA between every pair of layers, each layer's sparsity and, with ``layout`` ('tsne',
+    'umap' or 'pca'; ``layout_params`` go to :meth:`~deepscope.atlas.Workspace.layout`), each layer's 2-D
+    layout of the samples, for the two networks side by side; and the two confusion matrices. Layers default
+    to every recorded layer of each scan. Layouts are computed once per layer and stored in each workspace.
 
     >>> import tempfile, deepscope as ds
     >>> digits = ds.datasets.mnist5k("test").subset(range(200))
@@ -159,18 +195,32 @@ def compare(a: Workspace, b: Workspace) -> Comparison:
     >>> [round(float(v), 6) for v in result.cka.diagonal()][:3], result.agreement
     ([1.0, 1.0, 1.0], 1.0)
     """
-    matrix = cka_matrix(a, b)
+    names_a = list(layers_a) if layers_a is not None else a.layers
+    names_b = list(layers_b) if layers_b is not None else b.layers
+    matrix = cka_matrix(a, b, names_a, names_b)
+    layouts_a = layouts_b = None
+    if layout is not None:
+        layouts_a = [a.layout(layout, name, **layout_params) for name in names_a]
+        layouts_b = [b.layout(layout, name, **layout_params) for name in names_b]
 
     def accuracy(ws: Workspace) -> float:
         labels = ws.labels
         return float((ws.predictions == labels).mean()) if labels is not None else float("nan")
 
+    def confusion(ws: Workspace) -> np.ndarray | None:
+        return ws.confusion_matrix() if ws.labels is not None else None
+
     return Comparison(
         matrix,
-        a.layers,
-        b.layers,
-        a.confusion_matrix(),
-        b.confusion_matrix(),
+        names_a,
+        names_b,
+        np.array([sparsity(a, name) for name in names_a]),
+        np.array([sparsity(b, name) for name in names_b]),
+        layout,
+        layouts_a,
+        layouts_b,
+        confusion(a),
+        confusion(b),
         a.classes,
         accuracy(a),
         accuracy(b),

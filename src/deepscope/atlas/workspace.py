@@ -23,6 +23,7 @@ from deepscope.atlas.quality import (
     most_confused,
 )
 from deepscope.atlas.scanning.reductions import Histogram, histogram_from_state
+from deepscope.atlas.selectivity import Selectivity, class_selectivity
 from deepscope.errors import LayerNotFoundError, SettingError, WorkspaceError, suggestion
 from deepscope.workspace.store import LayerRecord, Run, SampleStatus, SkippedSample, Store
 
@@ -73,6 +74,14 @@ class Workspace:
     def dataset_fingerprint(self) -> str:
         row = self.store.connection.execute(
             "SELECT dataset_fingerprint FROM runs WHERE id=?", (self.run.id,)
+        ).fetchone()
+        return row[0]
+
+    @property
+    def model_fingerprint(self) -> str:
+        """The hash of the scanned model (:func:`deepscope.atlas.scanning.fingerprints.model_fingerprint`)."""
+        row = self.store.connection.execute(
+            "SELECT model_fingerprint FROM runs WHERE id=?", (self.run.id,)
         ).fetchone()
         return row[0]
 
@@ -220,6 +229,30 @@ class Workspace:
         state = self._layer_state(self._layer(layer).name)
         filled = min(int(state["topk_seen"]), state["topk_values"].shape[1])
         return state["topk_values"][:, :filled], state["topk_sample_indices"][:, :filled]
+
+    def selectivity(self, layer: str | None = None, bins: int = 20, threshold: float = 0.5) -> Selectivity:
+        """The class selectivity of each unit of ``layer`` (Sun et al. 2015's per-class activation histograms,
+        Morcos et al. 2018's index; see :mod:`deepscope.atlas.selectivity`) from the pooled activations and labels
+        of the labeled samples: per class means and ``bins`` histogram bins per unit, the index, the preferred
+        class and the classes each unit responds to (mean >= ``threshold`` x its highest class mean). Needs
+        labeled data; the index assumes non-negative activities, so record a layer after its ReLU.
+
+        >>> import tempfile, deepscope as ds
+        >>> digits = ds.datasets.mnist5k("test").subset(range(300))
+        >>> ws = ds.atlas.scan("zoo:lenet_mnist", digits, out=tempfile.mkdtemp(), thumbnail_size=0)
+        >>> result = ws.selectivity("fc3:input")  # the ReLU output in front of the classifier
+        >>> result.index.shape, result.histograms.shape, bool(result.defined.any())
+        ((84,), (84, 10, 20), True)
+        """
+        name = self._layer(layer).name
+        labels = self._rows("labels.npy")
+        if not (labels >= 0).any():
+            raise WorkspaceError(
+                f"the data scanned in {self.path} has no labels, so units have no class selectivity"
+            )
+        return class_selectivity(
+            self.embeddings(name), labels, self.classes, name, bins=bins, threshold=threshold
+        )
 
     def weight_histograms(self) -> dict[str, Histogram]:
         """Linear histograms of each weighted layer's weights, as scanned."""

@@ -1,7 +1,8 @@
-"""Model access: layer addressing, the scoped hooks, the forward-only inference copy, receptive fields and the
-architecture graph."""
+"""Model access: layer addressing, the scoped hooks, the forward-only inference copy, receptive fields, the
+architecture graph and the weights connecting units of consecutive layers."""
 
 from deepscope.probe.capture import Recording, capture
+from deepscope.probe.connections import unit_connections
 from deepscope.probe.graph import Graph, Node, graph
 from deepscope.probe.hooks import hooks, layer_hooks
 from deepscope.probe.inference import forward_only
@@ -24,4 +25,5 @@ __all__ = [
     "layer_names",
     "parse_layer",
     "receptive_field",
+    "unit_connections",
 ]

@@ -1,4 +1,5 @@
-"""Pages for the atlas: the comparison page of ``deepscope compare`` and the atlas section of ``deepscope demo``."""
+"""Pages for the atlas: the pages of ``deepscope compare`` and ``deepscope selectivity`` and the atlas section of
+``deepscope demo``."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ import torch
 
 from deepscope.atlas.compare import Comparison, cka
 from deepscope.atlas.scanning.driver import scan
+from deepscope.atlas.selectivity import Selectivity
 from deepscope.atlas.workspace import Workspace
 from deepscope.render.charts import (
     confusion_image,
     grid_image,
     heatmap_image,
     histograms_image,
+    layer_comparison_image,
     scatter_image,
+    selectivity_image,
+    selectivity_summary_image,
 )
 from deepscope.render.html import Report
 from deepscope.render.images import data_uri
@@ -49,6 +54,17 @@ def comparison_report(result: Comparison, a: Workspace, b: Workspace) -> Report:
             result.cka, result.layers_a, result.layers_b, "linear CKA", vmin=0, vmax=1, xlabel="B", ylabel="A"
         )
     )
+    section = report.section("Layer by layer")
+    section.text(
+        "Each layer's sparsity (the fraction of its output values that are not above zero) for A and B"
+        + (
+            f", and a {result.layout} layout of the samples per layer, colored by label"
+            if result.layout
+            else ""
+        )
+        + " (Yu et al. 2016 compare two networks this way)."
+    )
+    section.image(layer_comparison_image(result, a.labels, a.classes))
     section = report.section("Confusion matrices")
     if np.isnan(result.accuracy_a):
         section.text("The data has no labels.")
@@ -63,6 +79,24 @@ def comparison_report(result: Comparison, a: Workspace, b: Workspace) -> Report:
             ("B: " + b.run.model, confusion_image(result.confusion_b, result.classes, "B")),
         )
     )
+    return report
+
+
+def selectivity_report(ws: Workspace, results: list[Selectivity]) -> Report:
+    """A page with each layer's class selectivity: the summary and the per-class histograms of its most
+    selective units."""
+    report = Report(
+        "deepscope selectivity",
+        f"{ws.run.model} on {ws.run.dataset} ({ws.path}), {len(ws.indices)} samples: class selectivity index of "
+        "Morcos et al. 2018 over the classes' mean pooled activations; per-class histograms as Sun et al. 2015.",
+    )
+    for result in results:
+        section = report.section(result.layer)
+        section.image(selectivity_summary_image(result))
+        if result.defined.any():
+            section.image(selectivity_image(result, title=f"{result.layer}: the most selective units"))
+        else:
+            section.text("No unit has a defined index here (negative class means or no activity).")
     return report
 
 
