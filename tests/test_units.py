@@ -11,7 +11,7 @@ from torch import nn
 import deepscope as ds
 from deepscope.errors import DeepscopeError, ImageError, LayerNotFoundError, UnitError
 from deepscope.units import transforms as T
-from deepscope.units.facets import kmeans
+from deepscope.units.clustering import kmeans
 from deepscope.units.objectives import Context
 from deepscope.units.parameterizations import FourierImage
 from deepscope.units.regularizers import Yosinski, gaussian_blur
