@@ -1,7 +1,8 @@
-"""What units encode: activations, filters, top-k dataset patches, deconvnet projections, feature visualization
-and inversion."""
+"""What units encode: activations, filters, top-k dataset patches, deconvnet projections, feature visualization,
+inversion and visual concepts."""
 
 from deepscope.units import transforms
+from deepscope.units.concepts import Concepts, concepts
 from deepscope.units.deconv import project
 from deepscope.units.facets import multifaceted_init
 from deepscope.units.featurevis import Visualization, visualize
@@ -25,6 +26,7 @@ from deepscope.units.regularizers import Yosinski, yosinski
 from deepscope.units.topk import TopK
 
 __all__ = [
+    "Concepts",
     "Inversion",
     "Objective",
     "TopK",
@@ -34,6 +36,7 @@ __all__ = [
     "activations",
     "alpha_norm",
     "channel",
+    "concepts",
     "deepdream",
     "direction",
     "diversity",
