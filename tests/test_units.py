@@ -449,8 +449,10 @@ def test_activations_and_filters(lenet, digit_inputs, unchanged):
         torch.equal(kernels, lenet.module.conv2.weight.detach())
         and kernels.data_ptr() != lenet.module.conv2.weight.data_ptr()
     )
-    with pytest.raises(UnitError, match="no 2-d convolution kernel"):
+    with pytest.raises(UnitError, match="reads the output of pool2 .MaxPool2d., not the image's pixels"):
         ds.units.filters(lenet, "fc1")
+    with pytest.raises(UnitError, match="no 2-d convolution kernel"):
+        ds.units.filters(lenet, "relu1")
 
 
 def test_renderings(lenet, digits):

@@ -59,20 +59,24 @@ def filter_grid(
     labels: bool = True,
 ) -> Image.Image:
     """Convolution kernels ``[out, in, kh, kw]`` as tiles, contrast-normalized per filter: with 3 input channels,
-    one RGB tile per filter (each scaled to its own range); otherwise one row per filter and one gray tile per
-    input channel, all tiles of a filter sharing one symmetric scale (gray = 0). The filter index labels each
-    row (or tile).
+    one RGB tile per filter (each scaled to its own range); with 1, one gray tile per filter on a square grid,
+    scaled symmetrically (gray = 0, black and white the filter's largest negative and positive weight); otherwise
+    one row per filter and one gray tile per input channel, all tiles of a filter sharing one symmetric scale.
+    The filter index labels each row (or tile). The weights of a linear layer that reads pixels, reshaped to the
+    image (``ds.units.filters`` on it), show the same way: one image-sized tile per unit (Erhan et al. 2009).
 
     >>> import torch
     >>> filter_grid(torch.randn(4, 3, 5, 5), tile_size=20).size  # 2x2 RGB tiles of 20 pixels
     (43, 43)
+    >>> filter_grid(torch.randn(300, 1, 28, 28), tile_size=28, max_filters=100).size  # 10x10 digit-sized tiles
+    (291, 291)
     """
     if weight.ndim != 4:
         raise ImageError(f"expected kernels [out, in, kh, kw], got shape {list(weight.shape)}")
     kernels = weight.detach().float().cpu()[:max_filters]
     count, inputs = kernels.shape[:2]
-    if inputs == 3:
-        tiles = _resize(scale_each(kernels), tile_size)
+    if inputs in (1, 3):
+        tiles = _resize(scale_each(kernels, symmetric=inputs == 1), tile_size)
         return _labeled_tile(tiles, [str(i) for i in range(count)] if labels else None, None)
     kernels = kernels[:, :max_inputs]
     extent = kernels.flatten(1).abs().amax(1).clamp_min(1e-12)[:, None, None, None]
