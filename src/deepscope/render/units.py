@@ -1,17 +1,21 @@
 """Pictures of units: DeepVis-style activation grids, filter tiles, top-patch rows with their projections, visual
-concepts and labeled image strips (feature visualizations, inversions)."""
+concepts, labeled image strips (feature visualizations, inversions) and the two inversions compared."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure as MatplotlibFigure
 from PIL import Image, ImageDraw, ImageFont
 
 from deepscope.errors import ImageError, SettingError, UnitError
 from deepscope.render.images import scale_each, tile
 from deepscope.units.concepts import Concepts
+from deepscope.units.inverter import InversionComparison
 
 
 def activation_grid(
@@ -204,6 +208,72 @@ def image_strip(
     return _labeled_tile(tiles, captions, columns or len(tiles))
 
 
+def inversion_comparison(comparison: InversionComparison, tile_size: int = 56) -> Image.Image:
+    """Decoder inversion against optimization-based inversion (:func:`deepscope.units.compare_inversions`): on
+    the left the images (top row), then for each layer the decoder's reconstructions and the optimization's; on
+    the right, per layer, the mean relative image error of each method and the time per image (log scale).
+
+    >>> import torch
+    >>> from deepscope.units.inverter import InversionComparison
+    >>> images = torch.rand(2, 3, 1, 8, 8)
+    >>> comparison = InversionComparison(["conv1", "conv2"], images[0], images, images, torch.rand(2, 3),
+    ...                                  torch.rand(2, 3), torch.tensor([1e-4, 2e-4]), torch.tensor([0.5, 0.6]))
+    >>> inversion_comparison(comparison).mode
+    'RGB'
+    """
+    layers = comparison.layers
+    rows = [comparison.original]
+    captions = ["input"]
+    for index, layer in enumerate(layers):
+        rows += [comparison.decoded[index], comparison.optimized[index]]
+        captions += [f"{layer} decoder", f"{layer} optimization"]
+    columns = len(comparison.original)
+    stacked = torch.cat([row.detach().float().cpu().clamp(0, 1) for row in rows])
+    grid = tile(_resize(stacked, tile_size), columns=columns, pad=1).convert("RGB")
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(grid)
+    margin = 6 + max(int(measure.textlength(caption, font=font)) for caption in captions)
+    images = Image.new("RGB", (margin + grid.width, grid.height), (255, 255, 255))
+    images.paste(grid, (margin, 0))
+    draw = ImageDraw.Draw(images)
+    row_height = (grid.height - 1) // len(rows)
+    for index, caption in enumerate(captions):
+        draw.text((2, 1 + index * row_height + row_height // 2 - 6), caption, fill=(0, 0, 0), font=font)
+
+    figure = MatplotlibFigure(figsize=(6.4, 2.6), dpi=100)
+    error_axes, time_axes = figure.subplots(1, 2)
+    positions = np.arange(len(layers))
+    for offset, values, label, color in (
+        (-0.2, comparison.decoder_error, "decoder", "#1f77b4"),
+        (0.2, comparison.optimization_error, "optimization", "#ff7f0e"),
+    ):
+        error_axes.bar(
+            positions + offset, values.float().mean(1).cpu().numpy(), 0.4, label=label, color=color
+        )
+    for offset, values, color in (
+        (-0.2, comparison.decoder_seconds, "#1f77b4"),
+        (0.2, comparison.optimization_seconds, "#ff7f0e"),
+    ):
+        time_axes.bar(positions + offset, values.float().cpu().numpy(), 0.4, color=color)
+    error_axes.set_title("relative image error", fontsize=9)
+    time_axes.set_title("seconds per image", fontsize=9)
+    time_axes.set_yscale("log")
+    error_axes.legend(fontsize=8)
+    for axes in (error_axes, time_axes):
+        axes.set_xticks(positions, layers, fontsize=8)
+        axes.tick_params(axis="y", labelsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    chart = Image.open(buffer).convert("RGB")
+    picture = Image.new(
+        "RGB", (images.width + chart.width, max(images.height, chart.height)), (255, 255, 255)
+    )
+    picture.paste(images, (0, 0))
+    picture.paste(chart, (images.width, 0))
+    return picture
+
+
 def _row(patches, unit: int) -> int:
     matches = (patches.units == unit).nonzero()
     if matches.numel() == 0:
@@ -248,5 +318,6 @@ __all__ = [
     "concept_grid",
     "filter_grid",
     "image_strip",
+    "inversion_comparison",
     "patch_grid",
 ]

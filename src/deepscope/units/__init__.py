@@ -1,5 +1,5 @@
 """What units encode: activations, filters, top-k dataset patches, deconvnet projections, feature visualization,
-inversion and visual concepts."""
+inversion (by optimization and by a trained decoder) and visual concepts."""
 
 from deepscope.units import transforms
 from deepscope.units.concepts import Concepts, concepts
@@ -7,6 +7,13 @@ from deepscope.units.deconv import project
 from deepscope.units.facets import multifaceted_init
 from deepscope.units.featurevis import Visualization, visualize
 from deepscope.units.inversion import Inversion, invert, invert_layers
+from deepscope.units.inverter import (
+    InversionComparison,
+    Inverter,
+    compare_inversions,
+    load_inverter,
+    train_inverter,
+)
 from deepscope.units.maps import activations, filters
 from deepscope.units.objectives import (
     Objective,
@@ -28,6 +35,8 @@ from deepscope.units.topk import TopK
 __all__ = [
     "Concepts",
     "Inversion",
+    "InversionComparison",
+    "Inverter",
     "Objective",
     "TopK",
     "TopPatches",
@@ -36,6 +45,7 @@ __all__ = [
     "activations",
     "alpha_norm",
     "channel",
+    "compare_inversions",
     "concepts",
     "deepdream",
     "direction",
@@ -43,6 +53,7 @@ __all__ = [
     "filters",
     "invert",
     "invert_layers",
+    "load_inverter",
     "logit",
     "multifaceted_init",
     "neuron",
@@ -51,6 +62,7 @@ __all__ = [
     "project",
     "top_patches",
     "total_variation",
+    "train_inverter",
     "transforms",
     "visualize",
     "yosinski",
