@@ -101,7 +101,7 @@ PATTERNS = ("horizontal lines", "vertical lines", "checkerboard", "flat gray")
 
 def textures(count: int, size: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, int]]:
     """Images filled with one of four planted patterns (its label), at a random phase, under noise: lines and the
-    checkerboard have two phases each, the flat gray one, so there are 7 kinds of patch."""
+    checkerboard have two phases each, the flat gray one, so there are 7 kinds of patch (for 10 concepts)."""
     generator = torch.Generator().manual_seed(seed)
     rows = torch.arange(size)[:, None].expand(size, size)
     columns = torch.arange(size)[None, :].expand(size, size)
@@ -133,7 +133,7 @@ def texture_model(seed: int = 0) -> nn.Module:
 def test_concepts_recover_planted_patterns(seed, unchanged):
     model, data = texture_model(seed), textures(200, seed=seed)
     with unchanged(model):
-        found = ds.units.concepts(model, data, "conv2", k=8, batch_size=32, patches=6, seed=seed)
+        found = ds.units.concepts(model, data, "conv2", k=10, batch_size=32, patches=6, seed=seed)
     assert found.purity >= 0.9
     assert set(found.majority.tolist()) == set(range(len(PATTERNS)))  # every pattern is some concept's own
     assert found.vectors == 200 * 12 * 12 and int(found.sizes.sum()) == found.vectors

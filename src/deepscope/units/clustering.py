@@ -1,4 +1,4 @@
-"""k-means, batch and streaming: k-means++ seeding (Arthur & Vassilvitskii 2007), Lloyd's algorithm over points
+"""k-means, batch and streaming: greedy k-means++ seeding (Arthur & Vassilvitskii 2007), Lloyd's algorithm over points
 held in memory, and mini-batch k-means (Sculley 2010, "Web-scale k-means clustering", WWW) over points that
 arrive in batches and are not kept.
 
@@ -9,6 +9,8 @@ centers and their counts, whatever the number of points.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -27,9 +29,11 @@ def squared_distances(points: torch.Tensor, centers: torch.Tensor) -> torch.Tens
 
 
 def kmeans_plus_plus(points: torch.Tensor, clusters: int, generator: torch.Generator) -> torch.Tensor:
-    """``clusters`` starting centers ``[clusters, d]`` picked among ``points`` ``[n, d]`` by k-means++: the first
-    uniformly, each next one with probability proportional to its squared distance to the nearest center so far
-    (a uniform pick once every point coincides with a center). ``generator`` (a CPU generator) fixes the picks.
+    """``clusters`` starting centers ``[clusters, d]`` picked among ``points`` ``[n, d]`` by greedy k-means++
+    (Arthur & Vassilvitskii 2007, section 6; scikit-learn's default): the first uniformly; then each time
+    ``2 + log(clusters)`` candidates drawn with probability proportional to their squared distance to the nearest
+    center so far, of which the one leaving the smallest sum of squared distances is kept (uniform draws once
+    every point coincides with a center). ``generator`` (a CPU generator) fixes the picks.
 
     >>> points = torch.tensor([[0.0], [0.1], [10.0], [10.1]])
     >>> centers = kmeans_plus_plus(points, 2, torch.Generator().manual_seed(0))
@@ -39,19 +43,32 @@ def kmeans_plus_plus(points: torch.Tensor, clusters: int, generator: torch.Gener
     count = points.shape[0]
     if not 1 <= clusters <= count:
         raise SettingError(f"cannot seed {clusters} clusters from {count} points")
-    first = int(torch.randint(count, (1,), generator=generator))
-    centers = [points[first]]
-    nearest = squared_distances(points, points[first : first + 1])[:, 0]
+    trials = 2 + int(math.log(clusters))
+    norms = points.pow(2).sum(1)
+
+    def distances_to(indices: torch.Tensor) -> torch.Tensor:
+        """``[n, len(indices)]`` squared distances from every point to the points ``indices``."""
+        chosen = indices.to(points.device)
+        return (norms[:, None] - 2 * (points @ points[chosen].T) + norms[chosen]).clamp_min_(0)
+
+    first = torch.randint(count, (1,), generator=generator)
+    picked = [int(first)]
+    nearest = distances_to(first)[:, 0]
     for _ in range(1, clusters):
-        weights = nearest.double().cpu()
-        total = float(weights.sum())
-        if total == 0:
-            chosen = int(torch.randint(count, (1,), generator=generator))
+        # Draws proportional to the weights: the first index whose running sum passes a uniform fraction of the
+        # total (one pass, where torch.multinomial costs milliseconds on a few ten thousand weights).
+        running = nearest.double().cumsum(0).cpu()
+        total = float(running[-1])
+        if total > 0:
+            thresholds = torch.rand(trials, dtype=torch.float64, generator=generator) * total
+            candidates = torch.searchsorted(running, thresholds, side="right").clamp_max_(count - 1)
         else:
-            chosen = int(torch.multinomial(weights / total, 1, generator=generator))
-        centers.append(points[chosen])
-        torch.minimum(nearest, squared_distances(points, points[chosen : chosen + 1])[:, 0], out=nearest)
-    return torch.stack(centers)
+            candidates = torch.randint(count, (trials,), generator=generator)
+        after = torch.minimum(nearest[:, None], distances_to(candidates))
+        best = int(after.sum(0).argmin())
+        picked.append(int(candidates[best]))
+        nearest = after[:, best].contiguous()
+    return points[picked].clone()
 
 
 def kmeans(points: torch.Tensor, clusters: int, seed: int = 0, iterations: int = 100) -> torch.Tensor:
