@@ -255,3 +255,18 @@ def test_concept_grid_and_the_concepts_command(tmp_path, lenet):
     assert result.exit_code == 0, result.output
     assert "purity against the labels" in result.output and result.output.count("concept ") == 6
     assert Image.open(out).height == header + 6 * 29 + 1  # fc2 concepts: whole 28x28 digits
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_concepts_on_cuda_stay_there_and_equal_the_cpu(lenet):
+    import copy
+
+    gpu = lenet.with_module(copy.deepcopy(lenet.module).cuda())
+    digits = ds.datasets.mnist5k("test").subset(range(300))
+    start = ds.units.concepts(lenet, digits, "conv2", k=6, epochs=0, crops=False).centers
+    cpu = ds.units.concepts(lenet, digits, "conv2", k=6, init=start, patches=4)
+    cuda = ds.units.concepts(gpu, digits, "conv2", k=6, init=start.cuda(), patches=4)
+    assert cuda.centers.device.type == "cuda" and cuda.nearest.crops.device.type == "cuda"
+    torch.testing.assert_close(cuda.centers.cpu(), cpu.centers, rtol=1e-3, atol=1e-4)
+    assert (cuda.sizes.cpu() - cpu.sizes).abs().sum() <= 0.001 * cpu.vectors
+    assert cuda.purity == pytest.approx(cpu.purity, abs=0.01)

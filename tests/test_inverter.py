@@ -151,3 +151,20 @@ def test_comparison_with_the_optimization_and_its_picture(lenet, training_digits
     assert picture.height >= 5 * 29 + 1  # the inputs, then two rows per layer
     with pytest.raises(SettingError, match="no inverters"):
         ds.units.compare_inversions(lenet, x, [])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_an_inverter_trains_and_inverts_on_cuda(tmp_path, lenet, training_digits, held_out):
+    import copy
+
+    gpu = lenet.with_module(copy.deepcopy(lenet.module).cuda())
+    inverter = ds.units.train_inverter(
+        gpu, training_digits, "conv1", epochs=3, batch_size=16, lr=5e-3, width=8
+    )
+    decoded = inverter(held_out.cuda())
+    assert decoded.device.type == "cuda"
+    optimized = ds.units.invert(lenet, held_out, "conv1", alpha_weight=0.0, schedule=[(300, 1.0), (200, 0.1)])
+    error = relative_image_error(gpu, decoded, held_out.cuda()).mean().cpu()
+    assert error < FACTOR_TO_OPTIMIZATION * optimized.image_error.mean()
+    loaded = ds.units.load_inverter(inverter.save(tmp_path / "conv1.pt"), gpu)
+    torch.testing.assert_close(loaded(held_out.cuda()), decoded)
