@@ -191,6 +191,9 @@ def test_labels_given_or_read_and_concepts_reproducible():
     assert bare.purity is None and bare.class_counts is None and bare.majority is None
     other = ds.units.concepts(model, inputs, "conv2", k=8, batch_size=16, crops=False, seed=1)
     assert not torch.allclose(bare.centers, other.centers)
+    fixed = ds.units.concepts(model, inputs, "conv2", k=8, epochs=0, init=other.centers, crops=False)
+    assert torch.equal(fixed.centers, other.centers)  # no pass moves them: only the assignment
+    torch.testing.assert_close(fixed.sizes, other.sizes)
 
 
 def test_concepts_of_a_layer_of_vectors_cluster_whole_images(lenet):

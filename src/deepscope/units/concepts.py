@@ -196,19 +196,23 @@ def concepts(
                     pending.append(vectors)
                     if init is None and sum(len(v) for v in pending) < SEEDING_POINTS_PER_CLUSTER * k:
                         continue
-                    clustering = _start(init, pending, k, seeding)
+                    clustering = _start(init, torch.cat(pending), k, seeding)
+                    for seen in pending:
+                        clustering.update(seen)
                     pending = []
                     continue
                 clustering.update(vectors)
         if clustering is None and epochs > 0:  # fewer vectors in the whole dataset than the seeding wanted
-            clustering = _start(init, pending, k, seeding)
+            clustering = _start(init, torch.cat(pending), k, seeding)
+            for seen in pending:
+                clustering.update(seen)
         state = _Assignment(k, patches)
         for start in range(0, len(source), batch_size):
             indices = list(range(start, min(start + batch_size, len(source))))
             inputs, item_labels = source.inputs_and_labels(indices)
             vectors = vectors_of(inputs, run)
             if clustering is None:  # epochs=0: the starting centers are the concepts
-                clustering = _start(init, [vectors], k, seeding)
+                clustering = _start(init, vectors, k, seeding)
             assigned, distances = clustering.assign(vectors)
             batch_labels = given_labels[indices] if given_labels is not None else item_labels
             state.add(assigned, distances, batch_labels, shape[0], start)
@@ -222,7 +226,7 @@ def concepts(
         name,
         clustering.centers,
         state.sizes,
-        state.inertia,
+        float(state.squared_distances),
         nearest,
         state.class_counts(len(classes) if classes else 0),
         classes,
@@ -243,10 +247,9 @@ def _checked_labels(labels: Sequence[int] | torch.Tensor | None, count: int) -> 
 
 
 def _start(
-    init: torch.Tensor | None, pending: list[torch.Tensor], k: int, generator: torch.Generator
+    init: torch.Tensor | None, points: torch.Tensor, k: int, generator: torch.Generator
 ) -> MiniBatchKMeans:
-    """The clustering from ``init`` or k-means++ seeds among the pending vectors, then fed those vectors."""
-    points = torch.cat(pending)
+    """The clustering from ``init``, or from k-means++ seeds among ``points``."""
     if init is not None:
         if init.shape[1] != points.shape[1]:
             raise SettingError(
@@ -256,13 +259,10 @@ def _start(
     else:
         if len(points) < k:
             raise SettingError(
-                f"k={k} concepts need at least {k} feature vectors; the data gives {len(points)}"
+                f"k={k} concepts need at least {k} feature vectors to seed from; the data gives {len(points)}"
             )
         centers = kmeans_plus_plus(points, k, generator)
-    clustering = MiniBatchKMeans(centers)
-    for vectors in pending:
-        clustering.update(vectors)
-    return clustering
+    return MiniBatchKMeans(centers)
 
 
 class _Assignment:
@@ -272,7 +272,7 @@ class _Assignment:
         self.k = k
         self.patches = patches
         self.sizes: torch.Tensor | None = None
-        self.inertia = 0.0
+        self.squared_distances = torch.zeros((), dtype=torch.float64)
         self.vectors = 0
         self.counts: torch.Tensor | None = None  # [k * classes], grown as larger labels appear
         self.classes = 0
@@ -293,7 +293,8 @@ class _Assignment:
             self.sizes = torch.zeros(self.k, dtype=torch.int64, device=device)
             self.nearest = TopK(self.k, self.patches, device=device)
         self.sizes += torch.bincount(assigned, minlength=self.k)
-        self.inertia += float(distances.gather(1, assigned[:, None]).sum())
+        picked = distances.gather(1, assigned[:, None]).sum()
+        self.squared_distances = self.squared_distances.to(device) + picked
         self.vectors += len(assigned)
         self._count_classes(assigned, labels, positions, device)
         # Minus the squared distance, per concept and position: [B, k, h, w] (or [B, k] for a layer of vectors).
