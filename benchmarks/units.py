@@ -9,8 +9,18 @@
    (eval mode, ``torch.inference_mode``). Target: >= 0.85x. The pass runs ``VisionModel.forward_only`` (the
    folded channels-last copy with its layers tapped), the bare loop the model as it is.
 
+3. Visual concepts (``ds.units.concepts``, one pass moving the centers, one assigning) against the bare forward
+   pass over the same batches plus scikit-learn's ``MiniBatchKMeans`` on the same unit-normalized vectors (one pass
+   of mini-batches of the same size, the same k, then its labels of every vector), on 5,000 digits at LeNet-5's
+   conv2 and on 256 photos at an EfficientNet-Lite0 block. The baseline gathers every vector in memory, which
+   ``concepts`` never does; its gathering is not timed. Target: >= 0.8x.
+4. Decoder inversion (``ds.units.train_inverter``): the training time on LeNet-5's conv1, and at inference the
+   model forwards per inverted batch (one), the time per image against the bare forward to conv1 and against the
+   optimization-based ``ds.units.invert``.
+
 Run: ``flock /tmp/deepscope-bench.lock python benchmarks/units.py [--device cuda] [--threads N]
-[--only featurevis|top_patches]``.
+[--only featurevis|top_patches|concepts|inverter]``. Smallest settings: ``--samples 16 --digits 500 --repeats 1
+--inverter-epochs 1``.
 
 lucent 0.1.8 runs unchanged with torch 2.14 and kornia 0.4.1 (on a machine without IPython, see
 ``import_lucent``). It picks its
@@ -170,6 +180,102 @@ def top_patches_throughput(
         )
 
 
+def unit_vectors(vm: ds.VisionModel, data: torch.Tensor, layer: str, batch_size: int) -> torch.Tensor:
+    """Every spatial feature vector of ``layer`` over ``data``, unit-normalized: what the baseline clusters."""
+    gathered = []
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            maps = ds.units.activations(vm, data[start : start + batch_size], layer)
+            flat = maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1]).float()
+            gathered.append(flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    return torch.cat(gathered).cpu()
+
+
+def concepts_throughput(
+    name: str,
+    vm: ds.VisionModel,
+    data: torch.Tensor,
+    layer: str,
+    k: int,
+    batch_size: int,
+    repeats: int,
+    device,
+) -> None:
+    from sklearn.cluster import MiniBatchKMeans
+
+    vm.module.eval()
+    vectors = unit_vectors(vm, data, layer, batch_size).numpy()
+    per_batch = len(vectors) // len(data) * batch_size
+
+    def baseline() -> None:
+        bare_forward(vm, data, batch_size)
+        clustering = MiniBatchKMeans(k, batch_size=per_batch, max_iter=1, n_init=1, random_state=0)
+        clustering.fit(vectors)  # one pass of mini-batches, then the labels of every vector
+
+    def ours(crops: bool):
+        return lambda: ds.units.concepts(vm, data, layer, k, batch_size=batch_size, crops=crops)
+
+    ours(False)()  # warm up (and the receptive-field trace)
+    rows = {"pass only (crops=False)": [], "with 9 crops per concept": []}
+    seconds = {"bare forward + MiniBatchKMeans": [], **{label: [] for label in rows}}
+    for _ in range(repeats):
+        reference = timed(baseline, device)
+        seconds["bare forward + MiniBatchKMeans"].append(reference)
+        for label, crops in zip(rows, (False, True), strict=True):
+            took = timed(ours(crops), device)
+            seconds[label].append(took)
+            rows[label].append(reference / took)
+    print(
+        f"\nconcepts: {name}, {len(data)} samples at {layer} ({len(vectors):,} vectors of {vectors.shape[1]}), "
+        f"k={k}, batch {batch_size} ({per_batch:,} vectors)"
+    )
+    print(
+        f"  bare forward + scikit-learn MiniBatchKMeans (one pass, then labels): median "
+        f"{statistics.median(seconds['bare forward + MiniBatchKMeans']):.3f} s"
+    )
+    for label, ratios in rows.items():
+        verdict = "meets" if statistics.median(ratios) >= 0.8 else "MISSES"
+        print(
+            f"  {label:26s} median {statistics.median(seconds[label]):.3f} s; throughput / baseline: "
+            f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}..{max(ratios):.2f}] ({verdict} the 0.8x target)"
+        )
+
+
+def inverter_costs(lenet: ds.VisionModel, epochs: int, repeats: int, device: torch.device) -> None:
+    train = ds.datasets.mnist5k("train")
+    started = time.perf_counter()
+    inverter = ds.units.train_inverter(lenet, train, "conv1", epochs=epochs)
+    synchronize(device)
+    training = time.perf_counter() - started
+    print(
+        f"\ndecoder inversion: LeNet-5 conv1, trained on {len(train)} digits for {epochs} epochs (width 64): "
+        f"{training:.1f} s; loss per epoch {', '.join(f'{loss:.4f}' for loss in inverter.losses)}"
+    )
+    x = lenet.preprocess(ds.datasets.mnist5k("test").images[:256])
+    calls = []
+    hook = lenet.module.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        inverter(x)
+    finally:
+        hook.remove()
+    print(f"  model forwards to invert a batch of {len(x)}: {len(calls)}")
+
+    def to_conv1() -> None:
+        with torch.inference_mode():
+            ds.units.activations(lenet, x, "conv1")
+
+    decoder = statistics.median(timed(lambda: inverter(x), device) for _ in range(repeats)) / len(x)
+    forward = statistics.median(timed(to_conv1, device) for _ in range(repeats)) / len(x)
+    few = x[:8]
+    schedule = [(300, 1.0), (200, 0.1)]
+    optimization = timed(lambda: ds.units.invert(lenet, few, "conv1", schedule=schedule), device) / len(few)
+    print(
+        f"  per image: forward to conv1 {forward * 1e3:.3f} ms, decoder inversion {decoder * 1e3:.3f} ms "
+        f"({decoder / forward:.1f}x the forward), optimization (500 steps) {optimization * 1e3:.1f} ms "
+        f"({optimization / decoder:.0f}x the decoder)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -178,8 +284,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--digits", type=int, default=5000, help="digits for the LeNet concepts")
+    parser.add_argument("--inverter-epochs", type=int, default=10)
     parser.add_argument(
-        "--only", choices=("featurevis", "top_patches"), default=None, help="run one of the two parts"
+        "--only",
+        choices=("featurevis", "top_patches", "concepts", "inverter"),
+        default=None,
+        help="run one of the parts",
     )
     arguments = parser.parse_args()
     if arguments.threads:
@@ -187,29 +298,41 @@ def main() -> None:
     device = torch.device(arguments.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
+    def wanted(part: str) -> bool:
+        return arguments.only in (None, part)
+
     lite0 = ds.load_model("zoo:efficientnet_lite0")
     lite0.module.to(device)
-    if arguments.only in (None, "featurevis"):
+    if wanted("featurevis"):
         feature_visualization(lite0, arguments.size, arguments.steps, arguments.repeats, device)
-    if arguments.only == "featurevis":
-        return
-
     data = dataset_of(lite0, arguments.samples, device)
-    top_patches_throughput(
-        "EfficientNet-Lite0",
-        lite0,
-        data,
-        ["_blocks.5", "_blocks.10", "_blocks.15", "_conv_head"],
-        32,
-        arguments.repeats,
-        device,
-    )
     lenet = ds.load_model("zoo:lenet_mnist")
     lenet.module.to(device)
-    digits = lenet.preprocess(ds.datasets.mnist5k().images)
-    top_patches_throughput(
-        "LeNet-5 on MNIST-5k", lenet, digits, ["conv1", "conv2", "fc1", "fc3"], 500, arguments.repeats, device
-    )
+    digits = lenet.preprocess(ds.datasets.mnist5k().images[: arguments.digits])
+    if wanted("top_patches"):
+        top_patches_throughput(
+            "EfficientNet-Lite0",
+            lite0,
+            data,
+            ["_blocks.5", "_blocks.10", "_blocks.15", "_conv_head"],
+            32,
+            arguments.repeats,
+            device,
+        )
+        top_patches_throughput(
+            "LeNet-5 on MNIST-5k",
+            lenet,
+            digits,
+            ["conv1", "conv2", "fc1", "fc3"],
+            500,
+            arguments.repeats,
+            device,
+        )
+    if wanted("concepts"):
+        concepts_throughput("LeNet-5 on MNIST-5k", lenet, digits, "conv2", 32, 250, arguments.repeats, device)
+        concepts_throughput("EfficientNet-Lite0", lite0, data, "_blocks.5", 64, 32, arguments.repeats, device)
+    if wanted("inverter"):
+        inverter_costs(lenet, arguments.inverter_epochs, arguments.repeats, device)
 
 
 if __name__ == "__main__":

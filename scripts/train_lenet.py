@@ -3,12 +3,14 @@
     python scripts/train_lenet.py            # writes src/deepscope/zoo/weights/lenet_mnist.pt
 
 Deterministic on CPU (fixed seed, single thread). Small random affine shifts make up for the small training set.
+``train_on_digits`` is the loop scripts/train_mlp.py trains zoo:mlp_mnist with.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -31,39 +33,41 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--out", default=str(WEIGHTS))
-    args = parser.parse_args()
-
+def train_on_digits(
+    build: Callable[[], nn.Module],
+    augment: Callable[[torch.Tensor], torch.Tensor],
+    epochs: int,
+    max_lr: float,
+    out: str,
+) -> None:
+    """Train ``build()`` on the training split, ``augment`` applied to each batch of [0,1] pixels ``[64,1,28,28]``
+    (drawing from torch's global generator), with AdamW and a one-cycle schedule peaking at ``max_lr``; print the
+    held-out accuracy and save the checkpoint deepscope's zoo loads (weights, normalization, how it was trained)."""
     torch.manual_seed(SEED)
     torch.set_num_threads(1)
     train_x, train_y = to_tensor(mnist5k("train"))
     test_x, test_y = to_tensor(mnist5k("test"))
     mean, std = float(train_x.mean()), float(train_x.std())
     normalize = T.Normalize([mean], [std])
-    augment = T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
 
-    model = lenet5()
+    model = build()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=4e-3, total_steps=args.epochs * ((len(train_x) + 63) // 64)
+        optimizer, max_lr=max_lr, total_steps=epochs * ((len(train_x) + 63) // 64)
     )
     loss_fn = nn.CrossEntropyLoss()
     start = time.perf_counter()
-    for epoch in range(args.epochs):
+    for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(train_x))
         for batch in order.split(64):
-            images = torch.stack([augment(image) for image in train_x[batch]])
-            loss = loss_fn(model(normalize(images)), train_y[batch])
+            loss = loss_fn(model(normalize(augment(train_x[batch]))), train_y[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
         model.eval()
-        if epoch % 5 == 4 or epoch == args.epochs - 1:
+        if epoch % 5 == 4 or epoch == epochs - 1:
             print(
                 f"epoch {epoch + 1:3d}  loss {loss.item():.4f}  "
                 f"train acc {accuracy(model, normalize(train_x), train_y):.4f}  "
@@ -78,11 +82,22 @@ def main() -> None:
         "held_out_accuracy": held_out,
         "train_size": len(train_x),
         "test_size": len(test_x),
-        "epochs": args.epochs,
+        "epochs": epochs,
         "seed": SEED,
     }
-    torch.save(checkpoint, args.out)
-    print(f"wrote {args.out}")
+    torch.save(checkpoint, out)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--out", default=str(WEIGHTS))
+    args = parser.parse_args()
+    shift = T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
+    train_on_digits(
+        lenet5, lambda batch: torch.stack([shift(image) for image in batch]), args.epochs, 4e-3, args.out
+    )
 
 
 if __name__ == "__main__":

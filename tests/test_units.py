@@ -11,7 +11,7 @@ from torch import nn
 import deepscope as ds
 from deepscope.errors import DeepscopeError, ImageError, LayerNotFoundError, UnitError
 from deepscope.units import transforms as T
-from deepscope.units.facets import kmeans
+from deepscope.units.clustering import kmeans
 from deepscope.units.objectives import Context
 from deepscope.units.parameterizations import FourierImage
 from deepscope.units.regularizers import Yosinski, gaussian_blur
@@ -449,8 +449,10 @@ def test_activations_and_filters(lenet, digit_inputs, unchanged):
         torch.equal(kernels, lenet.module.conv2.weight.detach())
         and kernels.data_ptr() != lenet.module.conv2.weight.data_ptr()
     )
-    with pytest.raises(UnitError, match="no 2-d convolution kernel"):
+    with pytest.raises(UnitError, match="reads the output of pool2 .MaxPool2d., not the image's pixels"):
         ds.units.filters(lenet, "fc1")
+    with pytest.raises(UnitError, match="no 2-d convolution kernel"):
+        ds.units.filters(lenet, "relu1")
 
 
 def test_renderings(lenet, digits):

@@ -198,7 +198,7 @@ def test_a_file_that_is_not_torchscript(tmp_path):
 
 
 def test_list_models_names_the_bundled_zoo():
-    assert set(ds.list_models()) == {"zoo:efficientnet_lite0", "zoo:lenet_mnist"}
+    assert set(ds.list_models()) == {"zoo:efficientnet_lite0", "zoo:lenet_mnist", "zoo:mlp_mnist"}
 
 
 def test_predict_runs_a_train_mode_model_in_eval_mode_and_restores_it():

@@ -570,6 +570,44 @@ def clusters_command(
         typer.echo(f"wrote {svg.resolve()}", err=True)
 
 
+@app.command("concepts")
+def concepts_command(
+    model: ModelArgument,
+    layer: Annotated[str, typer.Option(help="Layer name (see `deepscope graph MODEL`)")],
+    data: Annotated[
+        str, typer.Option(help="Data spec: mnist5k[:train|test], samples, python:mod:factory, or a folder")
+    ],
+    k: Annotated[int, typer.Option(min=1, help="Concepts: the k of k-means")] = 32,
+    epochs: Annotated[int, typer.Option(min=0, help="Passes over the data moving the centers")] = 1,
+    patches: Annotated[int, typer.Option(min=1, help="Nearest patches shown per concept")] = 9,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass")] = 64,
+    out: Annotated[Path, typer.Option(help="The picture to write")] = Path("concepts.png"),
+) -> None:
+    """Visual concepts of a layer (Wang et al. 2015): k-means over its unit-normalized spatial feature vectors
+    across a dataset (streamed), each concept shown by its nearest patches; prints sizes and, with labels, purity."""
+    from deepscope.render.units import concept_grid
+    from deepscope.units.concepts import concepts
+    from deepscope.zoo.datasets import load_dataset
+    from deepscope.zoo.loaders import load_model
+
+    vm = load_model(model)
+    found = concepts(
+        vm, load_dataset(data, vm.labels), layer, k, batch_size=batch_size, epochs=epochs, patches=patches
+    )
+    typer.echo(f"{found.layer}: {found.k} concepts over {found.vectors:,} feature vectors")
+    if found.purity is not None:
+        typer.echo(f"purity against the labels: {found.purity:.1%}")
+    for index in sorted(range(found.k), key=lambda j: -int(found.sizes[j])):
+        line = f"  concept {index:3d}: {float(found.sizes[index]) / found.vectors:6.1%} of the vectors"
+        if found.majority is not None and int(found.majority[index]) >= 0:
+            majority = found.class_name(int(found.majority[index]))
+            line += f", {float(found.concept_purity[index]):.0%} from class {majority}"
+        typer.echo(line)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    concept_grid(found).save(out)
+    typer.echo(f"wrote {out}")
+
+
 def main() -> None:
     """Entry point: deepscope's own errors print as one clear line and exit with status 2."""
     try:

@@ -10,6 +10,7 @@ from torch import nn
 
 from deepscope.errors import SettingError
 from deepscope.units._forward import layer_runner
+from deepscope.units.clustering import kmeans
 from deepscope.units.patches import DataSource, top_patches
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
@@ -58,37 +59,3 @@ def multifaceted_init(
     sizes = torch.bincount(labels, minlength=facets)
     order = sorted(range(facets), key=lambda c: (-int(sizes[c]), c))
     return torch.stack([images[labels == c].mean(0) for c in order])
-
-
-def kmeans(points: torch.Tensor, clusters: int, seed: int = 0, iterations: int = 100) -> torch.Tensor:
-    """Cluster labels ``[n]`` by Lloyd's algorithm from k-means++ seeds (Arthur & Vassilvitskii 2007); every
-    cluster keeps at least one point."""
-    generator = torch.Generator().manual_seed(seed)
-    points = points.double()
-    count = points.shape[0]
-    first = int(torch.randint(count, (1,), generator=generator))
-    centers = points[first : first + 1]
-    for _ in range(1, clusters):
-        distance = torch.cdist(points, centers).min(1).values.pow(2).cpu()
-        if float(distance.sum()) == 0:
-            chosen = int(torch.randint(count, (1,), generator=generator))
-        else:
-            chosen = int(torch.multinomial(distance / distance.sum(), 1, generator=generator))
-        centers = torch.cat([centers, points[chosen : chosen + 1]])
-    labels = torch.cdist(points, centers).argmin(1)
-    for _ in range(iterations):
-        for cluster in range(clusters):
-            members = labels == cluster
-            if not members.any():  # re-seed an empty cluster with the point farthest from its center
-                farthest = torch.cdist(points, centers).min(1).values.argmax()
-                labels[farthest] = cluster
-                members = labels == cluster
-            centers[cluster] = points[members].mean(0)
-        updated = torch.cdist(points, centers).argmin(1)
-        if torch.equal(updated, labels):
-            break
-        labels = updated
-    for cluster in range(clusters):
-        if not (labels == cluster).any():
-            labels[torch.cdist(points, centers).min(1).values.argmax()] = cluster
-    return labels

@@ -105,12 +105,7 @@ def invert(
     if tv_weight is None:
         area = x.shape[-2] * x.shape[-1]
         tv_weight = depth_tv_weight(vm, layer) * (area / REFERENCE_AREA) ** (beta / 2)
-    channels = x.shape[1]
-    mean = torch.as_tensor(vm.preprocessing.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(vm.preprocessing.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    if mean.shape[1] != channels:
-        mean = torch.zeros(1, channels, 1, 1, device=x.device)
-        std = torch.ones(1, channels, 1, 1, device=x.device)
+    mean, std = pixel_normalization(vm, x.shape[1], x.device)
     # x_model = (pixels - mean) / std and x255 = 255 * (pixels - mean), so x_model = x255 / (255 * std).
     to_model = 1.0 / (255.0 * std)
     reference = x.detach().float() / to_model
@@ -168,12 +163,47 @@ def invert(
             pixels = (image / 255 + mean).clamp(0, 1)
             features = run((pixels - mean) / std).activations[layer]
             error = (features - target).flatten(1).norm(dim=1) / target_norm.sqrt()
-            original = reference / 255  # pixels - mean
-            image_error = (pixels - mean - original).flatten(1).norm(dim=1) / original.flatten(1).norm(
-                dim=1
-            ).clamp_min(1e-12)
+            image_error = relative_image_error(vm, pixels, x.detach().float())
     history = torch.stack(energies, 1) if energies else torch.zeros(batch, 0, device=x.device)
     return Inversion(layer, pixels.detach(), error.detach(), image_error.detach(), history, float(tv_weight))
+
+
+def pixel_normalization(
+    vm: VisionModel, channels: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's normalization ``(mean, std)``, each ``[1, channels, 1, 1]`` float32, for images of
+    ``channels`` channels (zeros and ones where the preprocessing speaks of another channel count: a plain module
+    whose inputs deepscope does not know)."""
+    mean = torch.as_tensor(vm.preprocessing.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.as_tensor(vm.preprocessing.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    if mean.shape[1] != channels:
+        return torch.zeros(1, channels, 1, 1, device=device), torch.ones(1, channels, 1, 1, device=device)
+    return mean, std
+
+
+def relative_image_error(
+    model: VisionModel | nn.Module, pixels: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    """``[B]`` how far reconstructed ``pixels`` ([0, 1]) lie from the images of model inputs ``x``, relative to
+    those images' own size: ``|pixels - x_0| / |x_0 - mean|``, with ``x_0`` the pixels of ``x`` and ``mean``
+    the normalization's mean (Mahendran & Vedaldi's and Dosovitskiy & Brox's measure; 1 is no better than the
+    mean, 0 exact).
+
+    >>> import torch, deepscope as ds
+    >>> vm = ds.load_model("zoo:lenet_mnist")
+    >>> digits = ds.datasets.mnist5k().images[:2]
+    >>> pixels, x = vm.pixels(digits), vm.preprocess(digits)
+    >>> [round(float(e), 4) for e in relative_image_error(vm, pixels, x)]
+    [0.0, 0.0]
+    >>> mean = torch.full_like(pixels, vm.preprocessing.mean[0])
+    >>> [round(float(e), 4) for e in relative_image_error(vm, mean, x)]
+    [1.0, 1.0]
+    """
+    vm = as_vision_model(model)
+    mean, std = pixel_normalization(vm, x.shape[1], x.device)
+    original = x.float() * std  # x_0 - mean
+    difference = (pixels.float() - mean - original).flatten(1).norm(dim=1)
+    return difference / original.flatten(1).norm(dim=1).clamp_min(1e-12)
 
 
 def invert_layers(

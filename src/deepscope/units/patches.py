@@ -149,11 +149,11 @@ def top_patches(
     found: dict[str, TopPatches] = {}
     windows: dict[str, torch.Tensor] = {}
     for name in names:
-        found[name], windows[name] = _locate(
+        found[name], windows[name] = locate_hits(
             name, shapes[name], selected[name], reductions[name], fields[name], example
         )
     if crops:
-        _cut_crops(source, found, windows, fill, batch_size)
+        cut_crops(source, found, windows, fill, batch_size)
     if projection:
         for name in names:
             found[name].projections = _project_hits(
@@ -162,7 +162,7 @@ def top_patches(
     return found
 
 
-def _locate(
+def locate_hits(
     layer: str,
     shape: tuple[int, ...],
     selected: torch.Tensor | None,
@@ -193,7 +193,7 @@ def _locate(
     return hits, windows
 
 
-def _cut_crops(
+def cut_crops(
     source: DataSource,
     found: dict[str, TopPatches],
     windows: dict[str, torch.Tensor],
@@ -347,10 +347,12 @@ class DataSource:
     def __len__(self) -> int:
         return len(self.data)
 
-    def _items(self, indices: list[int]) -> list[Image.Image] | list[torch.Tensor]:
-        items = []
+    def _read(self, indices: list[int]) -> tuple[list[Image.Image] | list[torch.Tensor], list[int | None]]:
+        """The images (PIL, or [C,H,W] model-input tensors) and labels of some items."""
+        items, labels = [], []
         for index in indices:
-            item = split_item(self.data[index])[0]
+            item, label = split_item(self.data[index])
+            labels.append(label)
             if isinstance(item, Image.Image):
                 item = convert_mode(item, self.vm.image_mode)
             elif not isinstance(item, torch.Tensor):
@@ -361,26 +363,47 @@ class DataSource:
             items.append(item)
         if len({type(item) is torch.Tensor for item in items}) > 1:
             raise ImageError("the dataset mixes PIL images and tensors")
-        return items
+        return items, labels
 
     def inputs(self, indices: list[int]) -> torch.Tensor:
         """Model inputs ``[n,C,H,W]`` on the model's device."""
+        return self.inputs_and_labels(indices)[0]
+
+    def inputs_and_labels(self, indices: list[int]) -> tuple[torch.Tensor, list[int | None]]:
+        """Model inputs ``[n,C,H,W]`` on the model's device and the items' labels (None where an item has none,
+        and for a tensor of inputs), from one read of each item."""
         if self.inputs_tensor:
             if indices == list(range(indices[0], indices[-1] + 1)):
-                return self.data[indices[0] : indices[-1] + 1].to(self.vm.device)  # a view, no copy
-            return self.data[indices].to(self.vm.device)
-        items = self._items(indices)
+                inputs = self.data[indices[0] : indices[-1] + 1]  # a view, no copy
+            else:
+                inputs = self.data[indices]
+            return inputs.to(self.vm.device), [None] * len(indices)
+        items, labels = self._read(indices)
         if isinstance(items[0], Image.Image):
-            return self.vm.preprocess(items)
-        return torch.stack(items).to(self.vm.device)
+            return self.vm.preprocess(items), labels
+        return torch.stack(items).to(self.vm.device), labels
+
+    def inputs_and_pixels(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model inputs and display pixels (see :meth:`pixels`) of the same items, from one read of each."""
+        if self.inputs_tensor:
+            inputs = self.inputs(indices)
+            return inputs, self.unnormalized(inputs)
+        items = self._read(indices)[0]
+        if isinstance(items[0], Image.Image):
+            if self.vm.transform is None:
+                pixels = self.vm.pixels(items)
+                return self.vm.normalize(pixels), pixels
+            inputs = self.vm.preprocess(items)
+        else:
+            inputs = torch.stack(items).to(self.vm.device)
+        return inputs, self.unnormalized(inputs)
 
     def pixels(self, indices: list[int]) -> torch.Tensor:
         """Display pixels ``[n,C,H,W]``: the images resized and cropped, or tensor inputs un-normalized."""
-        if not self.inputs_tensor:
-            items = self._items(indices)
-            if isinstance(items[0], Image.Image) and self.vm.transform is None:
-                return self.vm.pixels(items)
-        inputs = self.inputs(indices)
+        return self.inputs_and_pixels(indices)[1]
+
+    def unnormalized(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Model inputs mapped back through the normalization (as they are where the channel counts differ)."""
         mean = torch.as_tensor(self.vm.preprocessing.mean, device=inputs.device, dtype=inputs.dtype)
         std = torch.as_tensor(self.vm.preprocessing.std, device=inputs.device, dtype=inputs.dtype)
         if mean.numel() != inputs.shape[1]:

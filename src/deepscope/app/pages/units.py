@@ -12,6 +12,7 @@ from PIL import Image
 
 from deepscope.render.units import activation_grid, filter_grid, image_strip, patch_grid
 from deepscope.units import activations, filters, invert_layers, top_patches, visualize
+from deepscope.units.maps import has_weight_images
 from deepscope.zoo.datasets import mnist5k, split_item
 from deepscope.zoo.vision_model import VisionModel
 
@@ -26,10 +27,11 @@ def write_unit_pictures(
     steps: int = 128,
     batch_size: int = 64,
 ) -> Iterator[Path]:
-    """Write the layer's pictures into ``out``: ``filters.png`` (convolutions), ``activations.png`` and
-    ``top-patches.png`` (with data: the first sample's maps; each unit's top patches with deconvnet projections),
-    ``features.png`` (feature visualization of each unit), ``inversion.png`` (with data: the first sample
-    reconstructed from this layer). Yields each path as soon as it is written (the progress of the command)."""
+    """Write the layer's pictures into ``out``: ``filters.png`` (convolutions, linear layers reading pixels),
+    ``activations.png`` and ``top-patches.png`` (with data: the first sample's maps; each unit's top patches with
+    deconvnet projections), ``features.png`` (feature visualization of each unit), ``inversion.png`` (with data:
+    the first sample reconstructed from this layer). Yields each path as soon as it is written (the progress of
+    the command)."""
     out.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, vm.preprocessing.channels, *(vm.input_size or (224, 224)), device=vm.device)
     channels = activations(vm, example, layer).shape[1]
@@ -40,9 +42,8 @@ def write_unit_pictures(
         picture.save(path)
         return path
 
-    module = vm.module.get_submodule(layer)
-    if getattr(module, "weight", None) is not None and module.weight.ndim == 4:
-        yield save(filter_grid(filters(vm, layer)), "filters.png")
+    if has_weight_images(vm, layer, example):
+        yield save(filter_grid(filters(vm, layer, example)), "filters.png")
     if data is not None:
         sample = split_item(data[0])[0]
         first = vm.preprocess([sample]) if isinstance(sample, Image.Image) else sample[None]
