@@ -331,10 +331,18 @@ def heatmaps(
                     "target_label": served.vm.label(int(used[index])),
                     "passes": str(result.passes),
                     "batched": len(requests),
+                    **image_box(bench, served, requests[index].image),
                 },
             )
         )
     return answers
+
+
+def image_box(bench: Workbench, served: ServedModel, image: str) -> dict[str, Any]:
+    """The image's size and the box of it the model sees, ``crop: [left, top, right, bottom]`` in its own pixels
+    (``Preprocessing.crop_box``), so that a map of the input is drawn over that part of the photo."""
+    width, height = bench.picture(image, served).size
+    return {"width": width, "height": height, "crop": list(served.vm.preprocessing.crop_box(width, height))}
 
 
 def method_list() -> list[dict[str, Any]]:

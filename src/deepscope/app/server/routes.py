@@ -262,16 +262,17 @@ async def unit_page(
     else:
         visualization = {"state": "none", "url": None, "job": None}
     note = await bench.run(compute.unit_note, served, layer, unit)
-    map_url = None
+    map_url, box = None, {"width": None, "height": None, "crop": None}
     if image is not None:
-        await bench.run(
-            bench.model_input, served, image
-        )  # an unknown image is a 404 here, not in the map's fetch
+        # An unknown image is a 404 here rather than in the map's own fetch.
+        await bench.run(bench.model_input, served, image)
         map_url = f"/api/models/{served.id}/units/{layer}/{unit}/map?image={image}"
+        box = await bench.run(compute.image_box, bench, served, image)
     return {
         "layer": layer,
         "unit": unit,
         "map_url": map_url,
+        **box,
         "top": top,
         "top_state": state,
         "top_message": message,

@@ -152,6 +152,9 @@ class UnitPage(BaseModel):
     layer: str
     unit: int
     map_url: str | None
+    width: int | None
+    height: int | None
+    crop: list[float] | None
     top: list[TopPatch]
     top_state: Literal["ready", "not_recorded", "no_workspace"]
     top_message: str
@@ -199,6 +202,9 @@ class HeatmapMeta(BaseModel):
     target_label: str
     passes: str
     batched: int
+    width: int
+    height: int
+    crop: list[float]
 
 
 class FaithfulnessRequest(BaseModel):
