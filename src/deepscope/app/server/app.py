@@ -4,8 +4,6 @@ files at ``/``."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -26,8 +24,8 @@ WEB = Path(__file__).resolve().parent.parent / "web"
 
 
 def create_app(bench: Workbench, web: Path | None = WEB) -> FastAPI:
-    """The workbench application over ``bench`` (its models, images and pools); ``web``: the folder of the page
-    served at ``/`` (None: the API only).
+    """The workbench application over ``bench`` (its models, images and pools; whoever made ``bench`` closes it);
+    ``web``: the folder of the page served at ``/`` (None: the API only).
 
     >>> import tempfile
     >>> from deepscope.app.server.workbench import Settings, open_workbench
@@ -37,11 +35,6 @@ def create_app(bench: Workbench, web: Path | None = WEB) -> FastAPI:
     >>> bench.close()
     """
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        bench.close()
-
     app = FastAPI(
         title="deepscope workbench",
         version=__version__,
@@ -49,7 +42,6 @@ def create_app(bench: Workbench, web: Path | None = WEB) -> FastAPI:
         openapi_url="/api/openapi.json",
         docs_url="/api/docs",
         redoc_url=None,
-        lifespan=lifespan,
     )
     app.state.bench = bench
 

@@ -71,14 +71,10 @@ def decode_upload(data: bytes, limits: UploadLimits, name: str = "the upload") -
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as opened:
                 width, height = opened.size
-                if width * height > limits.max_pixels:
-                    raise UploadTooLargeError(
-                        f"{name} is {width}x{height} = {width * height / 1e6:.1f} megapixels; this server takes "
-                        f"images up to {limits.max_pixels / 1e6:.0f} megapixels (--max-megapixels); shrink it first"
-                    )
-                opened.load()
-                image = opened.copy()
-                image.info["deepscope_format"] = opened.format
+                if width * height <= limits.max_pixels:
+                    opened.load()
+                    image = opened.copy()
+                    image.info["deepscope_format"] = opened.format
     except UnidentifiedImageError:
         raise ImageError(f"{name} is not an image file PIL can read: it cannot be decoded") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -88,6 +84,11 @@ def decode_upload(data: bytes, limits: UploadLimits, name: str = "the upload") -
         raise ImageError(
             f"{name} cannot be decoded ({type(error).__name__}: {error}); is the file complete?"
         ) from None
+    if width * height > limits.max_pixels:
+        raise UploadTooLargeError(
+            f"{name} is {width}x{height} = {width * height / 1e6:.1f} megapixels; this server takes images up to "
+            f"{limits.max_pixels / 1e6:.0f} megapixels (--max-megapixels); shrink it first"
+        )
     if image.width == 0 or image.height == 0:
         raise ImageError(f"{name} is {image.width}x{image.height} pixels; an image needs at least one pixel")
     return image

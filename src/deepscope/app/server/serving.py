@@ -63,7 +63,10 @@ def serve_workbench(
     threading.Thread(target=_report_scans, args=(bench,), daemon=True, name="deepscope-scan-report").start()
     if browser:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
-    uvicorn.run(app, host=host, port=chosen_port, log_level="warning")
+    try:
+        uvicorn.run(app, host=host, port=chosen_port, log_level="warning")
+    finally:
+        bench.close()
 
 
 def _report_scans(bench: Workbench) -> None:
