@@ -425,6 +425,7 @@ export function mount(root, context) {
       for (const text of element.querySelectorAll(":scope > text")) text.style.fill = light ? "#101317" : "#f2f4f6";
     }
     drawStrengthScale(values.length ? [Math.exp(low), Math.exp(high)] : null);
+    wrap.dataset.colored = String(values.length > 0);
   }
 
   let scale = h("div");

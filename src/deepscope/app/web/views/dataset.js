@@ -150,6 +150,7 @@ export function mount(root, context) {
     const isStale = newLayout();
     const kind = current.layout ?? "tsne";
     const route = `/api/models/${current.model}/dataset/layout`;
+    page.dataset.drawn = "false";
     let layout;
     try {
       layout = await api.array(api.path(route, { kind }), { cached: true });
@@ -173,6 +174,7 @@ export function mount(root, context) {
     if (!scatter) createPlot();
     await paintPoints(current);
     await applySelection(current);
+    page.dataset.drawn = "true";
   }
 
   function showInBox(element) {
@@ -211,21 +213,25 @@ export function mount(root, context) {
       lassoMinDist: 3,
       deselectOnDblClick: true,
     });
+    let lassoEnded = -Infinity;
     scatter.subscribe("lassoEnd", ({ coordinates: polygon }) => {
       if (applyingSelection) return;
+      lassoEnded = performance.now();
       const text = polygon.map((p) => toLayout(p).map((v) => Number(v.toPrecision(5))).join(",")).join(";");
       state.set({ sel: `lasso:${text}` });
     });
     scatter.subscribe("select", ({ points: rows }) => {
-      if (applyingSelection) return;
-      if (rows.length === 1) state.set({ sel: `rows:${rows[0]}` });
+      if (applyingSelection || rows.length !== 1) return;
+      // A lasso closed where it started ends with a click, which the plot takes for picking the point there:
+      // the lasso's selection stands.
+      if (performance.now() - lassoEnded < 400) applySelection(state.get());
+      else state.set({ sel: `rows:${rows[0]}` });
     });
     scatter.subscribe("deselect", () => {
       if (!applyingSelection && state.get().sel?.startsWith("lasso:")) state.set({ sel: null });
     });
     scatter.subscribe("pointOver", (row) => showHover(row));
     scatter.subscribe("pointOut", () => (hoverCard.style.display = "none"));
-    page.dataset.ready = "true";
   }
 
   async function paintPoints(current) {

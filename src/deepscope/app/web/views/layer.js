@@ -147,6 +147,8 @@ export function mount(root, context) {
         return scales.get(index);
       };
       gridLayout = drawGrid(gridCanvas, { data: array.data, count, height, width: mapWidth }, { order, tile, columns, scaleFor });
+      gridCanvas.dataset.tile = String(tile);
+      gridCanvas.dataset.columns = String(columns);
       fill(
         grid,
         head,
