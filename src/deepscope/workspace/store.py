@@ -699,7 +699,14 @@ class Store:
             raise SettingTypeError(f"an artifact is a NumPy array or bytes, got {type(value).__name__}")
         if self.read_only:
             raise WorkspaceError(f"workspace {self.path} is open read-only; it cannot keep artifacts")
-        meta_text = json.dumps(dict(meta or {}), allow_nan=False)
+        try:
+            meta_text = json.dumps(dict(meta or {}), allow_nan=False)
+        except ValueError:
+            raise SettingError(
+                f"the meta of artifact {kind}/{key} holds NaN or infinity, which JSON cannot keep; store None"
+            ) from None
+        except TypeError as error:
+            raise SettingTypeError(f"the meta of artifact {kind}/{key} is not JSON: {error}") from None
         folder = self.path / ARTIFACTS / _file_name(kind, set())
         folder.mkdir(parents=True, exist_ok=True)
         existing = self.artifact(kind, key, version=None)
