@@ -616,8 +616,7 @@ def compute_layout(served: ServedModel, kind: str, layer: str | None, job: Job) 
     ws = served.ready_workspace()
     name = layout_layer(ws, layer)
     job.report(0.05, f"{kind} of {len(ws.indices)} samples of {name}")
-    with served.lock:
-        ws.layout(kind, name)
+    ws.layout(kind, name)  # computed, then stored in one short transaction of its own
     return layout_result(served, kind, name, layer is not None)
 
 

@@ -97,13 +97,13 @@ def decode_upload(data: bytes, limits: UploadLimits, name: str = "the upload") -
 class ImageLibrary:
     """Bundled photos and uploads (dataset samples belong to their model). Uploads are kept on disk under
     ``folder`` (named by the sha256 of their bytes, so they are listed again after a restart) and their decoded
-    pictures in a small cache, so memory does not grow with the number of uploads."""
+    pictures in a cache of at most ``cached_pixels`` pixels, so memory does not grow with the uploads."""
 
-    def __init__(self, folder: str | Path, limits: UploadLimits, cached: int = 64):
+    def __init__(self, folder: str | Path, limits: UploadLimits, cached_pixels: int = 100_000_000):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.limits = limits
-        self._cached = cached
+        self._cached_pixels = cached_pixels
         self._pictures: OrderedDict[str, Image.Image] = OrderedDict()
         self._uploads: dict[str, ImageRecord] = {}
         self._photos: dict[str, Image.Image] | None = None
@@ -182,7 +182,11 @@ class ImageLibrary:
         raise NotFoundError(f"no image {image_id!r}; GET /api/images lists them")
 
     def _remember(self, image_id: str, image: Image.Image) -> None:
+        """Keep the decoded picture, forgetting the least recently used ones beyond ``cached_pixels`` in all (the
+        latest one is always kept)."""
         self._pictures[image_id] = image
         self._pictures.move_to_end(image_id)
-        while len(self._pictures) > self._cached:
-            self._pictures.popitem(last=False)
+        total = sum(picture.width * picture.height for picture in self._pictures.values())
+        while total > self._cached_pixels and len(self._pictures) > 1:
+            _, oldest = self._pictures.popitem(last=False)
+            total -= oldest.width * oldest.height
