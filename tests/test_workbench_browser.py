@@ -10,7 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +259,11 @@ def test_the_views_link_through_the_url_and_the_back_button_walks_them(bench):
         bench.page.go_back()
         expect(bench.page.locator(f"#view[data-view='{view}']")).to_be_attached()
     assert bench.state()["image"] == "sample:lenet_mnist:3"
+
+
+def test_the_vendored_libraries_are_the_pinned_ones():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "vendor_js.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

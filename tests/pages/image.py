@@ -37,7 +37,7 @@ class ImagePage:
 
     def wait_maps(self, timeout: float = 60_000) -> dict[str, str]:
         """Until every heat-map card has finished; {method: "done" | "failed"}."""
-        expect(self.page.locator(".map-card[data-state='loading']")).to_have_count(0, timeout=timeout)
+        expect(self.page.locator(".maps[data-pending='0']")).to_be_attached(timeout=timeout)
         return {
             card.get_attribute("data-method"): card.get_attribute("data-state") for card in self.cards().all()
         }

@@ -39,16 +39,22 @@ def status(base: str) -> dict:
 
 @contextmanager
 def workbench(
-    workspace: Path, models: Sequence[str] = (), extra: Sequence[str] = (), timeout: float = 300
+    workspace: Path,
+    models: Sequence[str] = (),
+    extra: Sequence[str] = (),
+    timeout: float = 300,
+    pythonpath: Path | None = None,
 ) -> Iterator[str]:
-    """`deepscope serve [models] --workspace workspace` in a subprocess; yields its base URL once every model's
-    workspace scan has ended. The server's output goes to workspace/serve.log (shown when it fails)."""
+    """`deepscope serve [models] --workspace workspace [extra]` in a subprocess; yields its base URL once every
+    model's workspace scan has ended. The server's output goes to workspace/serve.log (shown when it fails).
+    `pythonpath`: a folder the server imports from too (for a `python:module:factory` model)."""
     port = free_port()
     log_path = workspace / "serve.log"
     workspace.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "deepscope", "serve", *models, "--port", str(port), "--no-browser"]
     command += ["--workspace", str(workspace), *extra]
-    environment = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    paths = [str(ROOT / "src"), *([str(pythonpath)] if pythonpath else [])]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=environment)
     base = f"http://127.0.0.1:{port}"

@@ -33,6 +33,13 @@ context.imagesOf = async (model, { refresh = false } = {}) => {
   return context.images.get(model);
 };
 
+/** The image a model starts on: a sample of its own data when it has some (a digit for a digit model), else the
+ * first bundled photo. */
+async function firstImage(model) {
+  const images = await context.imagesOf(model).catch(() => []);
+  return (images.find((image) => image.source === "dataset") ?? images[0])?.id ?? null;
+}
+
 async function boot() {
   try {
     [context.status, context.models] = await Promise.all([api.json("/api/status"), api.json("/api/models")]);
@@ -46,12 +53,11 @@ async function boot() {
   }
   const current = state.get();
   const model = context.model(current.model);
-  const images = await context.imagesOf(model.id).catch(() => []);
   state.set(
     {
       model: model.id,
       view: VIEWS[current.view] ? current.view : DEFAULT_VIEW,
-      image: current.image ?? images[0]?.id,
+      image: current.image ?? (await firstImage(model.id)),
     },
     { replace: true },
   );
@@ -93,10 +99,10 @@ function drawBar() {
   );
   select.onchange = async () => {
     // a model switched in the bar starts on its own first image
-    const images = await context.imagesOf(select.value).catch(() => []);
+    const image = await firstImage(select.value);
     state.set({
       model: select.value,
-      image: images[0]?.id ?? null,
+      image,
       layer: null,
       unit: null,
       sel: null,

@@ -17,9 +17,7 @@ function table(interpolate) {
 export const COLORMAPS = {
   inferno: table(d3.interpolateInferno),
   RdBu_r: table((t) => d3.interpolateRdBu(1 - t)),
-  gray: table((t) => d3.rgb(t * 255, t * 255, t * 255)),
   viridis: table(d3.interpolateViridis),
-  blues: table(d3.interpolateBlues),
 };
 
 /** A CSS linear-gradient of a colormap (for color bars). */
@@ -70,47 +68,10 @@ export function normalize(values, signed, clip = 99.5) {
   return { position, magnitude, ends: [low, high] };
 }
 
-/** Paint `position`/`magnitude` (width x height) into a canvas of that size, over `photo` (an ImageData of the
- * same size, or null for the bare colors) with largest opacity `alpha`. */
-export function paint(canvas, width, height, { position, magnitude }, colormap, photo = null, alpha = 0.85) {
-  canvas.width = width;
-  canvas.height = height;
-  const context = canvas.getContext("2d");
-  const image = context.createImageData(width, height);
-  const lut = COLORMAPS[colormap];
-  const out = image.data;
-  for (let i = 0; i < width * height; i += 1) {
-    const at = Math.round(position[i] * 255) * 3;
-    let r = lut[at];
-    let g = lut[at + 1];
-    let b = lut[at + 2];
-    if (photo) {
-      const p = photo.data;
-      const gray = 255 * 0.25 + 0.6 * (0.299 * p[i * 4] + 0.587 * p[i * 4 + 1] + 0.114 * p[i * 4 + 2]);
-      const weight = alpha * magnitude[i];
-      r = gray * (1 - weight) + r * weight;
-      g = gray * (1 - weight) + g * weight;
-      b = gray * (1 - weight) + b * weight;
-    }
-    out[i * 4] = r;
-    out[i * 4 + 1] = g;
-    out[i * 4 + 2] = b;
-    out[i * 4 + 3] = 255;
-  }
-  context.putImageData(image, 0, 0);
-  return canvas;
-}
-
 /** Distinct colors for `count` classes: Tableau 10 up to ten, evenly spaced hues beyond. */
 export function categorical(count) {
   if (count <= 10) return d3.schemeTableau10.slice(0, Math.max(count, 1));
   return Array.from({ length: count }, (_, i) => d3.interpolateSinebow(i / count));
-}
-
-/** "#rrggbb" or "rgb(...)" -> [r, g, b, a] in 0..1 (regl-scatterplot's color format). */
-export function rgba(color, alpha = 1) {
-  const parsed = d3.rgb(color);
-  return [parsed.r / 255, parsed.g / 255, parsed.b / 255, alpha];
 }
 
 /** A confusion-matrix cell on the dark page: agreement (the diagonal) in green, confusion in red, each as
@@ -121,4 +82,38 @@ export function confusionColor(count, rowTotal, diagonal) {
   const [r, g, b] = diagonal ? [62, 207, 142] : [255, 107, 107];
   const mix = (from, to) => Math.round(from + (to - from) * t);
   return `rgb(${mix(29, r)},${mix(34, g)},${mix(42, b)})`;
+}
+
+/** The map's colors, with the magnitude as alpha: over the gray photo this is render.heatmap's blend, and the
+ * slider scales it through the canvas's CSS opacity without repainting. */
+export function paintOverlay(canvas, width, height, { position, magnitude }, colormap) {
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext("2d");
+  const image = context.createImageData(width, height);
+  const lut = COLORMAPS[colormap];
+  for (let i = 0; i < width * height; i += 1) {
+    const at = Math.round(position[i] * 255) * 3;
+    image.data[i * 4] = lut[at];
+    image.data[i * 4 + 1] = lut[at + 1];
+    image.data[i * 4 + 2] = lut[at + 2];
+    image.data[i * 4 + 3] = Math.round(magnitude[i] * 255);
+  }
+  context.putImageData(image, 0, 0);
+}
+
+/** A gray copy of the photo (0.25 + 0.6 luminance, as render.heatmap), so that the colors read over any picture. */
+export function paintGray(canvas, pixels) {
+  canvas.width = pixels.width;
+  canvas.height = pixels.height;
+  const out = new ImageData(pixels.width, pixels.height);
+  const p = pixels.data;
+  for (let i = 0; i < p.length; i += 4) {
+    const gray = 255 * 0.25 + 0.6 * (0.299 * p[i] + 0.587 * p[i + 1] + 0.114 * p[i + 2]);
+    out.data[i] = gray;
+    out.data[i + 1] = gray;
+    out.data[i + 2] = gray;
+    out.data[i + 3] = 255;
+  }
+  canvas.getContext("2d").putImageData(out, 0, 0);
 }

@@ -119,6 +119,16 @@ function ranks(nodes, edges) {
   return rank;
 }
 
+// Widths of a character of the node labels (11px bold sans, 10px mono), to fit them beside the right-hand text.
+const OP_CHAR = 6.9;
+const MONO_CHAR = 6.1;
+
+/** How many characters fit left of `right` (a right-aligned text) on a node's line. */
+function room(right, isBlock, characterWidth) {
+  const free = NODE_WIDTH - 10 - (isBlock ? 30 : 10) - right.length * MONO_CHAR - (right ? 8 : 0);
+  return Math.floor(free / characterWidth);
+}
+
 /** A label cut to `room` characters with an ellipsis (at its start with `keepEnd`: a path's last names say most). */
 function clip(text, room, keepEnd = false) {
   if (text.length <= room) return text;
@@ -304,7 +314,7 @@ export function mount(root, context) {
       const box = position.get(node.id);
       const shape = shapeText(node.output.output_shape);
       const params = node.params ? compact(node.params) : "";
-      const label = clip(node.block ?? node.layer ?? node.id, 33 - params.length - (node.block ? 3 : 0), true);
+      const label = clip(node.block ?? node.layer ?? node.id, room(params, node.block, MONO_CHAR), true);
       const group = svg(
         "g",
         {
@@ -318,7 +328,7 @@ export function mount(root, context) {
         },
         svg("rect", { class: "box", width: NODE_WIDTH, height: NODE_HEIGHT, rx: 6 }),
         node.block ? svg("rect", { class: "inner", x: 3, y: 3, width: NODE_WIDTH - 6, height: NODE_HEIGHT - 6, rx: 4 }) : null,
-        svg("text", { class: "op", x: 10, y: 18 }, clip(node.op ?? "", 31 - shape.length - (node.block ? 3 : 0))),
+        svg("text", { class: "op", x: 10, y: 18 }, clip(node.op ?? "", room(shape, node.block, OP_CHAR))),
         svg("text", { class: "sub", x: NODE_WIDTH - (node.block ? 30 : 10), y: 18, "text-anchor": "end" }, shape),
         svg("text", { class: "sub", x: 10, y: 35 }, label),
         svg("text", { class: "sub", x: NODE_WIDTH - (node.block ? 30 : 10), y: 35, "text-anchor": "end" }, params),

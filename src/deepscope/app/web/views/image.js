@@ -3,7 +3,7 @@
 // map's deletion / insertion scores.
 
 import * as api from "../lib/api.js";
-import { COLORMAPS, gradient, normalize } from "../lib/colormaps.js";
+import { gradient, normalize, paintGray, paintOverlay } from "../lib/colormaps.js";
 import { failure, fill, h, latest } from "../lib/dom.js";
 import { photoPixels } from "../lib/photos.js";
 import * as state from "../lib/state.js";
@@ -27,7 +27,7 @@ export function mount(root, context) {
   const subject = h("section.panel");
   const controls = h("section.panel");
   const maps = h("div.maps", { "aria-label": "heat maps" });
-  const layout = h("div.image-layout", picker, h("div.page", { style: { padding: 0 } }, subject, controls, maps));
+  const layout = h("div.image-layout", picker, h("div.page", { style: { padding: 0 } }, h("div.image-top", subject, controls), maps));
   root.append(layout);
   const registry = api.json("/api/methods", { cached: true });
   const newSubject = latest();
@@ -241,10 +241,14 @@ export function mount(root, context) {
     const byName = new Map(methods.map((m) => [m.name, m]));
     const opacity = Number(current.opacity ?? 85) / 100;
     const target = current.target ?? "top1";
+    maps.dataset.pending = String(chosen.length);
+    const settled = () => {
+      if (!isStale()) maps.dataset.pending = String(Number(maps.dataset.pending) - 1);
+    };
     fill(
       maps,
       chosen.map((name) => {
-        const card = mapCard(model, current.image, byName.get(name) ?? { name, family: "" }, target, opacity);
+        const card = mapCard(model, current.image, byName.get(name) ?? { name, family: "" }, target, opacity, settled);
         cards.set(name, card);
         return card.element;
       }),
@@ -269,7 +273,7 @@ export function mount(root, context) {
 }
 
 /** One method's card: the map over the photo, its color bar and meaning, and its faithfulness on request. */
-function mapCard(model, image, method, target, opacity) {
+function mapCard(model, image, method, target, opacity, settled) {
   const base = h("canvas");
   const overlay = h("canvas", { style: { opacity } });
   const stack = h("div.map-stack", base, overlay);
@@ -341,6 +345,7 @@ function mapCard(model, image, method, target, opacity) {
       stack.replaceWith(failure(error));
       fill(caption);
     }
+    settled();
   })();
   return { element, setOpacity: (value) => (overlay.style.opacity = value) };
 }
@@ -348,40 +353,6 @@ function mapCard(model, image, method, target, opacity) {
 function meaningOf(method) {
   if (method.sensitivity) return "sensitivity";
   return method.family === "perturbation" ? "perturbation" : "attribution";
-}
-
-/** The map's colors, with the magnitude as alpha: over the gray photo this is render.heatmap's blend, and the
- * slider scales it through the canvas's CSS opacity without repainting. */
-function paintOverlay(canvas, width, height, { position, magnitude }, colormap) {
-  canvas.width = width;
-  canvas.height = height;
-  const context = canvas.getContext("2d");
-  const image = context.createImageData(width, height);
-  const lut = COLORMAPS[colormap];
-  for (let i = 0; i < width * height; i += 1) {
-    const at = Math.round(position[i] * 255) * 3;
-    image.data[i * 4] = lut[at];
-    image.data[i * 4 + 1] = lut[at + 1];
-    image.data[i * 4 + 2] = lut[at + 2];
-    image.data[i * 4 + 3] = Math.round(magnitude[i] * 255);
-  }
-  context.putImageData(image, 0, 0);
-}
-
-/** A gray copy of the photo (0.25 + 0.6 luminance, as render.heatmap), so that the colors read over any picture. */
-function paintGray(canvas, pixels) {
-  canvas.width = pixels.width;
-  canvas.height = pixels.height;
-  const out = new ImageData(pixels.width, pixels.height);
-  const p = pixels.data;
-  for (let i = 0; i < p.length; i += 4) {
-    const gray = 255 * 0.25 + 0.6 * (0.299 * p[i] + 0.587 * p[i + 1] + 0.114 * p[i + 2]);
-    out.data[i] = gray;
-    out.data[i + 1] = gray;
-    out.data[i + 2] = gray;
-    out.data[i + 3] = 255;
-  }
-  canvas.getContext("2d").putImageData(out, 0, 0);
 }
 
 async function scoreFaithfulness(model, query, element, button) {

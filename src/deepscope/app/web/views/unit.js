@@ -3,9 +3,10 @@
 // workspace), and the name and notes a person gave it.
 
 import * as api from "../lib/api.js";
-import { gradient } from "../lib/colormaps.js";
+import { gradient, normalize, paintGray, paintOverlay } from "../lib/colormaps.js";
 import { failure, fill, h, latest, progressBar } from "../lib/dom.js";
-import { drawMap } from "../lib/tiles.js";
+import { photoPixels } from "../lib/photos.js";
+import { drawMap, scaleOf } from "../lib/tiles.js";
 import * as state from "../lib/state.js";
 
 export function mount(root, context) {
@@ -68,11 +69,24 @@ export function mount(root, context) {
       const array = await api.array(payload.map_url);
       const [height, width] = array.shape.length === 2 ? array.shape : [1, 1];
       const canvas = h("canvas", { "aria-label": "unit map" });
-      const scale = drawMap(canvas, array.data, height, width);
+      const scale = scaleOf(array.data);
+      drawMap(canvas, array.data, height, width, scale);
+      const figure = h("div.unit-zoom", canvas);
+      if (payload.crop && width > 1) {
+        // the map over the part of the image the model saw, as the heat maps are drawn
+        // (the map's colors weighted by its magnitude over a gray copy of the image, as the heat maps)
+        const photo = h("canvas");
+        paintGray(photo, await photoPixels(current.image, payload.crop, 224, 224));
+        const overlay = h("canvas", { style: { imageRendering: "auto" } });
+        paintOverlay(overlay, width, height, normalize(array.data, scale.signed), scale.colormap);
+        fill(figure, h("div.map-stack", { style: { width: "224px" } }, photo, overlay), canvas);
+        canvas.style.width = "120px";
+        canvas.style.height = "120px";
+      }
       fill(
         map,
         h("h2", "For this image"),
-        h("div.unit-zoom", canvas),
+        figure,
         h("div.legend-bar", { style: { background: gradient(scale.colormap), width: "224px" } }),
         h("div.legend-ends", { style: { width: "224px" } }, h("span", scale.low.toPrecision(2)), h("span", scale.high.toPrecision(2))),
         h("div.hint", `${height}×${width}, peak ${Math.max(...array.data).toPrecision(3)}`),
