@@ -44,7 +44,7 @@ class ImageRecord:
 class UploadLimits:
     """Caps on an upload: its size in bytes and its pixels (width x height)."""
 
-    max_bytes: int = 20 * 1024 * 1024
+    max_bytes: int = 20_000_000
     max_pixels: int = 40_000_000
 
 
