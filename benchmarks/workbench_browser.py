@@ -238,7 +238,8 @@ def scatter_speed(browser, count: int) -> dict[str, float]:
     page.evaluate(
         """() => {
       window.__lassoUp = null; window.__gridShown = null;
-      window.addEventListener('mouseup', () => { window.__lassoUp = performance.now(); }, {capture: true, once: true});
+      // the last mouse-up before the grid shows ends the lasso (the Lasso button's click comes before it)
+      window.addEventListener('mouseup', () => { window.__lassoUp = performance.now(); }, {capture: true});
       const section = document.querySelector("section[aria-label='selection']");
       new MutationObserver((_, observer) => {
         if (Number(section.dataset.count) > 0 && section.querySelector('.sample')) {

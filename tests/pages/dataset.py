@@ -45,7 +45,9 @@ class DatasetPage:
         self.page.mouse.move(*polygon[0])
         self.page.mouse.down()
         for x, y in [*polygon[1:], polygon[0]]:
-            self.page.mouse.move(x, y, steps=6)
+            # in small steps with pauses, as a hand draws: the plot keeps a lasso point at most every few ms
+            self.page.mouse.move(x, y, steps=12)
+            self.page.wait_for_timeout(30)
         self.page.mouse.up()
 
     def selected(self, count: int | None = None) -> list[int]:

@@ -145,7 +145,6 @@ async function drawImageChip(current) {
     fill(chip, "no image");
     return;
   }
-  if (!current.image && current.model) return;
   const images = await context.imagesOf(current.model).catch(() => []);
   const entry = images.find((image) => image.id === current.image);
   const name = entry?.name ?? (current.image.startsWith("sample:") ? `sample ${current.image.split(":").pop()}` : "upload");
@@ -157,7 +156,8 @@ async function watchScans() {
   const element = document.getElementById("scan");
   for (;;) {
     const models = context.status?.models ?? [];
-    const running = models.filter((m) => m.workspace && !["ready", "done", "none"].includes(m.workspace.state));
+    const running = models.filter((m) => ["queued", "scanning"].includes(m.workspace?.state));
+    const failed = models.filter((m) => m.workspace?.state === "failed");
     fill(
       element,
       running.map((m) =>
@@ -169,6 +169,7 @@ async function watchScans() {
           m.workspace.samples ? ` of ${compact(m.workspace.samples)}` : "",
         ),
       ),
+      failed.map((m) => h("span.scan-pill.bad", { title: m.workspace.message }, `scan of ${m.id} failed: ${m.workspace.message}`)),
     );
     if (running.length === 0) return;
     await new Promise((resolve) => setTimeout(resolve, 1000));
@@ -176,7 +177,7 @@ async function watchScans() {
       const previous = new Map(models.map((m) => [m.id, m.workspace?.state]));
       context.status = await api.json("/api/status");
       const finished = (context.status.models ?? []).some(
-        (m) => previous.get(m.id) !== m.workspace?.state && ["ready", "done"].includes(m.workspace?.state),
+        (m) => previous.get(m.id) !== m.workspace?.state && m.workspace?.state === "ready",
       );
       if (finished) {
         context.models = await api.json("/api/models");

@@ -69,7 +69,7 @@ export function hit(layout, canvas, event) {
   const box = canvas.getBoundingClientRect();
   const step = layout.tile + layout.gap;
   const column = Math.floor((event.clientX - box.left) / step);
-  const row = Math.floor((event.clientY - box.top) / step);
+  const row = layout.rows === 1 ? 0 : Math.floor((event.clientY - box.top) / step);
   const position = row * layout.columns + column;
   if (column < 0 || column >= layout.columns || position < 0 || position >= layout.order.length) return -1;
   return layout.order[position];

@@ -151,6 +151,7 @@ function firstSightDepth(graph) {
 }
 
 export function mount(root, context) {
+  layoutEngine(); // the worker parses ELK while the graph is fetched
   const viewport = svg("g");
   const canvas = svg("svg", { role: "img", "aria-label": "architecture graph" }, viewport);
   const legend = h("div.graph-card");
@@ -167,6 +168,7 @@ export function mount(root, context) {
   let transform = { x: 0, y: 0, k: 1 };
   let bounds = { width: 1, height: 1 };
   const opsByBlock = new Map();
+  const knownOps = new Map();
 
   // --- pan and zoom ---
   const apply = () => viewport.setAttribute("transform", `translate(${transform.x},${transform.y}) scale(${transform.k})`);
@@ -237,10 +239,7 @@ export function mount(root, context) {
     const model = context.model(current.model);
     const { depth, toggled, isOpen } = openTest(current);
     drawn = collapse(graph, isOpen);
-    const blockDepths = new Set(drawn.nodes.filter((n) => n.block).map((n) => n.block.split(".").length));
-    const ops = new Map();
-    for (const d of blockDepths) for (const [k, v] of await blockOps(model.id, d)) ops.set(k, v);
-    for (const node of drawn.nodes) if (node.block) node.op = ops.get(node.block) ?? "block";
+    for (const node of drawn.nodes) if (node.block) node.op = knownOps.get(node.block) ?? "block";
     drawLegend(current, depth);
     if (drawn.nodes.length > 150) fill(info, h("div.hint", `Laying out ${drawn.nodes.length} nodes…`)), (info.hidden = false);
     let layout;
@@ -268,6 +267,22 @@ export function mount(root, context) {
     if (isStale()) return;
     info.hidden = true;
     draw(layout, current, toggled, depth);
+    nameBlocks(model.id, isStale);
+  }
+
+  /** A collapsed block's op is its module's class, which only the graph at the block's depth names: fetched
+   * after the diagram is drawn (a deep model's graphs take the server seconds the first time). */
+  async function nameBlocks(model, isStale) {
+    const blocks = drawn.nodes.filter((node) => node.block && !knownOps.has(node.block));
+    for (const depth of new Set(blocks.map((node) => node.block.split(".").length))) {
+      for (const [module, op] of await blockOps(model, depth)) knownOps.set(module, op);
+    }
+    if (isStale()) return;
+    for (const node of blocks) {
+      node.op = knownOps.get(node.block) ?? "block";
+      const text = nodeElements.get(node.id)?.querySelector("text.op");
+      if (text) text.textContent = clip(node.op, room(shapeText(node.output.output_shape), true, OP_CHAR));
+    }
   }
 
   function draw(layout, current, toggled, depth) {
@@ -496,6 +511,7 @@ export function mount(root, context) {
   return {
     async update(current, changed) {
       if (changed.has("model") || !graph) {
+        knownOps.clear();
         try {
           graph = await api.json(`/api/models/${current.model}/graph`, { cached: true });
         } catch (error) {

@@ -56,7 +56,7 @@ export function mount(root, context) {
 
   function drawCka(comparison) {
     const { layers_a: rows, layers_b: columns, matrix } = comparison.cka;
-    const cell = Math.max(10, Math.min(34, Math.floor(640 / Math.max(rows.length, columns.length))));
+    const cell = Math.max(10, Math.min(56, Math.floor(640 / Math.max(rows.length, columns.length))));
     const canvas = h("canvas", { "aria-label": "CKA matrix", width: columns.length * cell, height: rows.length * cell });
     const context = canvas.getContext("2d");
     const lut = COLORMAPS.inferno;
@@ -65,6 +65,12 @@ export function mount(root, context) {
         const at = Math.round(Math.max(0, Math.min(1, matrix[i][j] ?? 0)) * 255) * 3;
         context.fillStyle = `rgb(${lut[at]},${lut[at + 1]},${lut[at + 2]})`;
         context.fillRect(j * cell, i * cell, cell - 1, cell - 1);
+        if (cell >= 36 && matrix[i][j] !== null) {
+          context.fillStyle = matrix[i][j] > 0.6 ? "#101317" : "#e4e7eb";
+          context.font = "11px ui-monospace, monospace";
+          context.textAlign = "center";
+          context.fillText(matrix[i][j].toFixed(2), j * cell + cell / 2, i * cell + cell / 2 + 4);
+        }
       }),
     );
     const readout = h("div.hint", "hover a cell");

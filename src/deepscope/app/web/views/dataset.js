@@ -53,6 +53,7 @@ export function mount(root, context) {
   let coordinates = null; // {x, y} normalized to [-1, 1], and the transform back to layout space
   let scatter = null;
   let applyingSelection = false;
+  let lassoDrawn = null; // {sel, rows}: the lasso the person just drew, with the rows the plot selected
 
   const onReady = () => {
     if (!info) load(state.get());
@@ -212,19 +213,32 @@ export function mount(root, context) {
       lassoMinDelay: 8,
       lassoMinDist: 3,
       deselectOnDblClick: true,
+      // events at once rather than after the next frame: a lasso's samples show without waiting for a redraw
+      syncEvents: true,
     });
-    let lassoEnded = -Infinity;
+    // How far the pointer travelled with the button down in the last gesture: a lasso closed where it started
+    // ends with a click, which the plot takes for picking the point there; the lasso's selection must stand.
+    let dragged = 0;
+    let last = null;
+    canvas.addEventListener("pointerdown", (event) => {
+      dragged = 0;
+      last = [event.clientX, event.clientY];
+    });
+    canvas.addEventListener("pointermove", (event) => {
+      if (!event.buttons || !last) return;
+      dragged += Math.hypot(event.clientX - last[0], event.clientY - last[1]);
+      last = [event.clientX, event.clientY];
+    });
     scatter.subscribe("lassoEnd", ({ coordinates: polygon }) => {
       if (applyingSelection) return;
-      lassoEnded = performance.now();
       const text = polygon.map((p) => toLayout(p).map((v) => Number(v.toPrecision(5))).join(",")).join(";");
-      state.set({ sel: `lasso:${text}` });
+      // the plot has selected the points inside already: the selection grid takes them as they are
+      lassoDrawn = { sel: `lasso:${text}`, rows: scatter.get("selectedPoints") };
+      state.set({ sel: lassoDrawn.sel });
     });
     scatter.subscribe("select", ({ points: rows }) => {
       if (applyingSelection || rows.length !== 1) return;
-      // A lasso closed where it started ends with a click, which the plot takes for picking the point there:
-      // the lasso's selection stands.
-      if (performance.now() - lassoEnded < 400) applySelection(state.get());
+      if (dragged > 10) applySelection(state.get());
       else state.set({ sel: `rows:${rows[0]}` });
     });
     scatter.subscribe("deselect", () => {
@@ -349,7 +363,11 @@ export function mount(root, context) {
     const sel = current.sel ?? "";
     let rows = null;
     let title = "";
-    if (sel.startsWith("lasso:") && coordinates) {
+    if (sel.startsWith("lasso:") && lassoDrawn?.sel === sel) {
+      rows = [...lassoDrawn.rows].sort((a, b) => a - b);
+      title = "lasso";
+    } else if (sel.startsWith("lasso:") && coordinates) {
+      // a lasso from the URL (a copied link, the back button): the rows inside its polygon
       const polygon = sel
         .slice(6)
         .split(";")

@@ -334,7 +334,7 @@ function drawBars(canvas, values, order, width) {
     const top = 70 - Math.max(v, 0) * 68;
     context.fillRect(position * barWidth, top, Math.max(barWidth - 1, 1), Math.abs(v) * 68);
   });
-  return { tile: barWidth, gap: 0, columns, order, count: columns, bars: true };
+  return { tile: barWidth, gap: 0, columns, order, count: columns, rows: 1 };
 }
 
 /** The histogram's non-empty bins as bars, x on a signed log scale (asinh), counts on a log scale. */
