@@ -68,10 +68,20 @@ export function normalize(values, signed, clip = 99.5) {
   return { position, magnitude, ends: [low, high] };
 }
 
-/** Distinct colors for `count` classes: Tableau 10 up to ten, evenly spaced hues beyond. */
+/** Distinct colors for `count` classes, as "#rrggbb" (what regl-scatterplot reads): Tableau 10 up to ten,
+ * evenly spaced hues beyond. */
 export function categorical(count) {
   if (count <= 10) return d3.schemeTableau10.slice(0, Math.max(count, 1));
-  return Array.from({ length: count }, (_, i) => d3.interpolateSinebow(i / count));
+  return Array.from({ length: count }, (_, i) => d3.color(d3.interpolateSinebow(i / count)).formatHex());
+}
+
+/** `steps` colors of a colormap as "#rrggbb", low to high. */
+export function ramp(name, steps) {
+  const lut = COLORMAPS[name];
+  return Array.from({ length: steps }, (_, i) => {
+    const at = Math.round((i / (steps - 1)) * 255) * 3;
+    return d3.rgb(lut[at], lut[at + 1], lut[at + 2]).formatHex();
+  });
 }
 
 /** A confusion-matrix cell on the dark page: agreement (the diagonal) in green, confusion in red, each as

@@ -9,7 +9,7 @@
 import createScatterplot from "../vendor/regl-scatterplot/regl-scatterplot.esm.js";
 import * as api from "../lib/api.js";
 import { column } from "../lib/arrays.js";
-import { categorical, COLORMAPS, confusionColor } from "../lib/colormaps.js";
+import { categorical, confusionColor, ramp } from "../lib/colormaps.js";
 import { failure, fill, h, latest } from "../lib/dom.js";
 import * as state from "../lib/state.js";
 
@@ -256,11 +256,7 @@ export function mount(root, context) {
     let dataType = "categorical";
     if (color === "confidence") {
       values = points.confidence;
-      palette = Array.from({ length: 64 }, (_, i) => {
-        const at = Math.round((i / 63) * 255) * 3;
-        const lut = COLORMAPS.viridis;
-        return `rgb(${lut[at]},${lut[at + 1]},${lut[at + 2]})`;
-      });
+      palette = ramp("viridis", 64);
       dataType = "continuous";
     } else if (color === "correct") {
       values = points.correct.map((c) => (c === 1 ? 0 : c === 0 ? 1 : 2));
@@ -315,7 +311,7 @@ export function mount(root, context) {
   const toLayout = (point) => coordinates.toLayout(point);
 
   function pointSizeFor(count) {
-    return count > 50000 ? 2 : count > 10000 ? 3 : count > 2000 ? 4 : 6;
+    return count > 50000 ? 2 : count > 10000 ? 3 : count > 2000 ? 4 : count > 200 ? 6 : 10;
   }
 
   function showHover(row) {
@@ -398,8 +394,15 @@ export function mount(root, context) {
         applyingSelection = false;
       }
     } else if (sel.startsWith("rows:")) {
+      // points clicked in the plot (rows of the workspace)
       rows = sel.slice(5).split(",").map(Number);
-      title = "points";
+      title = rows.length === 1 ? "point" : "points";
+      applyingSelection = true;
+      try {
+        scatter?.select(rows, { preventEvent: true });
+      } finally {
+        applyingSelection = false;
+      }
     } else {
       applyingSelection = true;
       try {
@@ -573,7 +576,10 @@ export function mount(root, context) {
       else counts.correct[bin] += 1;
     }
     const chart = h("div.chart");
-    fill(histograms, h("div.panel-head", h("h2", "Confidence"), h("span.hint", h("span", { style: { color: "#3ecf8e" } }, "■"), " correct ", h("span", { style: { color: "#ff6b6b" } }, "■"), " misclassified")), chart);
+    const key = info.labeled
+      ? h("span.hint", h("span", { style: { color: "#3ecf8e" } }, "■"), " correct ", h("span", { style: { color: "#ff6b6b" } }, "■"), " misclassified")
+      : h("span.hint", "of the predictions (the data has no labels)");
+    fill(histograms, h("div.panel-head", h("h2", "Confidence"), key), chart);
     requestAnimationFrame(() => {
       const x = Array.from({ length: bins }, (_, i) => (i + 0.5) / bins);
       new globalThis.uPlot(
@@ -589,11 +595,13 @@ export function mount(root, context) {
           ],
           series: [
             {},
-            { stroke: "#3ecf8e", fill: "rgba(62,207,142,0.35)", paths: globalThis.uPlot.paths.bars({ size: [0.45, 40], align: -1 }), points: { show: false } },
-            { stroke: "#ff6b6b", fill: "rgba(255,107,107,0.45)", paths: globalThis.uPlot.paths.bars({ size: [0.45, 40], align: 1 }), points: { show: false } },
-          ],
+            info.labeled
+              ? { stroke: "#3ecf8e", fill: "rgba(62,207,142,0.35)", paths: globalThis.uPlot.paths.bars({ size: [0.45, 40], align: -1 }), points: { show: false } }
+              : { stroke: "#4f9cf9", fill: "rgba(79,156,249,0.35)", paths: globalThis.uPlot.paths.bars({ size: [0.9, 40] }), points: { show: false } },
+            info.labeled ? { stroke: "#ff6b6b", fill: "rgba(255,107,107,0.45)", paths: globalThis.uPlot.paths.bars({ size: [0.45, 40], align: 1 }), points: { show: false } } : null,
+          ].filter(Boolean),
         },
-        [x, counts.correct, counts.wrong],
+        info.labeled ? [x, counts.correct, counts.wrong] : [x, counts.correct],
         chart,
       );
     });

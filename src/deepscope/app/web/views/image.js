@@ -151,7 +151,12 @@ export function mount(root, context) {
       subject,
       h(
         "div.subject",
-        h("img.photo", { src: api.url(`/api/images/${encodeURIComponent(current.image)}`), alt: "the image" }),
+        h("img.photo", {
+          src: api.url(`/api/images/${encodeURIComponent(current.image)}`),
+          alt: "the image",
+          // a digit of 28x28 pixels is shown large, its pixels square
+          onload: (event) => event.target.naturalWidth < 128 && event.target.classList.add("small"),
+        }),
         h(
           "div",
           h("h2", { style: { margin: "0 0 8px" } }, `${model.name ?? model.id} sees`),
@@ -303,6 +308,7 @@ function mapCard(model, image, method, target, opacity, settled) {
       const normalized = normalize(values, signed);
       paintOverlay(overlay, width, height, normalized, colormap);
       stack.style.aspectRatio = `${width} / ${height}`;
+      if (width < 96) stack.classList.add("pixelated");
       if (meta.crop) {
         const pixels = await photoPixels(image, meta.crop, width, height);
         paintGray(base, pixels);

@@ -140,6 +140,7 @@ export function mount(root, context) {
       const tile = Math.max(22, Math.min(96, Math.floor(Math.sqrt((width * 560) / count)) - 2));
       const columns = Math.max(1, Math.floor((width + 2) / (tile + 2)));
       const layerScale = scaleOf(array.data);
+      activations.layerScale = layerScale;
       const scales = new Map();
       const scaleFor = (index) => {
         if (!perUnit) return layerScale;
@@ -184,7 +185,8 @@ export function mount(root, context) {
       const [, height, width] = array.shape;
       const values = array.data.subarray(unit * height * width, (unit + 1) * height * width);
       const canvas = h("canvas", { "aria-label": `unit ${unit} map` });
-      const scale = drawMap(canvas, values, height, width);
+      // the grid's colors: the layer's scale, or the unit's own when the grid scales each unit
+      const scale = drawMap(canvas, values, height, width, current.scale === "unit" ? scaleOf(values) : activations.layerScale);
       zoom.append(
         h("div.unit-zoom", canvas),
         h("div.legend-bar", { style: { background: gradient(scale.colormap), width: "224px" } }),
