@@ -268,3 +268,39 @@ def test_the_vendored_libraries_are_the_pinned_ones():
         [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_unit_page_visualizes_on_request_and_keeps_its_name_and_notes(bench):
+    bench.open(model="lenet_mnist", view="unit", layer="conv1", unit="2", image="sample:lenet_mnist:5")
+    page = bench.page
+    expect(page.locator("section[aria-label='top patches'] .tile")).to_have_count(9)
+    expect(page.locator("section[aria-label='unit map'] canvas").first).to_be_visible()
+    page.get_by_role("button", name="Visualize").click()
+    expect(page.locator(".featurevis img")).to_be_visible(timeout=120_000)
+    page.get_by_label("unit name").fill("left edges")
+    page.get_by_label("unit notes").fill("fires on the left side of strokes")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("section[aria-label='name and notes']")).to_contain_text("saved")
+    page.reload()
+    expect(page.get_by_label("unit name")).to_have_value("left edges")
+    expect(page.get_by_label("unit notes")).to_have_value("fires on the left side of strokes")
+    # the visualization was kept: shown at once, no button
+    expect(page.locator(".featurevis img")).to_be_visible()
+    # a top patch opens its sample in the Image view
+    first = page.locator("section[aria-label='top patches'] .tile").first
+    sample = first.get_attribute("data-sample")
+    first.click()
+    expect(page.locator("#view[data-view='image']")).to_be_attached()
+    assert bench.state()["image"] == f"sample:lenet_mnist:{sample}"
+
+
+def test_a_heat_map_is_scored_by_deletion_and_insertion_on_request(bench):
+    bench.open(model="lenet_mnist", view="image", image="sample:lenet_mnist:2", methods="grad_cam")
+    image = ImagePage(bench)
+    assert image.wait_maps() == {"grad_cam": "done"}
+    card = bench.page.locator(".map-card[data-method='grad_cam']")
+    card.get_by_role("button", name="Deletion / insertion").click()
+    expect(card.locator(".auc b")).to_have_count(2, timeout=120_000)
+    deletion, insertion = (float(text) for text in card.locator(".auc b").all_inner_texts())
+    assert 0 <= deletion <= 1 and 0 <= insertion <= 1
+    expect(card.locator(".uplot")).to_be_visible()

@@ -34,6 +34,26 @@ export function mount(root, context) {
   const newMaps = latest();
   const cards = new Map();
 
+  /** Outline on the photo the part of it the model saw (its preprocessing's crop), once a map says which. */
+  function outlineCrop(meta) {
+    const frame = subject.querySelector(".photo-frame");
+    if (!frame || frame.querySelector(".crop") || !meta.crop || !meta.width) return;
+    const [left, top, right, bottom] = meta.crop;
+    if (left <= 0 && top <= 0 && right >= meta.width && bottom >= meta.height) return;
+    const percent = (value, side) => `${(100 * value) / side}%`;
+    frame.append(
+      h("div.crop", {
+        title: "the part of the image the model sees (its preprocessing's center crop); the maps cover it",
+        style: {
+          left: percent(left, meta.width),
+          top: percent(top, meta.height),
+          width: percent(right - left, meta.width),
+          height: percent(bottom - top, meta.height),
+        },
+      }),
+    );
+  }
+
   async function drawPicker(current) {
     let images;
     try {
@@ -151,12 +171,15 @@ export function mount(root, context) {
       subject,
       h(
         "div.subject",
-        h("img.photo", {
-          src: api.url(`/api/images/${encodeURIComponent(current.image)}`),
-          alt: "the image",
-          // a digit of 28x28 pixels is shown large, its pixels square
-          onload: (event) => event.target.naturalWidth < 128 && event.target.classList.add("small"),
-        }),
+        h(
+          "div.photo-frame",
+          h("img.photo", {
+            src: api.url(`/api/images/${encodeURIComponent(current.image)}`),
+            alt: "the image",
+            // a digit of 28x28 pixels is shown large, its pixels square
+            onload: (event) => event.target.naturalWidth < 128 && event.target.classList.add("small"),
+          }),
+        ),
         h(
           "div",
           h("h2", { style: { margin: "0 0 8px" } }, `${model.name ?? model.id} sees`),
@@ -253,7 +276,7 @@ export function mount(root, context) {
     fill(
       maps,
       chosen.map((name) => {
-        const card = mapCard(model, current.image, byName.get(name) ?? { name, family: "" }, target, opacity, settled);
+        const card = mapCard(model, current.image, byName.get(name) ?? { name, family: "" }, target, opacity, settled, outlineCrop);
         cards.set(name, card);
         return card.element;
       }),
@@ -278,7 +301,7 @@ export function mount(root, context) {
 }
 
 /** One method's card: the map over the photo, its color bar and meaning, and its faithfulness on request. */
-function mapCard(model, image, method, target, opacity, settled) {
+function mapCard(model, image, method, target, opacity, settled, onMeta) {
   const base = h("canvas");
   const overlay = h("canvas", { style: { opacity } });
   const stack = h("div.map-stack", base, overlay);
@@ -300,6 +323,7 @@ function mapCard(model, image, method, target, opacity, settled) {
     try {
       const map = await api.array(api.path(`/api/models/${model.id}/heatmap`, query), { cached: true });
       const meta = map.header.meta ?? {};
+      onMeta(meta);
       const [height, width] = map.shape;
       let values = map.data;
       if (method.family === "cam") values = values.map((v) => Math.max(v, 0));

@@ -7,6 +7,7 @@ import { gradient } from "../lib/colormaps.js";
 import { failure, fill, h, latest, shapeText } from "../lib/dom.js";
 import { drawColorFilters, drawGrid, drawMap, hit, outline, scaleOf } from "../lib/tiles.js";
 import * as state from "../lib/state.js";
+import { stepUnit } from "./unit.js";
 
 export function mount(root, context) {
   const header = h("div.panel");
@@ -33,6 +34,13 @@ export function mount(root, context) {
 
   const onReady = () => drawStatistics(state.get());
   window.addEventListener("workspace-ready", onReady);
+  const onKey = (event) => {
+    const current = state.get();
+    const units = activations?.array.shape[0];
+    if (units && Number(current.unit) + 1 >= units && event.key === "ArrowRight") return;
+    stepUnit(event, current.unit === undefined && activations ? { ...current, unit: "-1" } : current);
+  };
+  window.addEventListener("keydown", onKey);
 
   async function drawHeader(current) {
     let scanned;
@@ -315,6 +323,7 @@ export function mount(root, context) {
     },
     unmount() {
       window.removeEventListener("workspace-ready", onReady);
+      window.removeEventListener("keydown", onKey);
       page.remove();
     },
   };

@@ -22,6 +22,8 @@ export function mount(root, context) {
   );
   root.append(page);
   const newUnit = latest();
+  const onKey = (event) => stepUnit(event, state.get());
+  window.addEventListener("keydown", onKey);
 
   async function draw(current) {
     const isStale = newUnit();
@@ -183,7 +185,19 @@ export function mount(root, context) {
     },
     unmount() {
       newUnit();
+      window.removeEventListener("keydown", onKey);
       page.remove();
     },
   };
+}
+
+/** ← and → step through the units (outside text fields). */
+export function stepUnit(event, current) {
+  if (event.target.closest?.("input, textarea, select") || event.altKey || event.ctrlKey || event.metaKey) return;
+  const delta = { ArrowLeft: -1, ArrowRight: 1 }[event.key];
+  if (!delta || current.unit === undefined) return;
+  const next = Number(current.unit) + delta;
+  if (next < 0) return;
+  event.preventDefault();
+  state.set({ unit: String(next) });
 }
