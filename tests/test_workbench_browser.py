@@ -114,6 +114,11 @@ def test_a_block_expands_into_its_operations(bench):
     assert bench.state()["open"] == "_blocks.2"
     # the residual addition of the block is drawn as a skip connection
     assert bench.page.locator(".graph-edge.skip").count() >= 1
+    # a layer inside a collapsed block is found by name: its block opens, the view centers on it
+    graph.find("_blocks.9._project_conv")
+    assert set(bench.state()["open"].split(",")) == {"_blocks.2", "_blocks.9"}
+    graph.click_node("_blocks.9._project_conv")
+    expect(bench.page.locator("#view[data-view='layer']")).to_be_attached()
 
 
 def test_picking_a_photo_shows_one_heat_map_per_chosen_method_and_a_class_retargets_them(bench):
@@ -304,3 +309,21 @@ def test_a_heat_map_is_scored_by_deletion_and_insertion_on_request(bench):
     deletion, insertion = (float(text) for text in card.locator(".auc b").all_inner_texts())
     assert 0 <= deletion <= 1 and 0 <= insertion <= 1
     expect(card.locator(".uplot")).to_be_visible()
+
+
+@pytest.mark.slow
+def test_a_500_node_graph_expands_fully_and_its_nodes_open_their_layers(browser, tmp_path):
+    with workbench(tmp_path, ["torchvision:resnet152?weights=none"]) as base:
+        context = browser.new_context(viewport={"width": 1440, "height": 900})
+        try:
+            bench = Workbench(context.new_page(), base)
+            bench.open(model="resnet152", view="architecture", image="photo:coffee", depth="99")
+            graph = ArchitecturePage(bench).wait_drawn().wait_colored()
+            full = get_json(base, "/api/models/resnet152/graph")
+            assert graph.node_count() == len(full["nodes"]) >= 500
+            graph.find("layer3.20.conv2")
+            graph.click_node("layer3.20.conv2")
+            assert LayerPage(bench).wait_grid().units_in_grid() == 256
+            assert bench.errors == []
+        finally:
+            context.close()

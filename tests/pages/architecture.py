@@ -36,5 +36,11 @@ class ArchitecturePage:
     def click_node(self, layer: str) -> None:
         self.page.locator(f".graph-node[data-layer='{layer}'] rect.box").click()
 
+    def find(self, layer: str) -> None:
+        """Type a layer's name in the search box: its blocks open and the view centers on it."""
+        self.page.get_by_label("find a layer").fill(layer)
+        self.page.get_by_label("find a layer").press("Enter")
+        expect(self.page.locator(f".graph-node.selected[data-layer='{layer}']")).to_be_visible()
+
     def expand(self, block: str) -> None:
         self.page.locator(f".graph-node .toggle[data-expand='{block}']").click()

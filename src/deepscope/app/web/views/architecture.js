@@ -167,6 +167,7 @@ export function mount(root, context) {
   let nodeElements = new Map();
   let transform = { x: 0, y: 0, k: 1 };
   let bounds = { width: 1, height: 1 };
+  let positions = new Map();
   const opsByBlock = new Map();
   const knownOps = new Map();
 
@@ -287,6 +288,7 @@ export function mount(root, context) {
 
   function draw(layout, current, toggled, depth) {
     const position = new Map(layout.children.map((child) => [child.id, child]));
+    positions = position;
     const rank = ranks(drawn.nodes, drawn.edges);
     bounds = { width: layout.width, height: layout.height };
     const frames = [...toggled]
@@ -376,6 +378,7 @@ export function mount(root, context) {
     viewport.replaceChildren(defs, ...frames.filter(Boolean), ...edges.filter(Boolean), ...nodes);
     wrap.dataset.nodes = String(drawn.nodes.length);
     fit({ top: true });
+    if (current.layer) focusLayer(current.layer);
     recolor();
     highlight(current);
   }
@@ -479,6 +482,20 @@ export function mount(root, context) {
         h("button", { onclick: () => state.set({ depth: String(depthOf(graph) + 1), open: null }), title: "every op" }, "Expand all"),
         h("button", { onclick: () => state.set({ depth: null, open: null }) }, "Collapse"),
         h("button", { onclick: () => fit() }, "Fit"),
+      ),
+      h(
+        "form.toolbar",
+        {
+          style: { marginBottom: "8px" },
+          onsubmit: (event) => {
+            event.preventDefault();
+            const input = event.target.elements.layer;
+            input.setCustomValidity(find(input.value.trim()) ? "" : "no layer of that name in the graph");
+            input.reportValidity();
+          },
+        },
+        h("input", { name: "layer", list: "graph-layers", oninput: (event) => event.target.setCustomValidity(""), placeholder: "find a layer…", "aria-label": "find a layer", style: { width: "230px", padding: "3px 8px" } }),
+        h("datalist#graph-layers", graph.nodes.filter((n) => n.layer).map((n) => h("option", { value: n.layer }))),
         h(
           "label",
           "depth",
@@ -499,6 +516,36 @@ export function mount(root, context) {
       graph.notes?.length ? h("div.hint", graph.notes.join(" ")) : null,
     );
     drawStrengthScale(null);
+  }
+
+  /** Center the view on the node of `layer` (the block holding it when it is collapsed). */
+  function focusLayer(layer) {
+    const node =
+      drawn.nodes.find((n) => n.layer === layer) ?? drawn.nodes.find((n) => n.members.some((m) => m.layer === layer));
+    const box = node && positions.get(node.id);
+    if (!box) return;
+    const k = Math.max(transform.k, 0.8);
+    const width = wrap.clientWidth || 1200;
+    const height = wrap.clientHeight || 800;
+    transform = { k, x: width / 2 - (box.x + box.width / 2) * k, y: height / 2 - (box.y + box.height / 2) * k };
+    apply();
+  }
+
+  /** Find a layer: open the blocks that hold it, select it and center on it. */
+  function find(layer) {
+    const target = graph.nodes.find((n) => n.layer === layer);
+    if (!target) return false;
+    const current = state.get();
+    const { toggled, isOpen } = openTest(current);
+    const segments = containersOf(target);
+    for (let k = 1; k <= segments.length; k += 1) {
+      const prefix = segments.slice(0, k).join(".");
+      // a block holding nothing but the layer is drawn as the layer itself: no need to open it
+      const alone = graph.nodes.filter((n) => inside(n, prefix)).length === 1;
+      if (!isOpen(prefix, k) && !alone) toggled.add(prefix);
+    }
+    state.set({ layer, open: [...toggled].join(",") || null });
+    return true;
   }
 
   function highlight(current) {
@@ -524,7 +571,10 @@ export function mount(root, context) {
       }
       if (changed.has("depth") || changed.has("open")) await relayout(current);
       if (changed.has("image")) loadStrength(current);
-      if (changed.has("layer")) highlight(current);
+      if (changed.has("layer")) {
+        highlight(current);
+        if (current.layer) focusLayer(current.layer);
+      }
     },
     unmount() {
       newLayout();
