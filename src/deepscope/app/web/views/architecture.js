@@ -565,8 +565,8 @@ export function mount(root, context) {
           fill(legend, failure(error));
           return;
         }
+        loadStrength(current); // (fetched while ELK lays the graph out; drawn when both are there)
         await relayout(current);
-        loadStrength(current);
         return;
       }
       if (changed.has("depth") || changed.has("open")) await relayout(current);
