@@ -2,7 +2,9 @@
 
 /** h("div.card#main", {onclick, title, style: {...}, dataset: {...}}, child, [children], "text") -> Element. */
 export function h(selector, attributes = {}, ...children) {
-  if (attributes instanceof Node || typeof attributes !== "object" || Array.isArray(attributes)) {
+  if (attributes === null || attributes === undefined) {
+    attributes = {};
+  } else if (attributes instanceof Node || typeof attributes !== "object" || Array.isArray(attributes)) {
     children.unshift(attributes);
     attributes = {};
   }
