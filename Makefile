@@ -14,15 +14,21 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+$(VENV)/.installed-server: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[server]'
+	touch $@ $(VENV)/.installed
+
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,server]'
-	touch $@ $(VENV)/.installed
+	touch $@ $(VENV)/.installed $(VENV)/.installed-server
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-demo: $(VENV)/.installed
+# The static report page, then the workbench on loopback (prints its URL; Ctrl-C stops it).
+demo: $(VENV)/.installed-server
 	$(BIN)/deepscope demo
+	$(BIN)/deepscope serve
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

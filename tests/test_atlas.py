@@ -757,7 +757,7 @@ def test_workspace_tables_read_with_pandas_and_sqlite(atlas):
         version = connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     np.testing.assert_array_equal(predictions["predicted"], atlas.predictions)
-    assert runs.loc[0, "status"] == "complete" and version == "1"
+    assert runs.loc[0, "status"] == "complete" and version == "2"
     probabilities = np.load(atlas.path / "runs" / "1" / "probabilities.npy")
     np.testing.assert_array_equal(probabilities, atlas.probabilities)
 
@@ -784,7 +784,7 @@ def test_other_schema_versions_and_other_data_are_refused(atlas, lenet, tmp_path
     ):
         source.backup(target)
         target.execute("UPDATE meta SET value='0' WHERE key='schema_version'")
-    with pytest.raises(WorkspaceError, match="schema version 0 .*reads version 1"):
+    with pytest.raises(WorkspaceError, match="schema version 0 .*reads versions 1 to 2"):
         ds.atlas.open_workspace(copy_dir)
     with pytest.raises(WorkspaceError, match="holds scans of dataset 'mnist5k-all'"):
         ds.atlas.scan(lenet, "mnist5k:test", out=atlas.path)
@@ -1278,7 +1278,7 @@ def test_a_workspace_on_read_only_storage_opens_for_reading(lenet, tmp_path):
         ws = ds.atlas.open_workspace(mounted)
         assert ws.store.read_only and ws.complete and len(ws.predictions) == 200
         assert ws.confusion_matrix().sum() == 200 and ws.layout("pca").shape == (200, 2)
-        with pytest.raises(WorkspaceError, match=r"read-only storage, so feedback cannot be saved") as error:
+        with pytest.raises(WorkspaceError, match=r"open read-only \(read-only storage, or opened so\), so feedback cannot be saved") as error:
             ws.add_feedback("note", "blurry", index=3)
         assert "\n" not in str(error.value)
         with pytest.raises(WorkspaceError, match="cannot create the workspace"):

@@ -608,6 +608,57 @@ def concepts_command(
     typer.echo(f"wrote {out}")
 
 
+@app.command()
+def serve(
+    model: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Model specs (default: zoo:efficientnet_lite0 on the bundled photos and zoo:lenet_mnist on "
+            "mnist5k:test)"
+        ),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Data spec for every MODEL given (mnist5k:test, samples, a folder...)")
+    ] = None,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory of the workspaces (default ~/.cache/deepscope/workspaces); the only one opened"
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; beyond loopback a token is required")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: a free one)")] = 8000,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser")] = False,
+    device: Annotated[str, typer.Option(help="Device of the models: cpu, cuda, cuda:1...")] = "cpu",
+    workers: Annotated[int, typer.Option(min=1, help="Threads running the models")] = 2,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="DEEPSCOPE_TOKEN", help="Token to require (default: generated off loopback)"),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest upload, in MB")] = 20.0,
+    max_megapixels: Annotated[float, typer.Option(min=0.000001, help="Largest upload, in megapixels")] = 40.0,
+) -> None:
+    """The workbench: serve the models in the browser (architecture, layers and units, heat maps, dataset).
+    Prints the URL; Ctrl-C stops it."""
+    from deepscope.app.server.serving import serve_workbench
+
+    serve_workbench(
+        model or [],
+        data=data,
+        root=workspace,
+        host=host,
+        port=port,
+        browser=not no_browser,
+        device=device,
+        workers=workers,
+        token=token,
+        max_upload_mb=max_upload_mb,
+        max_megapixels=max_megapixels,
+    )
+
+
 def main() -> None:
     """Entry point: deepscope's own errors print as one clear line and exit with status 2."""
     try:

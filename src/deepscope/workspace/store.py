@@ -10,6 +10,7 @@ Layout (documented for users in docs/workspace.md)::
     WS/runs/<id>/weights.npz                        weight histograms of the model
     WS/runs/<id>/layouts/<file>.npy                 2-D layouts and neighbor lists, rows = scanned samples
     WS/locks/<fingerprint>.lock                     held by the one process writing that run (Store.writing)
+    WS/artifacts/<kind>/<file>                      cached results (feature visualizations, patches...): artifacts
 
 Arrays are indexed by dataset index and preallocated when a run starts (``np.lib.format.open_memmap``), so a
 scan writes each chunk in place and its memory does not grow with the dataset. A chunk counts as written only
@@ -20,6 +21,7 @@ and nothing is counted twice.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -39,10 +41,13 @@ import numpy as np
 from deepscope._version import __version__
 from deepscope.errors import SettingError, SettingTypeError, WorkspaceError
 
-# Version 1: the first layout. Bump on any change to tables, columns or array files, and describe it in
-# docs/workspace.md; older workspaces are then refused with a message saying which version wrote them.
-SCHEMA_VERSION = 1
+# Version 1: the first layout. Version 2: the artifacts table. Bump on any change to tables, columns or array
+# files, and describe it in docs/workspace.md. An older workspace is brought up to date on open when a step in
+# MIGRATIONS leads from its version to this one (a read-only one is read as it is); others are refused with a
+# message saying which version wrote them.
+SCHEMA_VERSION = 2
 DATABASE = "workspace.sqlite"
+ARTIFACTS = "artifacts"
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -119,6 +124,22 @@ CREATE TABLE feedback (
     created_at REAL NOT NULL
 );
 """
+
+ARTIFACTS_TABLE = """
+CREATE TABLE artifacts (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    file TEXT NOT NULL,
+    format TEXT NOT NULL CHECK (format IN ('npy', 'bytes')),
+    version INTEGER NOT NULL,
+    meta TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+"""
+
+# version -> the SQL that brings a workspace of the version before it up to it, in one transaction.
+MIGRATIONS = {2: ARTIFACTS_TABLE}
 
 
 @dataclass(frozen=True)
@@ -206,6 +227,27 @@ class ChunkRows:
 
 
 @dataclass(frozen=True)
+class Artifact:
+    """A cached result in a workspace: its ``kind`` and ``key``, the ``version`` of the code that computed it,
+    ``meta`` (JSON-ready) and ``path``, the file holding it (an ``.npy`` array, or raw bytes)."""
+
+    kind: str
+    key: str
+    version: int
+    meta: dict[str, Any]
+    path: Path
+    format: str
+
+    def load(self) -> np.ndarray | bytes:
+        """The stored value: the array (read into memory) or the bytes."""
+        if not self.path.is_file():
+            raise WorkspaceError(f"artifact {self.kind}/{self.key} lost its file {self.path}")
+        if self.format == "npy":
+            return np.load(self.path, allow_pickle=False)
+        return self.path.read_bytes()
+
+
+@dataclass(frozen=True)
 class LayoutRecord:
     """A stored layout (or neighbor list): its ``kind``, ``layer``, ``params`` and ``file`` under ``layouts/``."""
 
@@ -223,7 +265,7 @@ class Store:
     >>> import tempfile, deepscope as ds
     >>> store = ds.workspace.Store.create(tempfile.mkdtemp())
     >>> store.schema_version
-    1
+    2
     """
 
     def __init__(self, path: Path, connection: sqlite3.Connection, read_only: bool = False):
@@ -236,8 +278,8 @@ class Store:
     def _check_writable(self, what: str) -> None:
         if self.read_only:
             raise WorkspaceError(
-                f"workspace {self.path} is on read-only storage, so {what} cannot be saved; copy the workspace to "
-                "a writable directory to add to it"
+                f"workspace {self.path} is open read-only (read-only storage, or opened so), so {what} cannot be "
+                "saved; copy the workspace to a writable directory to add to it"
             )
 
     # ------------------------------------------------------------------------------------------------------
@@ -263,7 +305,7 @@ class Store:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
             raise WorkspaceError(f"cannot create the workspace {path}: {reason}") from None
         with connection:
-            connection.executescript(SCHEMA)
+            connection.executescript(SCHEMA + ARTIFACTS_TABLE)
             connection.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
                 [("schema_version", str(SCHEMA_VERSION)), ("created_with", f"deepscope {__version__}")],
@@ -271,19 +313,23 @@ class Store:
         return cls(path, connection)
 
     @classmethod
-    def open(cls, path: str | Path) -> Store:
-        """Open an existing workspace; one written by another schema version is refused with a clear message."""
+    def open(cls, path: str | Path, read_only: bool = False) -> Store:
+        """Open an existing workspace. One written by an older schema version is brought up to date (in one
+        transaction) unless ``read_only``, or unless the database cannot be written: it is then read as it is,
+        without the newer tables (:meth:`artifact` finds nothing, :meth:`put_artifact` refuses). Other versions
+        are refused with a clear message."""
         path = Path(path)
         database = path / DATABASE
         if not database.is_file():
             raise WorkspaceError(f"{path} is not a deepscope workspace (no {DATABASE} in it)")
-        read_only = _on_read_only_storage(path)
+        storage_read_only = _on_read_only_storage(path)
         wal = database.with_name(database.name + "-wal")
-        if read_only and wal.is_file() and wal.stat().st_size > 0:
+        if storage_read_only and wal.is_file() and wal.stat().st_size > 0:
             raise WorkspaceError(
                 f"workspace {path} is on read-only storage with transactions still in its write-ahead log "
                 f"({wal.name}: the scan writing it did not finish); open it once on writable storage"
             )
+        read_only = read_only or storage_read_only
         connection = _connect(database, read_only)
         try:
             rows = dict(connection.execute("SELECT key, value FROM meta").fetchall())
@@ -291,13 +337,30 @@ class Store:
             connection.close()
             raise WorkspaceError(f"{database} is not a deepscope workspace database: {error}") from None
         version = int(rows.get("schema_version", -1))
-        if version != SCHEMA_VERSION:
+        known = range(min(MIGRATIONS, default=SCHEMA_VERSION) - 1, SCHEMA_VERSION + 1)
+        if version not in known:
             connection.close()
             raise WorkspaceError(
                 f"workspace {path} has schema version {version} (written by {rows.get('created_with', '?')}); "
-                f"this deepscope reads version {SCHEMA_VERSION}. Scan again into a new directory, or open it "
-                "with the deepscope version that wrote it (docs/workspace.md lists the versions)"
+                f"this deepscope reads versions {known.start} to {SCHEMA_VERSION}. Scan again into a new "
+                "directory, or open it with the deepscope version that wrote it (docs/workspace.md lists the versions)"
             )
+        if version < SCHEMA_VERSION and not read_only:
+            steps = "".join(MIGRATIONS[step] for step in range(version + 1, SCHEMA_VERSION + 1))
+            try:
+                connection.executescript(
+                    f"BEGIN IMMEDIATE; {steps}; UPDATE meta SET value='{SCHEMA_VERSION}' "
+                    "WHERE key='schema_version'; COMMIT;"
+                )
+            except sqlite3.OperationalError as error:
+                if connection.in_transaction:
+                    connection.rollback()
+                if "readonly" not in str(error).replace("-", "").replace(" ", ""):
+                    connection.close()
+                    raise WorkspaceError(
+                        f"could not update workspace {path} to version {SCHEMA_VERSION}: {error}"
+                    ) from None
+                read_only = True  # a read-only file or mount: read it as it is
         return cls(path, connection, read_only)
 
     @property
@@ -630,6 +693,90 @@ class Store:
         keys = ("id", "run_id", "index", "layer", "unit", "kind", "value", "created_at")
         return [{**dict(zip(keys, row, strict=True)), "value": json.loads(row[6])} for row in rows]
 
+    # ------------------------------------------------------------------------------------------------------
+    # artifacts: results that cost seconds, computed once (the workbench's feature visualizations, layouts of
+    # other layers, top-patch crops, deletion/insertion scores)
+
+    def put_artifact(
+        self,
+        kind: str,
+        key: str,
+        value: np.ndarray | bytes,
+        meta: Mapping[str, Any] | None = None,
+        version: int = 1,
+    ) -> Artifact:
+        """Keep ``value`` (an array, stored as ``.npy``, or bytes) under (``kind``, ``key``), replacing what was
+        there. ``version`` is the version of the code that computed it (:meth:`artifact` finds only that one);
+        ``meta`` is stored as JSON.
+
+        >>> import tempfile, numpy as np, deepscope as ds
+        >>> store = ds.workspace.Store.create(tempfile.mkdtemp())
+        >>> _ = store.put_artifact("layout", "tsne:fc3", np.zeros((3, 2), np.float32), {"perplexity": 30})
+        >>> found = store.artifact("layout", "tsne:fc3")
+        >>> found.load().shape, found.meta
+        ((3, 2), {'perplexity': 30})
+        """
+        for name, text in (("kind", kind), ("key", key)):
+            if not isinstance(text, str) or not text:
+                raise SettingTypeError(f"an artifact's {name} must be a non-empty string, got {text!r}")
+        if isinstance(value, np.ndarray):
+            form = "npy"
+        elif isinstance(value, (bytes, bytearray)):
+            form = "bytes"
+        else:
+            raise SettingTypeError(f"an artifact is a NumPy array or bytes, got {type(value).__name__}")
+        self._check_writable(f"the artifact {kind}/{key}")
+        try:
+            meta_text = json.dumps(dict(meta or {}), allow_nan=False)
+        except ValueError:
+            raise SettingError(
+                f"the meta of artifact {kind}/{key} holds NaN or infinity, which JSON cannot keep; store None"
+            ) from None
+        except TypeError as error:
+            raise SettingTypeError(f"the meta of artifact {kind}/{key} is not JSON: {error}") from None
+        folder = self.path / ARTIFACTS / _file_name(kind, set())
+        folder.mkdir(parents=True, exist_ok=True)
+        existing = self.artifact(kind, key, version=None)
+        name = existing.path.name if existing else _unique_file(folder, key, form)
+        temporary = folder / (name + ".tmp")
+        with open(temporary, "wb") as handle:
+            if form == "npy":
+                np.save(handle, value, allow_pickle=False)
+            else:
+                handle.write(bytes(value))
+        temporary.replace(folder / name)
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO artifacts (kind, key, file, format, version, meta, created) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (kind, key, f"{folder.name}/{name}", form, int(version), meta_text, time.time()),
+            )
+        return Artifact(kind, key, int(version), json.loads(meta_text), folder / name, form)
+
+    def artifact(self, kind: str, key: str, version: int | None = 1) -> Artifact | None:
+        """The artifact kept under (``kind``, ``key``), or None: none was kept, it was computed by another
+        ``version`` (None: any), its file is gone, or the workspace predates artifacts and is read-only."""
+        try:
+            row = self.connection.execute(
+                "SELECT file, format, version, meta FROM artifacts WHERE kind=? AND key=?", (kind, key)
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return None  # a read-only workspace of schema version 1 has no artifacts table
+        if row is None or (version is not None and row[2] != version):
+            return None
+        found = Artifact(kind, key, row[2], json.loads(row[3]), self.path / ARTIFACTS / row[0], row[1])
+        return found if found.path.is_file() else None
+
+    def artifacts(self, kind: str) -> list[str]:
+        """The keys of every artifact of ``kind``, oldest first."""
+        try:
+            rows = self.connection.execute(
+                "SELECT key FROM artifacts WHERE kind=? ORDER BY created", (kind,)
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return []
+        return [row[0] for row in rows]
+
 
 _RUN_COLUMNS = (
     "id, fingerprint, model, dataset, n_samples, n_chunks, classes, embedding_layer, config, status"
@@ -659,9 +806,13 @@ def _on_read_only_storage(path: Path) -> bool:
 
 def _connect(database: Path, read_only: bool = False) -> sqlite3.Connection:
     if read_only:
-        # No WAL, lock or journal file can be made on read-only storage: read the database file as it is
-        # (immutable), which holds every committed transaction once the writer has closed it.
-        return sqlite3.connect(f"{database.as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+        uri = f"{database.resolve().as_uri()}?mode=ro"
+        if _on_read_only_storage(database.parent):
+            # No WAL index or lock file can be made on read-only storage: read the database file as it is
+            # (immutable), which holds every committed transaction once the writer has finished (finish_run
+            # checkpoints the log into it).
+            uri += "&immutable=1"
+        return sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False)
     connection = sqlite3.connect(database, timeout=30.0, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode: a committed transaction survives a killed process; only an OS crash may lose the
@@ -680,6 +831,14 @@ def _file_name(name: str, used: set[str]) -> str:
         candidate = f"{stem}-{counter}"
     used.add(candidate)
     return candidate
+
+
+def _unique_file(folder: Path, key: str, form: str) -> str:
+    """A file name for a new artifact: the key made file-system safe and short, with a hash of the whole key
+    (two keys that differ only in characters the file system cannot hold stay apart)."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("._")[:80] or "artifact"
+    return f"{stem}-{digest}.{'npy' if form == 'npy' else 'bin'}"
 
 
 def _canonical(params: Mapping[str, Any]) -> str:
