@@ -1278,7 +1278,10 @@ def test_a_workspace_on_read_only_storage_opens_for_reading(lenet, tmp_path):
         ws = ds.atlas.open_workspace(mounted)
         assert ws.store.read_only and ws.complete and len(ws.predictions) == 200
         assert ws.confusion_matrix().sum() == 200 and ws.layout("pca").shape == (200, 2)
-        with pytest.raises(WorkspaceError, match=r"open read-only \(read-only storage, or opened so\), so feedback cannot be saved") as error:
+        with pytest.raises(
+            WorkspaceError,
+            match=r"open read-only \(read-only storage, or opened so\), so feedback cannot be saved",
+        ) as error:
             ws.add_feedback("note", "blurry", index=3)
         assert "\n" not in str(error.value)
         with pytest.raises(WorkspaceError, match="cannot create the workspace"):

@@ -579,3 +579,24 @@ def test_bad_inputs_are_named_in_the_callers_terms(lenet, inputs, complaint, unc
         ):
             with pytest.raises(ImageError, match=complaint):
                 call()
+
+
+def test_top_patches_skip_and_report_unreadable_samples_as_the_scan_does(lenet, tmp_path):
+    """A folder with a truncated image aborted top_patches (and `deepscope units`, leaving partial pictures)."""
+    digits = ds.datasets.mnist5k("test")
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for index in range(12):
+        digits.images[index].save(folder / f"{index:02d}.png")
+    (folder / "04.png").write_bytes((folder / "04.png").read_bytes()[:40])
+    data = ds.load_dataset(str(folder), lenet.labels)
+    with pytest.warns(RuntimeWarning, match="1 of the 12 samples could not be read"):
+        hits = ds.units.top_patches(lenet, data, "conv2", units=[0], k=11)["conv2"]
+    assert [sample.index for sample in hits.skipped] == [4] and hits.seen == 11
+    assert 4 not in hits.sample_indices.tolist() and hits.crops.shape[1] == 11
+    x = lenet.preprocess(digits.images[:6])
+    x[2, 0, 1, 1] = float("nan")
+    with pytest.warns(RuntimeWarning, match="NaN or infinite"):
+        from_tensor = ds.units.top_patches(lenet, x, "conv1", units=[0], k=5)["conv1"]
+    assert [sample.index for sample in from_tensor.skipped] == [2]
+    assert 2 not in from_tensor.sample_indices.tolist()

@@ -26,7 +26,7 @@ from deepscope.probe.layers import find_layers
 from deepscope.probe.receptive_field import ReceptiveField, receptive_fields
 from deepscope.units._forward import streaming_runner
 from deepscope.units.clustering import MiniBatchKMeans, kmeans_plus_plus
-from deepscope.units.patches import DataSource, TopPatches, cut_crops, locate_hits
+from deepscope.units.patches import DataSource, TopPatches, cut_crops, locate_hits, report_skipped
 from deepscope.units.topk import TopK
 from deepscope.zoo.datasets import dataset_classes
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
@@ -191,7 +191,10 @@ def concepts(
     with torch.inference_mode(), streaming_runner(vm, [name], keep) as run:
         for _ in range(epochs):
             for indices in shuffled():
-                vectors = vectors_of(source.inputs(indices), run)
+                read = source.read(indices)
+                if read.inputs is None:
+                    continue
+                vectors = vectors_of(read.inputs, run)
                 if clustering is None:
                     pending.append(vectors)
                     if init is None and sum(len(v) for v in pending) < SEEDING_POINTS_PER_CLUSTER * k:
@@ -208,20 +211,22 @@ def concepts(
                 clustering.update(seen)
         state = _Assignment(k, patches)
         for start in range(0, len(source), batch_size):
-            indices = list(range(start, min(start + batch_size, len(source))))
-            inputs, item_labels = source.inputs_and_labels(indices)
-            vectors = vectors_of(inputs, run)
+            read = source.read(list(range(start, min(start + batch_size, len(source)))))
+            if read.inputs is None:
+                continue
+            vectors = vectors_of(read.inputs, run)
             if clustering is None:  # epochs=0: the starting centers are the concepts
                 clustering = _start(init, vectors, k, seeding)
             assigned, distances = clustering.assign(vectors)
-            batch_labels = given_labels[indices] if given_labels is not None else item_labels
-            state.add(assigned, distances, batch_labels, shape[0], start)
+            batch_labels = given_labels[read.indices] if given_labels is not None else read.labels
+            state.add(assigned, distances, batch_labels, shape[0], read.indices)
     field = receptive_fields(vm, [name], example[0])[name]
     spatial_shape = (k, *shape[0][1:])
     nearest, windows = locate_hits(name, spatial_shape, None, state.nearest, field, example[0])
     if crops:
         cut_crops(source, {name: nearest}, {name: windows}, fill, batch_size)
     classes = dataset_classes(data) or vm.labels
+    report_skipped(source)
     return Concepts(
         name,
         clustering.centers,
@@ -284,7 +289,7 @@ class _Assignment:
         distances: torch.Tensor,
         labels: Sequence[int | None] | torch.Tensor,
         shape: tuple[int, ...],
-        start: int,
+        samples: list[int],
     ) -> None:
         device = assigned.device
         batch = len(labels)
@@ -301,7 +306,7 @@ class _Assignment:
         scores = -distances.view(batch, *shape[1:], self.k)
         if scores.ndim == 4:
             scores = scores.permute(0, 3, 1, 2)
-        self.nearest.update_maps(scores, torch.arange(start, start + batch, device=device))
+        self.nearest.update_maps(scores, torch.tensor(samples, device=device))
 
     def _count_classes(self, assigned, labels, positions: int, device) -> None:
         if isinstance(labels, torch.Tensor):

@@ -228,7 +228,10 @@ def train_inverter(
             indices = torch.randperm(len(source), generator=order).tolist()
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
-                inputs, pixels = source.inputs_and_pixels(chunk)
+                read = source.read_with_pixels(chunk)
+                if read.inputs is None:
+                    continue
+                inputs, pixels = read.inputs, read.pixels
                 with torch.no_grad():
                     features = run(inputs).activations[layer].float()
                 if decoder is None:

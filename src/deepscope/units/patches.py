@@ -9,9 +9,10 @@ memory is ``O(units * k)`` whatever the dataset's size, and ties go to the lower
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
@@ -23,8 +24,8 @@ from deepscope.probe.receptive_field import ReceptiveField, receptive_fields
 from deepscope.units._forward import check_unit, streaming_runner
 from deepscope.units.deconv import RULES, project_units
 from deepscope.units.topk import TopK
-from deepscope.zoo.datasets import is_map_style, split_item
-from deepscope.zoo.images import convert_mode
+from deepscope.workspace.store import SkippedSample
+from deepscope.zoo.datasets import ReadItem, dataset_name, fetch_item, is_map_style, read_item
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 
@@ -40,7 +41,9 @@ class TopPatches:
       the image (bottom/right exclusive); the whole image for a linear layer;
     - ``crops`` ``[U,k',C,h,w]``: those pixels in pixel space ([0,1] for images), the receptive-field window with
       the part outside the image filled with ``fill`` (the whole image along an axis where the field is larger);
-    - ``projections``: the same windows of the deconvnet / guided projection of each hit, when asked for.
+    - ``projections``: the same windows of the deconvnet / guided projection of each hit, when asked for;
+    - ``seen``: the samples reduced; ``skipped``: those that could not be read (a corrupt file, NaN values), left
+      out with a warning.
     """
 
     layer: str
@@ -53,6 +56,7 @@ class TopPatches:
     projections: torch.Tensor | None
     receptive_field: ReceptiveField | None
     seen: int
+    skipped: list[SkippedSample] = field(default_factory=list)
 
     def unit(self, unit: int) -> dict[str, Any]:
         """Everything about one unit (by its index in the layer) as a dict of tensors."""
@@ -138,12 +142,17 @@ def top_patches(
     example: torch.Tensor | None = None
     with torch.inference_mode(), streaming_runner(vm, names, reduce) as run:
         for start in range(0, len(source), batch_size):
-            indices = list(range(start, min(start + batch_size, len(source))))
-            inputs = source.inputs(indices)
+            read = source.read(list(range(start, min(start + batch_size, len(source)))))
+            if read.inputs is None:
+                continue
             if example is None:
-                example = inputs[:1].clone()
-            batch["samples"] = torch.arange(start, start + len(indices), device=inputs.device)
-            run(inputs)
+                example = read.inputs[:1].clone()
+            batch["samples"] = torch.tensor(read.indices, device=read.inputs.device)
+            run(read.inputs)
+    if example is None:
+        raise ImageError(
+            f"none of the {len(source)} samples could be read: {next(iter(source.skipped.values())).error}"
+        )
 
     fields = receptive_fields(vm, names, example)  # one trace of the model for every layer
     found: dict[str, TopPatches] = {}
@@ -159,7 +168,22 @@ def top_patches(
             found[name].projections = _project_hits(
                 vm, source, found[name], windows[name], len(shapes[name]) == 3, projection, batch_size
             )
+    report_skipped(source)
+    for hits in found.values():
+        hits.skipped = sorted(source.skipped.values(), key=lambda sample: sample.index)
     return found
+
+
+def report_skipped(source: DataSource) -> None:
+    """Warn, once per pass, that some samples could not be read and were left out (never silently)."""
+    if source.skipped:
+        first = min(source.skipped)
+        warnings.warn(
+            f"{len(source.skipped)} of the {len(source)} samples could not be read and are left out (the result's "
+            f"skipped lists them): {source.skipped[first].source}: {source.skipped[first].error}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def locate_hits(
@@ -324,8 +348,27 @@ def _check_units(layer: str, shape: tuple[int, ...], units: list[int] | None, de
     return torch.tensor(units, dtype=torch.int64, device=device)
 
 
+class SourceBatch(NamedTuple):
+    """Items read from a :class:`DataSource`: the dataset ``indices`` that could be read (the others are skipped),
+    their model ``inputs`` (None when none could), ``labels``, and display ``pixels`` where asked for."""
+
+    indices: list[int]
+    inputs: torch.Tensor | None
+    labels: list[int | None]
+    pixels: torch.Tensor | None
+
+
+_NON_FINITE = "NonFiniteError: the input holds NaN or infinite values"
+
+
+def _source(data: Any, index: int) -> str:
+    source = getattr(data, "source", None)
+    return source(index) if callable(source) else f"{dataset_name(data)}[{index}]"
+
+
 class DataSource:
-    """Model inputs and display pixels for samples of a tensor batch or an indexable dataset."""
+    """Model inputs and display pixels for samples of a tensor batch or an indexable dataset; unreadable samples are
+    skipped and listed in ``skipped`` (dataset index -> SkippedSample)."""
 
     def __init__(self, vm: VisionModel, data: Any):
         self.vm = vm
@@ -343,64 +386,93 @@ class DataSource:
                 f"data must be a [N,C,H,W] tensor or a sized, indexable dataset, got {type(data).__name__}; "
                 "wrap an iterable in a map-style torch Dataset so that the hits can be cropped afterwards"
             )
+        self.skipped: dict[int, SkippedSample] = {}
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def _read(self, indices: list[int]) -> tuple[list[Image.Image] | list[torch.Tensor], list[int | None]]:
-        """The images (PIL, or [C,H,W] model-input tensors) and labels of some items."""
-        items, labels = [], []
+    def _read(
+        self, indices: list[int]
+    ) -> tuple[list[int], list[Image.Image] | list[torch.Tensor], list[int | None]]:
+        """The readable ones of ``indices`` with their images (PIL, or [C,H,W] model-input tensors) and labels; an
+        item that cannot be read is skipped and kept in :attr:`skipped` (see zoo.datasets.read_item)."""
+        kept, items, labels = [], [], []
         for index in indices:
-            item, label = split_item(self.data[index])
-            labels.append(label)
-            if isinstance(item, Image.Image):
-                item = convert_mode(item, self.vm.image_mode)
-            elif not isinstance(item, torch.Tensor):
-                raise ImageError(
-                    f"sample {index} holds a {type(item).__name__}; expected a PIL image, a uint8 NumPy image or a "
-                    "[C,H,W] tensor, alone, first in a tuple or in a dict under 'image'"
+            fetched = fetch_item(self.data, index)
+            read = (
+                ReadItem("skipped", None, None, fetched.error)
+                if fetched.error is not None
+                else read_item(
+                    fetched.item, self.vm.image_mode, f"sample {index} of {dataset_name(self.data)}"
                 )
-            items.append(item)
+            )
+            if read.kind == "skipped":
+                self.skipped.setdefault(index, SkippedSample(index, _source(self.data, index), read.error))
+                continue
+            kept.append(index)
+            items.append(read.value)
+            labels.append(read.label)
         if len({type(item) is torch.Tensor for item in items}) > 1:
             raise ImageError("the dataset mixes PIL images and tensors")
-        return items, labels
+        return kept, items, labels
 
-    def inputs(self, indices: list[int]) -> torch.Tensor:
-        """Model inputs ``[n,C,H,W]`` on the model's device."""
-        return self.inputs_and_labels(indices)[0]
-
-    def inputs_and_labels(self, indices: list[int]) -> tuple[torch.Tensor, list[int | None]]:
-        """Model inputs ``[n,C,H,W]`` on the model's device and the items' labels (None where an item has none,
-        and for a tensor of inputs), from one read of each item."""
+    def read(self, indices: list[int]) -> SourceBatch:
+        """The readable ones of ``indices`` with their model inputs ``[n,C,H,W]`` on the model's device and their
+        labels (None where an item has none, and for a tensor of inputs), from one read of each item."""
         if self.inputs_tensor:
             if indices == list(range(indices[0], indices[-1] + 1)):
                 inputs = self.data[indices[0] : indices[-1] + 1]  # a view, no copy
             else:
                 inputs = self.data[indices]
-            return inputs.to(self.vm.device), [None] * len(indices)
-        items, labels = self._read(indices)
+            finite = torch.isfinite(inputs).flatten(1).all(1).tolist()
+            if all(finite):
+                return SourceBatch(list(indices), inputs.to(self.vm.device), [None] * len(indices), None)
+            for index, ok in zip(indices, finite, strict=True):
+                if not ok:
+                    self.skipped.setdefault(
+                        index, SkippedSample(index, _source(self.data, index), _NON_FINITE)
+                    )
+            rows = [row for row, ok in enumerate(finite) if ok]
+            kept = [index for index, ok in zip(indices, finite, strict=True) if ok]
+            return SourceBatch(kept, inputs[rows].to(self.vm.device), [None] * len(kept), None)
+        kept, items, labels = self._read(indices)
+        if not items:
+            return SourceBatch([], None, [], None)
         if isinstance(items[0], Image.Image):
-            return self.vm.preprocess(items), labels
-        return torch.stack(items).to(self.vm.device), labels
+            return SourceBatch(kept, self.vm.preprocess(items), labels, None)
+        return SourceBatch(kept, torch.stack(items).to(self.vm.device), labels, None)
 
-    def inputs_and_pixels(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model inputs and display pixels (see :meth:`pixels`) of the same items, from one read of each."""
-        if self.inputs_tensor:
-            inputs = self.inputs(indices)
-            return inputs, self.unnormalized(inputs)
-        items = self._read(indices)[0]
-        if isinstance(items[0], Image.Image):
-            if self.vm.transform is None:
+    def read_with_pixels(self, indices: list[int]) -> SourceBatch:
+        """:meth:`read` with the display pixels of the same items (``pixels``: the images resized and cropped, or
+        tensor inputs un-normalized), from one read of each."""
+        if not self.inputs_tensor:
+            kept, items, labels = self._read(indices)
+            if items and isinstance(items[0], Image.Image) and self.vm.transform is None:
                 pixels = self.vm.pixels(items)
-                return self.vm.normalize(pixels), pixels
-            inputs = self.vm.preprocess(items)
-        else:
-            inputs = torch.stack(items).to(self.vm.device)
-        return inputs, self.unnormalized(inputs)
+                return SourceBatch(kept, self.vm.normalize(pixels), labels, pixels)
+            if not items:
+                return SourceBatch([], None, [], None)
+            inputs = self.vm.preprocess(items) if isinstance(items[0], Image.Image) else torch.stack(items)
+            inputs = inputs.to(self.vm.device)
+            return SourceBatch(kept, inputs, labels, self.unnormalized(inputs))
+        batch = self.read(indices)
+        return batch._replace(pixels=None if batch.inputs is None else self.unnormalized(batch.inputs))
+
+    def inputs(self, indices: list[int]) -> torch.Tensor:
+        """Model inputs of items already read once (the hits of a pass): an item unreadable now is an error."""
+        return self._all(self.read(indices), indices).inputs
 
     def pixels(self, indices: list[int]) -> torch.Tensor:
-        """Display pixels ``[n,C,H,W]``: the images resized and cropped, or tensor inputs un-normalized."""
-        return self.inputs_and_pixels(indices)[1]
+        """Display pixels of items already read once (see :meth:`inputs`)."""
+        return self._all(self.read_with_pixels(indices), indices).pixels
+
+    def _all(self, batch: SourceBatch, indices: list[int]) -> SourceBatch:
+        if batch.indices != list(indices):
+            lost = sorted(set(indices) - set(batch.indices))
+            raise ImageError(
+                f"samples {lost} were read before but cannot be read now: {self.skipped[lost[0]].error}"
+            )
+        return batch
 
     def unnormalized(self, inputs: torch.Tensor) -> torch.Tensor:
         """Model inputs mapped back through the normalization (as they are where the channel counts differ)."""
