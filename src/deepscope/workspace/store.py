@@ -42,7 +42,9 @@ from deepscope.errors import SettingError, SettingTypeError, WorkspaceError
 # Version 1: the first layout. Bump on any change to tables, columns or array files, and describe it in
 # docs/workspace.md; older workspaces are then refused with a message saying which version wrote them.
 SCHEMA_VERSION = 1
+"""The workspace format this deepscope reads and writes (``meta.schema_version``; docs/workspace.md)."""
 DATABASE = "workspace.sqlite"
+"""The SQLite file inside a workspace directory."""
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
