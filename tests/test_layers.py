@@ -89,7 +89,7 @@ def violations(modules: dict[str, str]) -> list[str]:
         graph[name] = set()
         own = layer_of(name)
         if name != "deepscope" and own is None and name not in FOUNDATION and name != "deepscope.__main__":
-            problems.append(f"{name}: in no layer; add its package to LAYERS (and the README's Layout)")
+            problems.append(f"{name}: in no layer; add its package to LAYERS (and docs/reference/layout.md)")
         for target, line, imported, base in imports_of(name, text, names):
             where = f"{name}:{line}"
             graph[name].add(target)
@@ -201,9 +201,13 @@ def test_the_contract_catches_a_wrong_import(module, source, complaint):
     assert any(complaint in problem for problem in problems), problems
 
 
-def test_the_readme_shows_the_layers_of_the_contract():
-    """The README's Layout section lists the packages top to bottom, as LAYERS does."""
+def test_the_docs_show_the_layers_of_the_contract():
+    """The documentation's package layout (and the README's Layout section, while it has one) lists the packages
+    top to bottom, as LAYERS does."""
+    pages = {"docs/reference/layout.md": (ROOT / "docs" / "reference" / "layout.md").read_text()}
     readme = (ROOT / "README.md").read_text()
-    layout = readme.split("## Layout", 1)[1]
-    listed = re.findall(r"^\s*(\w+)/", layout.split("```")[1], re.MULTILINE)
-    assert listed == LAYERS
+    if "## Layout" in readme:
+        pages["README.md"] = readme.split("## Layout", 1)[1]
+    for page, text in pages.items():
+        listed = re.findall(r"^\s*(\w+)/", text.split("```")[1], re.MULTILINE)
+        assert listed == LAYERS, page

@@ -25,6 +25,7 @@ from deepscope.errors import suggestion
 from deepscope.metrics._common import MetricError
 
 FAMILIES = ("faithfulness", "robustness", "sanity", "localization")
+"""The metric families, in the order listings show them: the ``family`` of every registered metric is one."""
 
 
 @dataclass(frozen=True)

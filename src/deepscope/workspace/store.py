@@ -46,7 +46,9 @@ from deepscope.errors import SettingError, SettingTypeError, WorkspaceError
 # MIGRATIONS leads from its version to this one (a read-only one is read as it is); others are refused with a
 # message saying which version wrote them.
 SCHEMA_VERSION = 2
+"""The workspace format this deepscope reads and writes (``meta.schema_version``; docs/workspace.md)."""
 DATABASE = "workspace.sqlite"
+"""The SQLite file inside a workspace directory."""
 ARTIFACTS = "artifacts"
 
 SCHEMA = """

@@ -348,6 +348,11 @@ def first_items(dataset: Any, count: int | None) -> Any:
 
 
 def dataset_name(dataset: Dataset) -> str:
+    """The name a dataset goes by in workspaces and messages: its ``name`` attribute, else its class name.
+
+    >>> dataset_name(mnist5k("test")), dataset_name([0, 1])
+    ('mnist5k-test', 'list')
+    """
     name = getattr(dataset, "name", None)
     return name if isinstance(name, str) else type(dataset).__name__
 
@@ -419,6 +424,12 @@ def _images_fingerprint(images: Sequence[Image.Image], labels: Any = None) -> st
 
 
 def source_of(dataset: Dataset, index: int) -> str:
+    """Where sample ``index`` comes from, as a scan records it: the dataset's own ``source(index)`` (an image
+    folder's file path), else ``name[index]``.
+
+    >>> source_of(mnist5k("test"), 3)
+    'mnist5k-test[3]'
+    """
     source = getattr(dataset, "source", None)
     if callable(source):
         return str(source(index))
@@ -426,6 +437,11 @@ def source_of(dataset: Dataset, index: int) -> str:
 
 
 def dataset_classes(dataset: Dataset) -> list[str] | None:
+    """The class names a dataset declares (a ``classes`` list or tuple), or None.
+
+    >>> dataset_classes(mnist5k("test"))[:3], dataset_classes([0, 1])
+    (['0', '1', '2'], None)
+    """
     classes = getattr(dataset, "classes", None)
     return list(classes) if isinstance(classes, (list, tuple)) else None
 
