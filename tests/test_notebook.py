@@ -62,7 +62,9 @@ def test_results_display_as_pictures_with_a_summary(shell, lenet, tmp_path):
         assert pictures_in(html) and all(picture.size[0] > 20 for picture in pictures_in(html)), name
     inputs = x.clone().requires_grad_()
     with ds.capture(lenet, ["conv1", "fc3"], gradients=True) as recording:
-        torch.autograd.grad(lenet(inputs)[:, 3].sum(), inputs)  # not .backward(): the shared model keeps no .grad
+        torch.autograd.grad(
+            lenet(inputs)[:, 3].sum(), inputs
+        )  # not .backward(): the shared model keeps no .grad
     html = shown(shell, recording)["text/html"]
     assert "<code>conv1</code></td><td>[2, 6, 28, 28]</td><td>[2, 6, 28, 28]" in html
     assert shown(shell, ds.graph(lenet))["image/svg+xml"].lstrip().startswith("<svg")
