@@ -162,3 +162,11 @@ def _state(module: nn.Module) -> tuple:
         [(p.requires_grad, p.grad is None, float(p.detach().double().sum())) for p in module.parameters()],
         [float(b.double().sum()) for b in module.buffers()],
     )
+
+
+def test_a_stabilizer_of_zero_is_refused_and_a_map_is_never_nan(tiny):
+    """Found by the property test: lrp_zplus with stabilizer=0 returned a NaN map where contributions cancel."""
+    with pytest.raises(ds.attribution.MethodError, match="stabilizer must be > 0"):
+        ds.method("lrp_zplus", stabilizer=0.0)
+    x = torch.randn(3, 3, 5, 8, generator=torch.Generator().manual_seed(4))
+    assert torch.isfinite(ds.attribute(tiny, x, "lrp_zplus")).all()

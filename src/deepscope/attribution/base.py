@@ -395,7 +395,8 @@ class Attribution:
         if target is not None and not self.uses_target:
             raise MethodError(f"{self.name} explains no class; leave target=None")
         with evaluation_mode(self.model):
-            return self.compute(inputs, target)
+            maps = self.compute(inputs, target)
+        return finite_maps(maps, self.name)
 
     def compute(self, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
         """The maps, from inputs already on the model's device, with the model in eval mode."""
@@ -644,6 +645,20 @@ def chunks(total: int, size: int, device: torch.device | str = "cpu") -> Iterato
     """Consecutive index ranges ``[0, size), [size, 2 size), ...`` covering ``total`` items, as long tensors."""
     for start in range(0, total, size):
         yield torch.arange(start, min(start + size, total), device=device)
+
+
+def finite_maps(maps: torch.Tensor, method: str) -> torch.Tensor:
+    """``maps``, or a :class:`NonFiniteError` naming the samples whose map holds NaN or infinity (finite inputs
+    and scores give finite maps, unless a setting divides by zero or the model overflows inside)."""
+    finite = torch.isfinite(maps).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        raise NonFiniteError(
+            f"{method} made maps with NaN or infinite values for sample{'s' if len(bad) > 1 else ''} "
+            f"{', '.join(map(str, bad[:10]))} although the inputs and scores are finite; a setting that divides by "
+            "zero (a stabilizer or epsilon of 0) or an overflow inside the model does this"
+        )
+    return maps
 
 
 def target_rows(target: TargetLike, rows: torch.Tensor, batch: int) -> TargetLike:

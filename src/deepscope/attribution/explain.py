@@ -20,6 +20,7 @@ from deepscope.attribution.base import (
     MethodError,
     PassCount,
     as_methods,
+    finite_maps,
     with_call_settings,
 )
 from deepscope.attribution.passes import SharedContext, SharedPassMethod, run_shared
@@ -109,7 +110,7 @@ def _explain(
             run_shared([instances[n] for n in shared], inputs, target, min(sizes, default=None), context),
             strict=True,
         ):
-            maps[name] = result
+            maps[name] = finite_maps(result, name)
     for name, method in instances.items():
         if name not in shared:
             maps[name] = method.attribute(inputs, target if method.uses_target else None)

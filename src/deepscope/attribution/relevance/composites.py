@@ -65,6 +65,14 @@ class LRP(Attribution):
         stabilizer: float = 1e-6
         layers: Mapping[str, Rule] | None = None
 
+        def check(self) -> None:
+            # relevance is divided by stabilized sums of contributions; a stabilizer of 0 divides by zero where
+            # a layer's contributions cancel, and the map fills with NaN
+            if not self.stabilizer > 0:
+                raise MethodError(
+                    f"stabilizer must be > 0 (it keeps divisions by zero away), got {self.stabilizer!r}"
+                )
+
     def build(self) -> Composite:
         """The composite's rules for this method's options (the step each registered composite defines)."""
         raise NotImplementedError
@@ -265,6 +273,7 @@ class LRPEpsilonGammaBox(LRP):
         high: float | Sequence[float] | torch.Tensor | None = None
 
         def check(self) -> None:
+            super().check()
             if (self.low is None) != (self.high is None):
                 raise MethodError("give both low and high, or neither (to use the model's normalization)")
 
