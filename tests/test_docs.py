@@ -131,3 +131,25 @@ def test_the_license_and_citation_match_the_package():
         and citation["abstract"]
         and citation["authors"] == [{"name": "The deepscope developers"}]
     )
+
+
+README = DOCS.parent / "README.md"
+
+
+def test_the_readme_links_lead_to_files_and_it_stays_a_front_door():
+    text = README.read_text()
+    broken = [
+        target
+        for target in MARKDOWN_LINK.findall(text)
+        if not re.match(r"^[a-z][a-z0-9+.-]*:", target) and not (README.parent / target.split("#", 1)[0]).exists()
+    ]
+    assert broken == []
+    assert len(text.encode()) <= 8 * 1024, "the README is the front door; detail belongs in docs/"
+
+
+@pytest.mark.slow
+def test_the_readme_quick_start_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__readme__"}
+    for index, block in enumerate(PYTHON_BLOCK.findall(README.read_text())):
+        exec(compile(block, f"README.md block {index}", "exec"), namespace)
