@@ -141,7 +141,8 @@ def test_the_readme_links_lead_to_files_and_it_stays_a_front_door():
     broken = [
         target
         for target in MARKDOWN_LINK.findall(text)
-        if not re.match(r"^[a-z][a-z0-9+.-]*:", target) and not (README.parent / target.split("#", 1)[0]).exists()
+        if not re.match(r"^[a-z][a-z0-9+.-]*:", target)
+        and not (README.parent / target.split("#", 1)[0]).exists()
     ]
     assert broken == []
     assert len(text.encode()) <= 8 * 1024, "the README is the front door; detail belongs in docs/"
