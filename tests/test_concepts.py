@@ -14,13 +14,7 @@ import deepscope as ds
 from deepscope.errors import DatasetError, SettingError
 from deepscope.units.clustering import MiniBatchKMeans, kmeans_plus_plus
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def points_model() -> nn.Module:
@@ -214,7 +208,7 @@ def test_concepts_refuse_bad_input(lenet, unchanged):
                 "at least 30 feature vectors",
             ),
             (lambda: ds.units.concepts(lenet, digits, "conv*"), SettingError, "one layer; 'conv.' names 2"),
-            (lambda: ds.units.concepts(lenet, digits, "conv2", k=0), SettingError, "k, batch_size"),
+            (lambda: ds.units.concepts(lenet, digits, "conv2", k=0), SettingError, "k must be an int >= 1, got 0"),
             (
                 lambda: ds.units.concepts(lenet, digits, "conv2", k=4, init=torch.zeros(3, 16)),
                 SettingError,

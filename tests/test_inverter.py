@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import deepscope as ds
-from deepscope.errors import ImageError, SettingError, WeightsNotFoundError
+from deepscope.errors import ImageError, SettingError, SettingTypeError, WeightsNotFoundError
 from deepscope.units.inversion import relative_image_error
 from deepscope.units.inverter import FORMAT, VERSION
 
@@ -16,12 +16,7 @@ from deepscope.units.inverter import FORMAT, VERSION
 FACTOR_TO_OPTIMIZATION = 2.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +123,12 @@ def test_an_inverter_saves_and_loads_with_its_format_and_checks(tmp_path, lenet,
 def test_bad_input_is_named(lenet, conv1_inverter, unchanged):
     digits = ds.datasets.mnist5k("train").subset(range(8))
     with unchanged(lenet.module):
-        with pytest.raises(SettingError, match="epochs"):
+        with pytest.raises(SettingError, match="epochs must be an int >= 1, got 0"):
             ds.units.train_inverter(lenet, digits, "conv1", epochs=0)
+        with pytest.raises(SettingTypeError, match="width must be an int, got float"):
+            ds.units.train_inverter(lenet, digits, "conv1", width=8.0)
+        with pytest.raises(SettingError, match="lr must be > 0, got 0"):
+            ds.units.train_inverter(lenet, digits, "conv1", lr=0)
         with pytest.raises(SettingError, match="one layer"):
             ds.units.train_inverter(lenet, digits, "conv*")
         with pytest.raises(ImageError, match="makes \\[1, 28, 28\\] images"):

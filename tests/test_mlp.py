@@ -14,13 +14,7 @@ from deepscope.errors import DeepscopeError, SettingError, UnitError
 from deepscope.units.maps import has_weight_images
 from deepscope.zoo.mlp import WEIGHTS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

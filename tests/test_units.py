@@ -16,14 +16,7 @@ from deepscope.units.objectives import Context
 from deepscope.units.parameterizations import FourierImage
 from deepscope.units.regularizers import Yosinski, gaussian_blur
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Many tiny ops: on a shared 2-core machine one intra-op thread is several times faster than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -90,3 +90,11 @@ def suggestion(word: str, candidates: Iterable[str]) -> str:
     """' Did you mean: a, b?' or an empty string."""
     found = close_matches(word, candidates)
     return f" Did you mean: {', '.join(found)}?" if found else ""
+
+
+def require_int(name: str, value: object, minimum: int) -> None:
+    """Refuse a setting that is not an int (``True`` is not one) or is below ``minimum``, naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingTypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise SettingError(f"{name} must be an int >= {minimum}, got {value}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from deepscope.errors import LayerNotFoundError, close_matches
+from deepscope.errors import LayerNotFoundError, SettingError, close_matches
 from deepscope.zoo.vision_model import VisionModel, as_vision_model
 
 GLOB_CHARACTERS = set("*?[")
@@ -113,6 +113,19 @@ def find_layers(model: VisionModel | nn.Module, layers: str | Sequence[str]) -> 
             if found not in chosen.setdefault(path, []):
                 chosen[path].append(found)
     return [found for name in names for found in chosen.get(name, [])]
+
+
+def one_layer(model: VisionModel | nn.Module, layer: str, purpose: str) -> str:
+    """The one layer name ``layer`` resolves to; a glob naming several refuses, saying ``purpose`` needs one.
+
+    >>> import deepscope as ds
+    >>> one_layer(ds.load_model("zoo:lenet_mnist"), "conv2", "a decoder reads")
+    'conv2'
+    """
+    names = find_layers(model, layer)
+    if len(names) != 1:
+        raise SettingError(f"{purpose} one layer; {layer!r} names {len(names)}: {', '.join(names)}")
+    return names[0]
 
 
 def get_layer(model: VisionModel | nn.Module, name: str | LayerAddress) -> nn.Module:

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepscope.errors import DatasetError, ImageError, SettingError, SettingTypeError, UnitError
-from deepscope.probe.layers import find_layers
+from deepscope.errors import DatasetError, ImageError, SettingError, UnitError, require_int
+from deepscope.probe.layers import one_layer
 from deepscope.probe.receptive_field import ReceptiveField, receptive_fields
 from deepscope.units._forward import streaming_runner
 from deepscope.units.clustering import MiniBatchKMeans, kmeans_plus_plus
@@ -136,18 +136,14 @@ def concepts(
     True
     """
     vm = as_vision_model(model)
-    for name, value in (("k", k), ("batch_size", batch_size), ("epochs", epochs), ("patches", patches)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SettingTypeError(f"{name} must be an int, got {type(value).__name__}")
-    if k < 1 or batch_size < 1 or patches < 1 or epochs < 0:
-        raise SettingError(
-            f"need k, batch_size and patches >= 1 and epochs >= 0, got k={k}, batch_size={batch_size}, "
-            f"patches={patches}, epochs={epochs}"
-        )
-    names = find_layers(vm, layer)
-    if len(names) != 1:
-        raise SettingError(f"concepts cluster one layer; {layer!r} names {len(names)}: {', '.join(names)}")
-    name = names[0]
+    for setting, value, minimum in (
+        ("k", k, 1),
+        ("batch_size", batch_size, 1),
+        ("epochs", epochs, 0),
+        ("patches", patches, 1),
+    ):
+        require_int(setting, value, minimum)
+    name = one_layer(vm, layer, "concepts cluster")
     source = DataSource(vm, data)
     if len(source) == 0:
         raise ImageError("the dataset is empty")

@@ -29,8 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepscope.errors import ImageError, SettingError, SettingTypeError, UnitError, WeightsNotFoundError
-from deepscope.probe.layers import find_layers, get_layer
+from deepscope.errors import (
+    ImageError,
+    SettingError,
+    SettingTypeError,
+    UnitError,
+    WeightsNotFoundError,
+    require_int,
+)
+from deepscope.probe.layers import get_layer, one_layer
 from deepscope.units._forward import layer_runner
 from deepscope.units.inversion import invert, pixel_normalization, relative_image_error
 from deepscope.units.patches import DataSource
@@ -203,18 +210,11 @@ def train_inverter(
     torch.Size([3, 1, 28, 28])
     """
     vm = as_vision_model(model)
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SettingTypeError(f"{name} must be an int, got {type(value).__name__}")
-    if epochs < 1 or batch_size < 1 or width < 1 or not lr > 0:
-        raise SettingError(
-            f"need epochs, batch_size and width >= 1 and lr > 0, got epochs={epochs}, batch_size={batch_size}, "
-            f"width={width}, lr={lr}"
-        )
-    names = find_layers(vm, layer)
-    if len(names) != 1:
-        raise SettingError(f"an inverter reads one layer; {layer!r} names {len(names)}: {', '.join(names)}")
-    layer = names[0]
+    for setting, value in (("epochs", epochs), ("batch_size", batch_size), ("width", width)):
+        require_int(setting, value, 1)
+    if not lr > 0:
+        raise SettingError(f"lr must be > 0, got {lr}")
+    layer = one_layer(vm, layer, "an inverter reads")
     source = DataSource(vm, data)
     if len(source) == 0:
         raise ImageError("the dataset is empty")
