@@ -8,7 +8,8 @@
     python benchmarks/workbench_browser.py [--points 100000] [--device cpu|cuda]
 
 Targets (issue 18): first render < 1 s; >= 30 frames/s; lasso grid < 200 ms. Timings depend on the machine
-(and here on software WebGL: chromium runs with --disable-gpu).
+(and here on software WebGL: chromium runs with --disable-gpu), so the frame rates are also printed against the
+vendored scatter plot alone on the same points, canvas and events (its own ceiling on this renderer).
 """
 
 from __future__ import annotations
@@ -172,6 +173,52 @@ def serve_synthetic(page, routes: dict[str, tuple[str, bytes]]) -> None:
     page.route(f"{SYNTHETIC}/**", handle)
 
 
+# The floor for the frame rates: the vendored regl-scatterplot alone, drawing the same points at the same size
+# and color on a canvas of the same size, driven by the same events. On software WebGL it is the renderer's
+# own speed; the workbench can only add to its cost.
+BARE_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8">
+<script src="/vendor/regl/regl.min.js"></script>
+<script type="importmap">{ "imports": { "regl": "/lib/regl.js", "pub-sub-es": "/vendor/pub-sub-es/index.js" } }</script>
+<style>body { margin: 0; background: #0b0e12; } .scatter-box { position: relative; }</style>
+</head><body><div class="scatter-box"><canvas></canvas></div>
+<script type="module">
+import createScatterplot from "/vendor/regl-scatterplot/regl-scatterplot.esm.js";
+const size = new URLSearchParams(location.search);
+const box = document.querySelector(".scatter-box");
+box.style.width = size.get("width") + "px";
+box.style.height = size.get("height") + "px";
+const [x, y, value] = await Promise.all(["x", "y", "value"].map(async (name) =>
+  new Float32Array(await (await fetch("/bare/" + name)).arrayBuffer())));
+const scatter = createScatterplot({ canvas: box.querySelector("canvas"), width: "auto", height: "auto", pointSize: 2 });
+scatter.set({ colorBy: "valueA", pointColor: ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948",
+  "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"] });
+await scatter.draw({ x: Array.from(x, (v) => v / 14), y: Array.from(y, (v) => v / 14), valueA: Array.from(value) },
+  { zDataType: "categorical" });
+document.body.dataset.drawn = "yes";
+</script></body></html>"""
+
+
+def bare_scatter_speed(browser, layout: np.ndarray, labels: np.ndarray, width: float, height: float) -> dict:
+    """Frames per second of the vendored scatter plot alone on the same points, canvas size and events."""
+    routes = {
+        "/bare.html": ("text/html", BARE_PAGE.encode()),
+        "/bare/x": ("application/octet-stream", layout[:, 0].astype(np.float32).tobytes()),
+        "/bare/y": ("application/octet-stream", layout[:, 1].astype(np.float32).tobytes()),
+        "/bare/value": ("application/octet-stream", labels.astype(np.float32).tobytes()),
+    }
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    serve_synthetic(page, routes)
+    page.goto(f"{SYNTHETIC}/bare.html?width={width:.0f}&height={height:.0f}")
+    page.wait_for_selector("body[data-drawn='yes']", timeout=120_000)
+    results = {
+        "bare plot: zoom (frames/s)": page.evaluate(FRAME_COUNTER, 3),
+        "bare plot: pan (frames/s)": page.evaluate(PAN_COUNTER, 3),
+    }
+    page.close()
+    return results
+
+
 FRAME_COUNTER = """async (seconds) => {
   const canvas = document.querySelector('.scatter-box canvas');
   const box = canvas.getBoundingClientRect();
@@ -231,6 +278,7 @@ def scatter_speed(browser, count: int) -> dict[str, float]:
     results = {f"{count:,} points drawn (s)": time.perf_counter() - start}
     results["zoom (frames/s)"] = page.evaluate(FRAME_COUNTER, 3)
     results["pan (frames/s)"] = page.evaluate(PAN_COUNTER, 3)
+    canvas = page.locator(".scatter-box canvas").bounding_box()
     page.get_by_role("button", name="Reset view").click()
     page.wait_for_timeout(800)
     # a lasso around cluster 0 (10% of the points)
@@ -258,6 +306,11 @@ def scatter_speed(browser, count: int) -> dict[str, float]:
     elapsed = page.evaluate("() => window.__gridShown - window.__lassoUp")
     results[f"lasso of {selected:,} points -> grid (ms)"] = elapsed
     page.close()
+    results.update(bare_scatter_speed(browser, layout, labels, canvas["width"], canvas["height"]))
+    for gesture in ("zoom", "pan"):
+        results[f"{gesture}: ours / bare plot"] = (
+            results[f"{gesture} (frames/s)"] / results[f"bare plot: {gesture} (frames/s)"]
+        )
     return results
 
 
@@ -279,7 +332,7 @@ def main() -> None:
             f"synthetic workspace of {arguments.points:,} points; targets >= 30 frames/s, lasso grid < 200 ms"
         )
         for name, value in scatter_speed(browser, arguments.points).items():
-            print(f"  {name:34s} {value:8.1f}")
+            print(f"  {name:34s} {value:8.2f}" if "/ bare" in name else f"  {name:34s} {value:8.1f}")
         browser.close()
 
 
