@@ -835,7 +835,7 @@ def unit_selectivity(served: ServedModel, layer: str, unit: int) -> tuple[np.nda
 # visual concepts (a job over the model's data, kept in the workspace)
 
 
-def _data_of(served: ServedModel) -> Any:
+def data_of(served: ServedModel) -> Any:
     if served.dataset is None:
         raise WorkspaceNotReadyError(
             f"model {served.id!r} was given no data; concepts and decoders are learned over a dataset: start the "
@@ -872,7 +872,7 @@ def compute_concepts(
     found = concepts_found(bench, served, layer, k, patches, epochs)
     if found is not None:
         return found
-    data = _data_of(served)
+    data = data_of(served)
     check_layer(served, layer)
     job.report(0.05, f"clustering the feature vectors of {layer} over {len(data)} samples into {k} concepts")
     result = concepts(served.vm, data, layer, k, patches=patches, epochs=epochs)
@@ -971,7 +971,7 @@ def inverter_state(served: ServedModel, layer: str) -> dict[str, Any]:
 def train_decoder(served: ServedModel, layer: str, epochs: int, width: int, job: Job) -> dict[str, Any]:
     """``ds.units.train_inverter`` on the model's data; the decoder is kept in the workspace as the bytes
     ``Inverter.save`` writes."""
-    data = _data_of(served)
+    data = data_of(served)
     check_layer(served, layer)
     job.report(0.02, f"training a decoder from {layer} for {epochs} epochs on {len(data)} samples")
     inverter = train_inverter(served.vm, data, layer, epochs=epochs, width=width)

@@ -572,6 +572,7 @@ async def start_concepts(
 ) -> dict[str, Any]:
     served = bench.model(model)
     body = body or ConceptsRequest()
+    compute.data_of(served)
     await bench.run(compute.check_layer, served, layer)
     key = f"{served.id}|{compute.concepts_key(layer, body.k, body.patches, body.epochs)}"
     found = await bench.run(compute.concepts_found, bench, served, layer, body.k, body.patches, body.epochs)
@@ -620,6 +621,7 @@ async def start_inverter(
 ) -> dict[str, Any]:
     served = bench.model(model)
     body = body or InverterRequest()
+    compute.data_of(served)
     await bench.run(compute.check_layer, served, layer)
     started = bench.jobs.submit(
         "inverter",
