@@ -207,6 +207,7 @@ def test_concept_errors(client, bench):
     error_of(client.post(f"/api/models/{LENET}/layers/conv9/concepts", json={}), 404, "LayerNotFoundError")
     error_of(client.post(f"/api/models/{BARE}/layers/fc1/concepts", json={}), 409, "WorkspaceNotReadyError")
     error_of(client.get(f"{url}?k=1000"), 422)
+    error_of(client.get(f"/api/models/{LENET}/layers/conv9/concepts"), 404, "LayerNotFoundError")
 
 
 # ----------------------------------------------------------------------------------------------------------

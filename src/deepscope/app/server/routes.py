@@ -557,6 +557,7 @@ async def concepts(
     epochs: EpochCount = 1,
 ) -> dict[str, Any]:
     served = bench.model(model)
+    await bench.run(compute.check_layer, served, layer)
     found = await bench.run(compute.concepts_found, bench, served, layer, k, patches, epochs)
     if found is None:
         raise NotComputedError(
