@@ -3,9 +3,11 @@
     python scripts/workbench_screenshots.py            # starts `deepscope serve` itself (a scratch workspace)
     python scripts/workbench_screenshots.py --out DIR  # elsewhere
 
-It serves the default models (EfficientNet-Lite0 on the bundled photos, LeNet-5 on the held-out digits) and,
-for the comparison view, LeNet-5 beside an untrained copy on the same digits, then drives headless chromium
-through the page objects of the browser tests. Needs Playwright (the dev extra) and Debian's chromium.
+It serves the default models (EfficientNet-Lite0 on the bundled photos, LeNet-5 on the held-out digits), for
+the comparison view LeNet-5 beside an untrained copy on the same digits, and for the panels of issue 19 (weight
+images, class selectivity, visual concepts, decoder inversion, neuron clusters, two networks layer by layer)
+LeNet-5 and the zoo MLP on the same digits, then drives headless chromium through the page objects of the
+browser tests. A panel's picture is the panel alone. Needs Playwright (the dev extra) and Debian's chromium.
 """
 
 from __future__ import annotations
@@ -20,7 +22,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the page objects
 
 VIEWPORT = {"width": 1440, "height": 940}
-VIEWS = ("image", "architecture", "layer", "unit", "dataset", "compare")
+VIEWS = (
+    "image",
+    "architecture",
+    "layer",
+    "unit",
+    "dataset",
+    "compare",
+    "weights",
+    "selectivity",
+    "concepts",
+    "inversion",
+    "clusters",
+    "layers",
+)
 
 
 def untrained_lenet():
@@ -54,9 +69,20 @@ def lasso_around(base: str, label: int) -> str:
     return "lasso:" + ";".join(f"{x:.5g},{y:.5g}" for x, y in corners)
 
 
-def shoot(page, path: Path) -> None:
+def shoot(page, path: Path, panels=None) -> None:
+    """The page as it shows, or only the box around ``panels`` (locators, on the screen together) when given."""
     page.wait_for_timeout(400)  # let the last canvases paint
-    page.screenshot(path=str(path))
+    if panels:
+        panels[0].scroll_into_view_if_needed()
+        boxes = [panel.bounding_box() for panel in panels]
+        left, top = min(b["x"] for b in boxes), min(b["y"] for b in boxes)
+        right = max(b["x"] + b["width"] for b in boxes)
+        bottom = max(b["y"] + b["height"] for b in boxes)
+        page.screenshot(
+            path=str(path), clip={"x": left, "y": top, "width": right - left, "height": bottom - top}
+        )
+    else:
+        page.screenshot(path=str(path))
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
@@ -71,6 +97,7 @@ def main() -> None:
 
     from pages.architecture import ArchitecturePage
     from pages.base import Workbench
+    from pages.compare import ComparePage
     from pages.dataset import DatasetPage
     from pages.image import ImagePage
     from pages.layer import LayerPage
@@ -112,6 +139,45 @@ def main() -> None:
         bench.open(model="lenet_mnist", view="compare")
         expect(bench.page.locator("canvas[aria-label='CKA matrix']")).to_be_visible()
 
+    def weights(bench: Workbench):
+        bench.open(model="mlp_mnist", view="layer", layer="fc1", image="sample:mlp_mnist:3")
+        page = LayerPage(bench).wait_grid()
+        page.weight_images()
+        return [page.panel("filters")]
+
+    def selectivity(bench: Workbench):
+        bench.open(model="mlp_mnist", view="layer", layer="fc3:input", unit="5", image="sample:mlp_mnist:3")
+        page = LayerPage(bench)
+        page.class_histograms(5)
+        return [page.panel("class selectivity")]
+
+    def concepts(bench: Workbench):
+        bench.open(
+            model="lenet_mnist", view="layer", layer="conv2", concepts="8", image="sample:lenet_mnist:3"
+        )
+        page = LayerPage(bench)
+        page.find_concepts()
+        return [page.panel("visual concepts")]
+
+    def inversion(bench: Workbench):
+        bench.open(model="lenet_mnist", view="layer", layer="conv1", image="sample:lenet_mnist:7")
+        page = LayerPage(bench).wait_grid()
+        page.train_decoder(epochs=5)
+        page.compare_with_optimization(steps=200)
+        return [page.panel("decoder inversion")]
+
+    def clusters(bench: Workbench) -> None:
+        bench.open(model="lenet_mnist", view="architecture", mode="clusters", k="4")
+        ArchitecturePage(bench).wait_clusters()
+
+    def layers(bench: Workbench):
+        bench.page.set_viewport_size({"width": VIEWPORT["width"], "height": 1500})  # both panels at once
+        bench.open(model="lenet_mnist", view="compare", b="mlp_mnist", layout="pca")
+        page = ComparePage(bench).wait_cka()
+        page.sparsity("mlp_mnist")
+        page.layouts()
+        return [bench.page.locator(f"section[aria-label='{name}']") for name in ("sparsity", "layouts")]
+
     default_views = {
         "image": image,
         "architecture": architecture,
@@ -127,6 +193,19 @@ def main() -> None:
             ROOT / "scripts",
             {"compare": compare},
         ),
+        (
+            ("zoo:lenet_mnist", "zoo:mlp_mnist"),
+            ("--data", "mnist5k:test"),
+            None,
+            {
+                "weights": weights,
+                "selectivity": selectivity,
+                "concepts": concepts,
+                "inversion": inversion,
+                "clusters": clusters,
+                "layers": layers,
+            },
+        ),
     ]
     with tempfile.TemporaryDirectory() as scratch, sync_playwright() as playwright:
         browser = launch_chromium(playwright)
@@ -138,8 +217,9 @@ def main() -> None:
             with workbench(Path(scratch) / str(index), models, extra, pythonpath=pythonpath) as base:
                 bench = Workbench(page, base)
                 for name, show in chosen.items():
-                    show(bench)
-                    shoot(page, arguments.out / f"workbench-{name}.png")
+                    panels = show(bench)
+                    shoot(page, arguments.out / f"workbench-{name}.png", panels)
+                    page.set_viewport_size(VIEWPORT)
                     if bench.errors:
                         sys.exit(f"the {name} view raised: {bench.errors}")
         browser.close()

@@ -285,7 +285,7 @@ def test_filters_of_a_convolution_and_of_nothing_else(client, lenet):
     kernels = array_of(client.get(f"/api/models/{MODEL}/filters?layer=conv1"))
     np.testing.assert_array_equal(kernels, lenet.module.conv1.weight.detach().numpy())
     message = error_of(client.get(f"/api/models/{MODEL}/filters?layer=fc1"), 404, "UnitError")
-    assert "Linear" in message
+    assert "linear layer" in message and "pixels" in message
     error_of(client.get(f"/api/models/{MODEL}/filters?layer=relu1"), 404, "UnitError")
 
 

@@ -44,3 +44,37 @@ class ArchitecturePage:
 
     def expand(self, block: str) -> None:
         self.page.locator(f".graph-node .toggle[data-expand='{block}']").click()
+
+    # --- the neuron-clusters mode ---
+
+    def show_clusters(self) -> ArchitecturePage:
+        self.page.locator(".seg button[data-mode='clusters']").click()
+        return self.wait_clusters()
+
+    def wait_clusters(self) -> ArchitecturePage:
+        expect(self.page.locator(".graph-wrap[data-clusters] .cluster-node").first).to_be_visible(
+            timeout=60_000
+        )
+        return self
+
+    def clusters(self) -> dict[str, int]:
+        """Clusters drawn per layer."""
+        found: dict[str, int] = {}
+        for layer in self.page.locator(".cluster-node").evaluate_all(
+            "nodes => nodes.map(n => n.dataset.layer)"
+        ):
+            found[layer] = found.get(layer, 0) + 1
+        return found
+
+    def cluster_edges(self) -> list[float]:
+        return [
+            float(w)
+            for w in self.page.locator(".cluster-edge").evaluate_all(
+                "paths => paths.map(p => p.dataset.weight)"
+            )
+        ]
+
+    def click_cluster(self, layer: str, cluster: int) -> None:
+        """Click a cluster's box on its title line (its samples open themselves)."""
+        box = self.page.locator(f".cluster-node[data-layer='{layer}'][data-cluster='{cluster}'] rect.box")
+        box.click(position={"x": 60, "y": 12})

@@ -614,7 +614,8 @@ def serve(
         list[str] | None,
         typer.Argument(
             help="Model specs (default: zoo:efficientnet_lite0 on the bundled photos and zoo:lenet_mnist on "
-            "mnist5k:test)"
+            "mnist5k:test); two on one --data compare layer by layer, e.g. zoo:lenet_mnist zoo:mlp_mnist "
+            "--data mnist5k:test"
         ),
     ] = None,
     data: Annotated[

@@ -7,18 +7,26 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+import time
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from deepscope.app.server.jobs import Job
-from deepscope.app.server.problems import NotComputedError, NotFoundError, UnknownCompareError
+from deepscope.app.server.problems import (
+    NotComputedError,
+    NotFoundError,
+    UnknownCompareError,
+    WorkspaceNotReadyError,
+)
 from deepscope.app.server.workbench import ServedModel, Workbench
+from deepscope.atlas.clusters import neuron_clusters
 from deepscope.atlas.compare import compare
 from deepscope.atlas.layouts import LAYOUTS
 from deepscope.atlas.workspace import Workspace
@@ -29,12 +37,15 @@ from deepscope.errors import SettingError, SettingTypeError, UnitError, suggesti
 from deepscope.metrics.faithfulness import deletion, insertion
 from deepscope.probe.graph import graph
 from deepscope.probe.hooks import layer_hooks
-from deepscope.probe.layers import get_layer, parse_layer
+from deepscope.probe.layers import parse_layer
 from deepscope.render.heatmap import DIVERGING, SEQUENTIAL, reduce_channels
 from deepscope.render.images import scale_each, to_pil
+from deepscope.units.concepts import concepts
 from deepscope.units.featurevis import visualize
+from deepscope.units.inversion import pixel_normalization, relative_image_error
+from deepscope.units.inverter import Inverter, compare_inversions, load_inverter, train_inverter
 from deepscope.units.maps import activations as layer_activations
-from deepscope.units.maps import filters as conv_filters
+from deepscope.units.maps import filters as weight_images
 from deepscope.units.patches import top_patches
 from deepscope.zoo.state import evaluation_mode
 
@@ -182,19 +193,9 @@ def strength(bench: Workbench, served: ServedModel, image: str, depth: int | Non
 
 
 def filters(served: ServedModel, layer: str) -> np.ndarray:
-    """A convolution's kernels ``[out, in, kh, kw]``, or a Linear layer on the pixels as ``[out, C, H, W]``."""
-    module = get_layer(served.vm, layer)
-    if isinstance(module, nn.Linear):
-        size = served.vm.input_size
-        channels = served.vm.preprocessing.channels
-        if size is None or module.in_features != channels * size[0] * size[1]:
-            raise UnitError(
-                f"layer {layer!r} is a Linear layer on {module.in_features} features, not on the "
-                f"{channels}x{size[0] if size else '?'}x{size[1] if size else '?'} input pixels; its weights are "
-                "no picture. Filters are shown for convolutions and for Linear layers reading the pixels"
-            )
-        return module.weight.detach().float().cpu().reshape(module.out_features, channels, *size).numpy()
-    return conv_filters(served.vm, layer).float().cpu().numpy()
+    """``ds.units.filters``: a convolution's kernels ``[out, in, kh, kw]``, or the weights of a Linear layer that
+    reads the pixels as images ``[out, C, H, W]``."""
+    return weight_images(served.vm, layer).float().cpu().numpy()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -753,14 +754,19 @@ def unit_statistics(served: ServedModel, layer: str) -> dict[str, Any]:
     }
 
 
-def comparison(a: ServedModel, b: ServedModel) -> dict[str, Any]:
-    """``ds.atlas.compare`` of two models' scans of the same data."""
+def _comparable(a: ServedModel, b: ServedModel) -> tuple[Workspace, Workspace]:
     wa, wb = a.ready_workspace(), b.ready_workspace()
     if wa.dataset_fingerprint != wb.dataset_fingerprint:
         raise UnknownCompareError(
             f"{a.id} was scanned on {wa.run.dataset} and {b.id} on {wb.run.dataset}; a comparison needs both "
             "scans on the same data (start the server with both models and one --data)"
         )
+    return wa, wb
+
+
+def comparison(a: ServedModel, b: ServedModel) -> dict[str, Any]:
+    """``ds.atlas.compare`` of two models' scans of the same data: CKA, each layer's sparsity, the confusions."""
+    wa, wb = _comparable(a, b)
     result = compare(wa, wb)
     return {
         "a": a.id,
@@ -771,9 +777,290 @@ def comparison(a: ServedModel, b: ServedModel) -> dict[str, Any]:
             "matrix": [finite_list(row) for row in result.cka],
         },
         "classes": result.classes,
+        "sparsity_a": finite_list(result.sparsity_a),
+        "sparsity_b": finite_list(result.sparsity_b),
         "confusion_a": result.confusion_a.tolist(),
         "confusion_b": result.confusion_b.tolist(),
         "accuracy_a": finite(result.accuracy_a),
         "accuracy_b": finite(result.accuracy_b),
         "agreement": finite(result.agreement),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# unit selectivity (workspace)
+
+
+def selectivity(served: ServedModel, layer: str) -> dict[str, Any]:
+    """``ws.selectivity(layer)`` at the layer's level: each unit's index and preferred class, and which units
+    respond to one class only and which to every class."""
+    found = served.ready_workspace().selectivity(layer)
+    summary = found.summary()
+    return {
+        "layer": layer,
+        "classes": found.classes,
+        "class_counts": [int(c) for c in found.class_counts],
+        "threshold": found.threshold,
+        "index": finite_list(found.index),
+        "preferred": [int(c) for c in found.preferred],
+        "one_class": [int(u) for u in found.one_class_units],
+        "all_classes": [int(u) for u in found.all_class_units],
+        "most_selective": [int(u) for u in found.most_selective(8)],
+        "summary": {
+            "units": int(summary["units"]),
+            "defined": int(summary["defined"]),
+            "mean_index": finite(summary["mean_index"]),
+            "median_index": finite(summary["median_index"]),
+            "one_class": int(summary["one_class"]),
+            "all_classes": int(summary["all_classes"]),
+        },
+    }
+
+
+def unit_selectivity(served: ServedModel, layer: str, unit: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """One unit's activation histogram per class ``[classes, bins]`` (int32) and, for the array's header, its
+    bin edges, class means, index and preferred class."""
+    found = served.ready_workspace().selectivity(layer)
+    check_unit(layer, unit, len(found.index))
+    return found.histograms[unit].astype(np.int32), {
+        "edges": finite_list(found.edges[unit]),
+        "class_means": finite_list(found.class_means[unit]),
+        "index": finite(found.index[unit]),
+        "preferred": int(found.preferred[unit]),
+        "classes": found.classes,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# visual concepts (a job over the model's data, kept in the workspace)
+
+
+def data_of(served: ServedModel) -> Any:
+    if served.dataset is None:
+        raise WorkspaceNotReadyError(
+            f"model {served.id!r} was given no data; concepts and decoders are learned over a dataset: start the "
+            "server with --data DATA"
+        )
+    return served.dataset
+
+
+def concepts_key(layer: str, k: int, patches: int, epochs: int) -> str:
+    return f"{layer}|k={k}|patches={patches}|epochs={epochs}"
+
+
+def concepts_found(
+    bench: Workbench, served: ServedModel, layer: str, k: int, patches: int, epochs: int
+) -> dict[str, Any] | None:
+    """The concepts kept in the workspace as the page shows them, or None."""
+    found = served.artifacts().artifact(
+        "concepts", f"{served.data_name}|{concepts_key(layer, k, patches, epochs)}", ARTIFACT_VERSION
+    )
+    if found is None:
+        return None
+    crops, meta = found.load(), found.meta
+    for concept in meta["concepts"]:
+        for patch in concept["patches"]:
+            patch["url"] = bench.blobs.put_picture(to_pil(torch.from_numpy(crops[patch.pop("slot")]) / 255))
+    return meta
+
+
+def compute_concepts(
+    bench: Workbench, served: ServedModel, layer: str, k: int, patches: int, epochs: int, job: Job
+) -> dict[str, Any]:
+    """``ds.units.concepts`` of the layer over the model's data (Wang et al. 2015): each concept's share of the
+    feature vectors, its majority class and purity, and its nearest patches, kept in the workspace."""
+    found = concepts_found(bench, served, layer, k, patches, epochs)
+    if found is not None:
+        return found
+    data = data_of(served)
+    check_layer(served, layer)
+    job.report(0.05, f"clustering the feature vectors of {layer} over {len(data)} samples into {k} concepts")
+    result = concepts(served.vm, data, layer, k, patches=patches, epochs=epochs)
+    job.report(0.9, "cropping the nearest patches")
+    nearest = result.nearest
+    crops = nearest.crops.float().cpu().clamp(0, 1).mul(255).round().to(torch.uint8)
+    purity = result.concept_purity
+    majority = result.majority
+    kept, listed = [], []
+    for index in range(result.k):
+        chosen = []
+        for rank in range(nearest.sample_indices.shape[1]):
+            sample = int(nearest.sample_indices[index, rank])
+            if sample < 0:
+                continue  # a concept holding fewer images than patches asked for
+            chosen.append(
+                {"sample": sample, "distance": finite(-nearest.values[index, rank]), "slot": len(kept)}
+            )
+            kept.append(crops[index, rank])
+        major = int(majority[index]) if majority is not None else -1
+        listed.append(
+            {
+                "index": index,
+                "size": int(result.sizes[index]),
+                "share": finite(float(result.sizes[index]) / max(result.vectors, 1)),
+                "purity": finite(purity[index]) if purity is not None else None,
+                "majority": major if major >= 0 else None,
+                "majority_label": result.class_name(major) if major >= 0 else None,
+                "patches": chosen,
+            }
+        )
+    meta = {
+        "layer": result.layer,
+        "k": result.k,
+        "vectors": result.vectors,
+        "epochs": epochs,
+        "purity": finite(result.purity) if result.purity is not None else None,
+        "concepts": listed,
+    }
+    pictures = torch.stack(kept).numpy() if kept else np.zeros((0, 1, 1, 1), np.uint8)
+    with served.lock:
+        served.artifacts().put_artifact(
+            "concepts",
+            f"{served.data_name}|{concepts_key(layer, k, patches, epochs)}",
+            pictures,
+            meta,
+            ARTIFACT_VERSION,
+        )
+    return concepts_found(bench, served, layer, k, patches, epochs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# neuron clusters (workspace + weights)
+
+
+def clusters(served: ServedModel, layers: list[str] | None, k: int, samples: int) -> dict[str, Any]:
+    """``ds.atlas.neuron_clusters`` of the recorded layers: each layer's clusters with their units and
+    representative samples, and the summed absolute weights between the clusters of consecutive layers."""
+    ws = served.ready_workspace()
+    if layers:
+        for name in layers:
+            layout_layer(ws, name)  # a layer the scan did not record: the workspace's own error, listing them
+    found = neuron_clusters(ws, served.vm, layers or None, k=k, samples=samples, example=_example(served))
+    return {
+        "model": served.id,
+        "layers": [
+            {
+                "layer": entry.layer,
+                "units": len(entry.labels),
+                "labels": [int(c) for c in entry.labels],
+                "sizes": [int(s) for s in entry.sizes],
+                "representatives": [[int(i) for i in row if i >= 0] for row in entry.representatives],
+            }
+            for entry in found.layers
+        ],
+        "edges": [[finite_list(row) for row in edge] for edge in found.edges],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# decoder inversion (a decoder trained over the model's data, kept in the workspace)
+
+
+def inverter_found(served: ServedModel, layer: str) -> Any:
+    return served.artifacts().artifact("inverter", f"{served.data_name}|{layer}", ARTIFACT_VERSION)
+
+
+def inverter_state(served: ServedModel, layer: str) -> dict[str, Any]:
+    """Whether the layer has a trained decoder, and how it was trained."""
+    found = inverter_found(served, layer)
+    if found is None:
+        return {"layer": layer, "trained": False, "losses": [], "settings": {}}
+    return {"layer": layer, "trained": True, **found.meta}
+
+
+def train_decoder(served: ServedModel, layer: str, epochs: int, width: int, job: Job) -> dict[str, Any]:
+    """``ds.units.train_inverter`` on the model's data; the decoder is kept in the workspace as the bytes
+    ``Inverter.save`` writes."""
+    data = data_of(served)
+    check_layer(served, layer)
+    job.report(0.02, f"training a decoder from {layer} for {epochs} epochs on {len(data)} samples")
+    inverter = train_inverter(served.vm, data, layer, epochs=epochs, width=width)
+    meta = {
+        "losses": finite_list(inverter.losses),
+        "settings": {key: _jsonable(value) for key, value in inverter.settings.items()},
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        saved = inverter.save(Path(folder) / "inverter.pt").read_bytes()
+    with served.lock:
+        served.artifacts().put_artifact(
+            "inverter", f"{served.data_name}|{layer}", saved, meta, ARTIFACT_VERSION
+        )
+        served.inverters.pop(layer, None)
+    return {"layer": layer, "trained": True, **meta}
+
+
+def stored_inverter(served: ServedModel, layer: str) -> Inverter:
+    """The layer's decoder from the workspace (loaded once), or :class:`NotComputedError`."""
+    with served.lock:
+        cached = served.inverters.get(layer)
+    if cached is not None:
+        return cached
+    found = inverter_found(served, layer)
+    if found is None:
+        raise NotComputedError(
+            f"no decoder of {layer!r} is trained yet; POST /api/models/{served.id}/layers/{layer}/inverter starts "
+            "its training"
+        )
+    inverter = load_inverter(found.path, served.vm)
+    with served.lock:
+        served.inverters[layer] = inverter
+    return inverter
+
+
+def decoder_inversion(bench: Workbench, served: ServedModel, layer: str, image: str) -> dict[str, Any]:
+    """The image reconstructed from its features at ``layer`` by the trained decoder, in one forward pass."""
+    check_layer(served, layer)
+    inverter = stored_inverter(served, layer)
+    x = bench.model_input(served, image)
+    started = time.perf_counter()
+    decoded = inverter(x)
+    seconds = time.perf_counter() - started
+    mean, std = pixel_normalization(served.vm, x.shape[1], x.device)
+    return {
+        "layer": layer,
+        "image": image,
+        "original_url": bench.blobs.put_picture(to_pil((x[0].float() * std[0] + mean[0]).clamp(0, 1))),
+        "decoded_url": bench.blobs.put_picture(to_pil(decoded[0])),
+        "decoder_error": finite(relative_image_error(served.vm, decoded, x)[0]),
+        "decoder_seconds": finite(seconds),
+    }
+
+
+def inversion_comparison(
+    bench: Workbench, served: ServedModel, layer: str, image: str, steps: int, job: Job
+) -> dict[str, Any]:
+    """``ds.units.compare_inversions``: the decoder's one forward against ``steps`` steps of optimization."""
+    inverter = stored_inverter(served, layer)
+    x = bench.model_input(served, image)
+    job.report(0.05, f"optimizing an image for {steps} steps and decoding it")
+    comparison = compare_inversions(served.vm, x, [inverter], schedule=[(steps, 1.0)])
+    return {
+        "layer": layer,
+        "image": image,
+        "steps": steps,
+        "original_url": bench.blobs.put_picture(to_pil(comparison.original[0])),
+        "decoded_url": bench.blobs.put_picture(to_pil(comparison.decoded[0, 0])),
+        "optimized_url": bench.blobs.put_picture(to_pil(comparison.optimized[0, 0])),
+        "decoder_error": finite(comparison.decoder_error[0, 0]),
+        "optimization_error": finite(comparison.optimization_error[0, 0]),
+        "decoder_seconds": finite(comparison.decoder_seconds[0]),
+        "optimization_seconds": finite(comparison.optimization_seconds[0]),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# two models layer by layer
+
+
+def comparison_layouts(a: ServedModel, b: ServedModel, kind: str, job: Job) -> dict[str, Any]:
+    """``ds.atlas.compare(..., layout=kind)``: every recorded layer's layout of both models, stored in their
+    workspaces; the answer says where to fetch each."""
+    wa, wb = _comparable(a, b)
+    check_layout_kind(kind)
+    job.report(0.05, f"{kind} layouts of {len(wa.layers) + len(wb.layers)} layers")
+    result = compare(wa, wb, layout=kind)
+    return {
+        "kind": kind,
+        "a": [layout_result(a, kind, name, True) for name in result.layers_a],
+        "b": [layout_result(b, kind, name, True) for name in result.layers_b],
     }

@@ -16,19 +16,28 @@ import deepscope.app.server.compute as compute
 from deepscope._version import __version__
 from deepscope.app.server.arrays import MEDIA_TYPE, encode_array
 from deepscope.app.server.images import ImageRecord
+from deepscope.app.server.problems import NotComputedError
 from deepscope.app.server.schemas import (
     ActivationSummary,
     ClassReportPayload,
+    ClustersPayload,
+    CompareLayoutsRequest,
     ComparisonPayload,
+    ConceptsPayload,
+    ConceptsRequest,
     ConfusedPairEntry,
     Confusion,
     DatasetSummary,
+    DecoderInversion,
     ErrorBody,
     FaithfulnessRequest,
     GraphPayload,
     HeatmapMeta,
     HistogramPayload,
     ImageEntry,
+    InversionRequest,
+    InverterRequest,
+    InverterState,
     JobPayload,
     JobStarted,
     LayerEntry,
@@ -38,6 +47,7 @@ from deepscope.app.server.schemas import (
     NewModel,
     Prediction,
     SampleEntry,
+    SelectivityPayload,
     Status,
     Thumbnails,
     UnitNote,
@@ -503,3 +513,143 @@ async def comparison(
     a: Annotated[str, Query(max_length=100)], b: Annotated[str, Query(max_length=100)], bench: Bench
 ) -> dict[str, Any]:
     return await bench.run(compute.comparison, bench.model(a), bench.model(b))
+
+
+@router.post("/compare/layouts", response_model=JobStarted, status_code=202)
+async def start_comparison_layouts(body: CompareLayoutsRequest, bench: Bench) -> dict[str, Any]:
+    a, b = bench.model(body.a), bench.model(body.b)
+    started = bench.jobs.submit(
+        "compare_layouts",
+        f"{a.id}|{b.id}|{body.kind}",
+        partial(compute.comparison_layouts, a, b, body.kind),
+        f"{body.kind} layouts of every layer of {a.id} and {b.id}",
+    )
+    return {"job": started.id, "state": started.state}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# unit selectivity, visual concepts, neuron clusters, decoder inversion
+
+
+@router.get("/models/{model}/layers/{layer}/selectivity", response_model=SelectivityPayload)
+async def selectivity(model: ModelId, layer: str, bench: Bench) -> dict[str, Any]:
+    return await bench.run(compute.selectivity, bench.model(model), layer)
+
+
+@router.get("/models/{model}/layers/{layer}/selectivity/{unit}", response_class=Response, responses=BINARY)
+async def unit_selectivity(model: ModelId, layer: str, unit: int, bench: Bench) -> Response:
+    counts, extra = await bench.run(compute.unit_selectivity, bench.model(model), layer, unit)
+    return binary(counts, extra)
+
+
+ConceptCount = Annotated[int, Query(ge=1, le=256, description="how many concepts")]
+PatchCount = Annotated[int, Query(ge=1, le=32, description="nearest patches per concept")]
+EpochCount = Annotated[int, Query(ge=0, le=20, description="passes moving the centers")]
+
+
+@router.get("/models/{model}/layers/{layer}/concepts", response_model=ConceptsPayload)
+async def concepts(
+    model: ModelId,
+    layer: str,
+    bench: Bench,
+    k: ConceptCount = 12,
+    patches: PatchCount = 8,
+    epochs: EpochCount = 1,
+) -> dict[str, Any]:
+    served = bench.model(model)
+    await bench.run(compute.check_layer, served, layer)
+    found = await bench.run(compute.concepts_found, bench, served, layer, k, patches, epochs)
+    if found is None:
+        raise NotComputedError(
+            f"the {k} concepts of {layer!r} are not computed yet; POST /api/models/{served.id}/layers/{layer}/concepts "
+            f'{{"k": {k}}} starts them'
+        )
+    return found
+
+
+@router.post("/models/{model}/layers/{layer}/concepts", response_model=JobStarted, status_code=202)
+async def start_concepts(
+    model: ModelId, layer: str, bench: Bench, body: ConceptsRequest | None = None
+) -> dict[str, Any]:
+    served = bench.model(model)
+    body = body or ConceptsRequest()
+    compute.data_of(served)
+    await bench.run(compute.check_layer, served, layer)
+    key = f"{served.id}|{compute.concepts_key(layer, body.k, body.patches, body.epochs)}"
+    found = await bench.run(compute.concepts_found, bench, served, layer, body.k, body.patches, body.epochs)
+    if found is not None:
+        started = bench.jobs.finished("concepts", key, found, "kept in the workspace")
+    else:
+        started = bench.jobs.submit(
+            "concepts",
+            key,
+            partial(compute.compute_concepts, bench, served, layer, body.k, body.patches, body.epochs),
+            f"{body.k} visual concepts of {layer}",
+        )
+    return {"job": started.id, "state": started.state}
+
+
+LayerList = Annotated[
+    str | None,
+    Query(max_length=4000, description="recorded layers, comma-separated (default: conv / linear)"),
+]
+
+
+@router.get("/models/{model}/clusters", response_model=ClustersPayload)
+async def clusters(
+    model: ModelId,
+    bench: Bench,
+    layers: LayerList = None,
+    k: Annotated[int, Query(ge=1, le=64, description="clusters per layer")] = 4,
+    samples: Annotated[int, Query(ge=1, le=32, description="representative samples per cluster")] = 6,
+) -> dict[str, Any]:
+    names = [name.strip() for name in layers.split(",") if name.strip()] if layers else None
+    return await bench.run(compute.clusters, bench.model(model), names, k, samples)
+
+
+@router.get("/models/{model}/layers/{layer}/inverter", response_model=InverterState)
+async def inverter(model: ModelId, layer: str, bench: Bench) -> dict[str, Any]:
+    served = bench.model(model)
+    await bench.run(compute.check_layer, served, layer)
+    found = await bench.run(compute.inverter_state, served, layer)
+    running = bench.jobs.active("inverter", f"{served.id}|{layer}")
+    return {**found, "job": running.id if running is not None else None}
+
+
+@router.post("/models/{model}/layers/{layer}/inverter", response_model=JobStarted, status_code=202)
+async def start_inverter(
+    model: ModelId, layer: str, bench: Bench, body: InverterRequest | None = None
+) -> dict[str, Any]:
+    served = bench.model(model)
+    body = body or InverterRequest()
+    compute.data_of(served)
+    await bench.run(compute.check_layer, served, layer)
+    started = bench.jobs.submit(
+        "inverter",
+        f"{served.id}|{layer}",
+        partial(compute.train_decoder, served, layer, body.epochs, body.width),
+        f"training a decoder from {layer}",
+    )
+    return {"job": started.id, "state": started.state}
+
+
+@router.get("/models/{model}/layers/{layer}/inversion", response_model=DecoderInversion)
+async def decoder_inversion(model: ModelId, layer: str, image: ImageId, bench: Bench) -> dict[str, Any]:
+    return await bench.run(compute.decoder_inversion, bench, bench.model(model), layer, image)
+
+
+@router.post("/models/{model}/layers/{layer}/inversion", response_model=JobStarted, status_code=202)
+async def start_inversion_comparison(
+    model: ModelId, layer: str, body: InversionRequest, bench: Bench
+) -> dict[str, Any]:
+    served = bench.model(model)
+    await bench.run(compute.check_layer, served, layer)
+    await bench.run(compute.stored_inverter, served, layer)  # no decoder yet: a 404 now, not a failed job
+    await bench.run(bench.model_input, served, body.image)
+    started = bench.jobs.submit(
+        "inversion",
+        f"{served.id}|{layer}|{body.image}|{body.steps}",
+        partial(compute.inversion_comparison, bench, served, layer, body.image, body.steps),
+        f"decoder and optimization inversion from {layer}",
+    )
+    return {"job": started.id, "state": started.state}

@@ -306,8 +306,112 @@ class ComparisonPayload(BaseModel):
     b: str
     cka: CKAPayload
     classes: list[str]
+    sparsity_a: list[float | None] = Field(description="Per layer of cka.layers_a: the share of values <= 0")
+    sparsity_b: list[float | None]
     confusion_a: list[list[int]]
     confusion_b: list[list[int]]
     accuracy_a: float | None
     accuracy_b: float | None
     agreement: float | None
+
+
+class CompareLayoutsRequest(BaseModel):
+    a: str = Field(max_length=100)
+    b: str = Field(max_length=100)
+    kind: Literal["tsne", "umap", "pca"] = "pca"
+
+
+class SelectivitySummary(BaseModel):
+    units: int
+    defined: int = Field(description="Units whose index is defined (non-negative class means, not all zero)")
+    mean_index: float | None
+    median_index: float | None
+    one_class: int
+    all_classes: int
+
+
+class SelectivityPayload(BaseModel):
+    layer: str
+    classes: list[str]
+    class_counts: list[int]
+    threshold: float
+    index: list[float | None] = Field(description="Each unit's class selectivity index (None: undefined)")
+    preferred: list[int]
+    one_class: list[int] = Field(description="The units that respond to one class only")
+    all_classes: list[int] = Field(description="The units that respond to every class")
+    most_selective: list[int]
+    summary: SelectivitySummary
+
+
+class ConceptsRequest(BaseModel):
+    k: int = Field(default=12, ge=1, le=256, description="How many concepts")
+    patches: int = Field(default=8, ge=1, le=32, description="Nearest patches shown per concept")
+    epochs: int = Field(default=1, ge=0, le=20, description="Passes moving the centers")
+
+
+class ConceptPatch(BaseModel):
+    sample: int
+    distance: float | None
+    url: str
+
+
+class Concept(BaseModel):
+    index: int
+    size: int
+    share: float | None
+    purity: float | None
+    majority: int | None
+    majority_label: str | None
+    patches: list[ConceptPatch]
+
+
+class ConceptsPayload(BaseModel):
+    layer: str
+    k: int
+    vectors: int
+    epochs: int
+    purity: float | None
+    concepts: list[Concept]
+
+
+class ClusterLayer(BaseModel):
+    layer: str
+    units: int
+    labels: list[int] = Field(description="Each unit's cluster")
+    sizes: list[int]
+    representatives: list[list[int]] = Field(description="Per cluster, dataset indices, best first")
+
+
+class ClustersPayload(BaseModel):
+    model: str
+    layers: list[ClusterLayer]
+    edges: list[list[list[float | None]]] = Field(
+        description="edges[i][a][b]: summed |weights| from cluster b of layers[i] to cluster a of layers[i+1]"
+    )
+
+
+class InverterRequest(BaseModel):
+    epochs: int = Field(default=5, ge=1, le=200)
+    width: int = Field(default=32, ge=4, le=256, description="The decoder's channels")
+
+
+class InverterState(BaseModel):
+    layer: str
+    trained: bool
+    losses: list[float | None]
+    settings: dict[str, Any]
+    job: str | None = None
+
+
+class DecoderInversion(BaseModel):
+    layer: str
+    image: str
+    original_url: str
+    decoded_url: str
+    decoder_error: float | None
+    decoder_seconds: float | None
+
+
+class InversionRequest(BaseModel):
+    image: str = Field(max_length=200)
+    steps: int = Field(default=200, ge=1, le=4000, description="Optimization steps of ds.units.invert")

@@ -34,6 +34,7 @@ from deepscope.app.server.security import Access, inside
 from deepscope.atlas.scanning.driver import scan
 from deepscope.atlas.workspace import Workspace, open_workspace
 from deepscope.errors import DeepscopeError
+from deepscope.units.inverter import Inverter
 from deepscope.workspace.store import DATABASE, Store
 from deepscope.zoo.datasets import dataset_name, load_dataset, split_item
 from deepscope.zoo.images import load_images
@@ -91,6 +92,7 @@ class ServedModel:
         self.graphs: dict[int | None, Any] = {}
         self.default_layers: dict[tuple[int, ...], str] = {}
         self.inputs: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.inverters: dict[str, Inverter] = {}  # trained decoders, loaded from the workspace once per layer
         self.lock = threading.RLock()  # writes to the workspace and the caches
 
     @property

@@ -6,7 +6,8 @@
 // (comma-separated), target (a class index or "top1"), sel (the dataset selection: "cell:TRUE,PRED" or
 // "lasso:x,y;x,y;..." in layout coordinates), layout (tsne | umap | pca), color (label | prediction | correct |
 // confidence), opacity (0..100), sort (strength | index), open (expanded graph blocks), b (the second model of
-// a comparison). Unknown keys (a server token) are kept as they are.
+// a comparison), mode (the architecture's "clusters" mode) and k (its clusters per layer), concepts (how many
+// visual concepts the layer view shows). Unknown keys (a server token) are kept as they are.
 
 const listeners = new Set();
 let current = read();

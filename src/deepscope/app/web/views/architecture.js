@@ -2,9 +2,11 @@
 // collapse and expand (the page groups the full graph's nodes by module path; the URL's `depth` and `open` say
 // which blocks are open); skip connections are drawn in orange; each node shows its op, output shape and
 // parameters and is colored by its mean |activation| for the current image (Harley 2015). Clicking a node opens
-// its layer.
+// its layer. The "clusters" mode (URL `mode=clusters`, `k` clusters per layer) draws the recorded layers as
+// clusters of units instead (lib/clusters.js).
 
 import * as api from "../lib/api.js";
+import { clusterDiagram } from "../lib/clusters.js";
 import { COLORMAPS, gradient } from "../lib/colormaps.js";
 import { compact, failure, fill, h, latest, shapeText } from "../lib/dom.js";
 import * as state from "../lib/state.js";
@@ -157,10 +159,12 @@ export function mount(root, context) {
   const legend = h("div.graph-card");
   const info = h("div.graph-card.graph-info", { hidden: true });
   const overlay = h("div.graph-overlay", legend, info);
-  const wrap = h("div.graph-wrap", canvas, overlay);
+  const clusterBox = h("div.cluster-box", { hidden: true });
+  const wrap = h("div.graph-wrap", canvas, clusterBox, overlay);
   root.append(wrap);
   const newLayout = latest();
   const newColors = latest();
+  const newClusters = latest();
   let graph = null;
   let drawn = null;
   let strength = null;
@@ -470,11 +474,72 @@ export function mount(root, context) {
     );
   }
 
+  function modeSwitch(current) {
+    const mode = current.mode === "clusters" ? "clusters" : "graph";
+    return h(
+      "div.seg",
+      { style: { marginBottom: "8px" }, "aria-label": "mode" },
+      [
+        ["graph", "Graph"],
+        ["clusters", "Neuron clusters"],
+      ].map(([name, label]) =>
+        h("button", { "aria-pressed": String(mode === name), dataset: { mode: name }, onclick: () => state.set({ mode: name === "graph" ? null : name }) }, label),
+      ),
+    );
+  }
+
+  async function drawClusters(current) {
+    const isStale = newClusters();
+    const model = context.model(current.model);
+    const k = Number(current.k ?? 4);
+    canvas.style.display = "none";
+    info.hidden = true;
+    clusterBox.hidden = false;
+    delete wrap.dataset.clusters;
+    fill(
+      legend,
+      modeSwitch(current),
+      h("div", h("b", model.name ?? model.id), h("span.hint", "  units clustered by their activations over the dataset")),
+      h(
+        "div.toolbar",
+        { style: { margin: "8px 0" } },
+        h(
+          "label",
+          "clusters per layer",
+          h(
+            "select",
+            { "aria-label": "clusters per layer", onchange: (event) => state.set({ k: event.target.value }) },
+            [2, 3, 4, 5, 6, 8].map((n) => h("option", { value: n, selected: n === k }, n)),
+          ),
+        ),
+      ),
+      h("div.hint", "edges: summed |weights| between two clusters (wider, darker: stronger) · click a cluster to open its layer, a sample to open it"),
+    );
+    fill(clusterBox, h("div.loading", "Clustering the units…"));
+    let payload;
+    try {
+      payload = await api.json(api.path(`/api/models/${model.id}/clusters`, { k }), { cached: true });
+    } catch (error) {
+      if (!isStale()) fill(clusterBox, h("div.cluster-message", error.status === 409 ? h("div.empty", error.message) : failure(error)));
+      return;
+    }
+    if (isStale()) return;
+    fill(
+      clusterBox,
+      clusterDiagram(payload, {
+        openLayer: (layer) => state.set({ view: "layer", layer, unit: null }),
+        openSample: (sample) => state.set({ view: "image", image: `sample:${model.id}:${sample}`, target: null }),
+      }),
+    );
+    wrap.dataset.clusters = String(payload.layers.reduce((sum, layer) => sum + layer.sizes.length, 0));
+  }
+
   function drawLegend(current, depth) {
     const model = context.model(current.model);
     scale = h("div");
     fill(
       legend,
+      modeSwitch(current),
       h("div", h("b", model.name ?? model.id), h("span.hint", `  ${drawn.nodes.length} of ${graph.nodes.length} nodes · ${graph.tracer}`)),
       h(
         "div.toolbar",
@@ -557,6 +622,20 @@ export function mount(root, context) {
 
   return {
     async update(current, changed) {
+      if (current.mode === "clusters") {
+        if (changed.has("model") || changed.has("mode") || changed.has("k")) await drawClusters(current);
+        return;
+      }
+      if (changed.has("mode")) {
+        newClusters();
+        clusterBox.hidden = true;
+        canvas.style.display = "";
+        if (graph) {
+          loadStrength(current);
+          await relayout(current);
+          return;
+        }
+      }
       if (changed.has("model") || !graph) {
         knownOps.clear();
         try {
@@ -579,6 +658,7 @@ export function mount(root, context) {
     unmount() {
       newLayout();
       newColors();
+      newClusters();
       wrap.remove();
     },
   };

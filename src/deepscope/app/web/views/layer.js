@@ -1,12 +1,14 @@
 // Layer view: the activation grid of the current image for the layer (every channel, DeepVis-style, sortable
-// by strength, click to enlarge), the layer's filters, and from the workspace its activation histogram and dead
-// units. The unit clicked is the URL's `unit`; its page is the unit view.
+// by strength, click to enlarge), the layer's filters (a first Linear layer's weights as images), from the
+// workspace its activation histogram, dead units and class selectivity, its visual concepts and its decoder
+// inversion (layer-panels.js). The unit clicked is the URL's `unit`; its page is the unit view.
 
 import * as api from "../lib/api.js";
 import { gradient } from "../lib/colormaps.js";
 import { failure, fill, h, latest, shapeText } from "../lib/dom.js";
 import { drawColorFilters, drawGrid, drawMap, hit, outline, scaleOf } from "../lib/tiles.js";
 import * as state from "../lib/state.js";
+import { drawConcepts, drawInversion, drawSelectivity } from "./layer-panels.js";
 import { stepUnit } from "./unit.js";
 
 export function mount(root, context) {
@@ -15,16 +17,24 @@ export function mount(root, context) {
   const zoom = h("section.panel", { "aria-label": "selected unit" });
   const filters = h("section.panel", { "aria-label": "filters" });
   const statistics = h("section.panel", { "aria-label": "layer statistics" });
+  const selectivity = h("section.panel", { "aria-label": "class selectivity" });
+  const concepts = h("section.panel", { "aria-label": "visual concepts" });
+  const inversion = h("section.panel", { "aria-label": "decoder inversion" });
   const page = h(
     "div.page",
     header,
     h("div.split", { style: { gridTemplateColumns: "minmax(0, 1fr) 300px" } }, grid, zoom),
     h("div.split", { style: { gridTemplateColumns: "minmax(0, 1fr) minmax(0, 1fr)" } }, filters, statistics),
+    h("div.split", { style: { gridTemplateColumns: "minmax(0, 1fr) minmax(0, 1fr)" } }, selectivity, inversion),
+    concepts,
   );
   root.append(page);
   const newGrid = latest();
   const newFilters = latest();
   const newStatistics = latest();
+  const newSelectivity = latest();
+  const newConcepts = latest();
+  const newInversion = latest();
   let activations = null; // {layer, image, array, summary}
   let gridLayout = null;
   let gridCanvas = null;
@@ -32,7 +42,10 @@ export function mount(root, context) {
   let filterCanvas = null;
   let filterLayout = null;
 
-  const onReady = () => drawStatistics(state.get());
+  const onReady = () => {
+    drawStatistics(state.get());
+    drawSelectivity(selectivity, state.get(), newSelectivity());
+  };
   window.addEventListener("workspace-ready", onReady);
   const onKey = (event) => {
     const current = state.get();
@@ -242,6 +255,18 @@ export function mount(root, context) {
       filterCanvas.style.height = `${Math.min(420, out * stretch)}px`;
       filterLayout = null;
       caption = `1×1 kernels: the weight matrix, ${out} output rows × ${inputs} input columns (red positive, blue negative)`;
+    } else if (layers.find((l) => l.name === current.layer)?.kind === "linear") {
+      // a first Linear layer: each unit's weights over the pixels, shown as the image they read (Erhan et al. 2009)
+      const tile = Math.max(20, Math.min(56, Math.floor(Math.sqrt((width * 280) / out)) - 2));
+      const columns = Math.floor((width + 2) / (tile + 2));
+      const summed = new Float32Array(out * kh * kw);
+      for (let o = 0; o < out; o += 1) for (let i = 0; i < inputs; i += 1) for (let p = 0; p < kh * kw; p += 1) summed[o * kh * kw + p] += weights.data[(o * inputs + i) * kh * kw + p];
+      filterLayout = drawGrid(filterCanvas, { data: summed, count: out, height: kh, width: kw }, { order: Array.from({ length: out }, (_, i) => i), tile, columns, scaleFor: (unit) => {
+        const own = summed.subarray(unit * kh * kw, (unit + 1) * kh * kw).reduce((m, v) => Math.max(m, Math.abs(v)), 0) || 1;
+        return { colormap: "RdBu_r", low: -own, high: own };
+      } });
+      filterCanvas.dataset.weightImages = String(out);
+      caption = `${out} units, each one's weights over the ${kh}×${kw} input pixels as an image${inputs > 1 ? ` (summed over ${inputs} channels)` : ""}, scaled to its own largest weight (red positive, blue negative)`;
     } else {
       const tile = Math.max(20, Math.min(56, Math.floor(Math.sqrt((width * 280) / out)) - 2));
       const columns = Math.floor((width + 2) / (tile + 2));
@@ -312,9 +337,17 @@ export function mount(root, context) {
         drawGridPanel(current);
         drawFilters(current);
         drawStatistics(current);
+        drawSelectivity(selectivity, current, newSelectivity());
+        drawConcepts(concepts, current, newConcepts());
+        drawInversion(inversion, current, newInversion());
         return;
       }
-      if (changed.has("image")) drawGridPanel(current);
+      if (changed.has("image")) {
+        drawGridPanel(current);
+        drawInversion(inversion, current, newInversion());
+      }
+      if (changed.has("unit")) drawSelectivity(selectivity, current, newSelectivity());
+      if (changed.has("concepts")) drawConcepts(concepts, current, newConcepts());
       else if ((changed.has("sort") || changed.has("scale") || changed.has("unit")) && activations) {
         paintGrid(current);
         drawZoom(current);
