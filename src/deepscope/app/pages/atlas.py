@@ -1,5 +1,5 @@
-"""Pages for the atlas: the pages of ``deepscope compare`` and ``deepscope selectivity`` and the atlas section of
-``deepscope demo``."""
+"""Pages for the atlas: the pages of ``deepscope compare`` and ``deepscope selectivity``, and the sections of
+``deepscope demo`` that read scans (the atlas; selectivity, neuron clusters and two networks)."""
 
 from __future__ import annotations
 
