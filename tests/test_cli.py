@@ -101,6 +101,8 @@ def test_demo_writes_a_self_contained_page(tmp_path):
     html = page.read_text()
     sections = ["Predictions", "Architecture", "First-layer filters", "What units encode", "Heat maps"]
     sections += ["Can I trust this heat map?", "Dataset atlas"]
+    sections += ["Concepts, weight images and decoder inversion"]
+    sections += ["Selectivity, neuron clusters and two networks"]
     for expected in (*sections, "<svg", "data:image/png;base64"):
         assert expected in html
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "https://" not in html

@@ -208,7 +208,11 @@ def test_concepts_refuse_bad_input(lenet, unchanged):
                 "at least 30 feature vectors",
             ),
             (lambda: ds.units.concepts(lenet, digits, "conv*"), SettingError, "one layer; 'conv.' names 2"),
-            (lambda: ds.units.concepts(lenet, digits, "conv2", k=0), SettingError, "k must be an int >= 1, got 0"),
+            (
+                lambda: ds.units.concepts(lenet, digits, "conv2", k=0),
+                SettingError,
+                "k must be an int >= 1, got 0",
+            ),
             (
                 lambda: ds.units.concepts(lenet, digits, "conv2", k=4, init=torch.zeros(3, 16)),
                 SettingError,

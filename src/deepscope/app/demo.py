@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from deepscope.app.pages.atlas import atlas_section
+from deepscope.app.pages.atlas import atlas_section, networks_section
 from deepscope.app.pages.evaluation import evaluation_section
 from deepscope.app.pages.heatmaps import heatmaps_section
-from deepscope.app.pages.units import units_section
+from deepscope.app.pages.units import concepts_section, units_section
 from deepscope.errors import LayerNotFoundError
 from deepscope.probe.graph import graph
 from deepscope.render.graph_svg import graph_svg
@@ -44,6 +44,10 @@ class DemoContext:
     @cached_property
     def lenet(self) -> VisionModel:
         return load_model("zoo:lenet_mnist")
+
+    @cached_property
+    def mlp(self) -> VisionModel:
+        return load_model("zoo:mlp_mnist")
 
     @cached_property
     def photos(self) -> dict[str, Image.Image]:
@@ -136,6 +140,8 @@ SECTIONS: list[Section] = [
     heatmaps_section,
     evaluation_section,
     atlas_section,
+    concepts_section,
+    networks_section,
 ]
 
 
@@ -144,8 +150,8 @@ def build_demo(out: str | Path = "deepscope-demo") -> Path:
     context = DemoContext()
     report = Report(
         "deepscope demo",
-        "What deepscope shows for the bundled EfficientNet-Lite0 (ImageNet) and LeNet-5 (MNIST) — computed "
-        "offline on this machine.",
+        "What deepscope shows for the bundled EfficientNet-Lite0 (ImageNet), LeNet-5 and 784-300-100-10 MLP "
+        "(MNIST) — computed offline on this machine.",
     )
     for build in SECTIONS:
         start = time.perf_counter()

@@ -1,15 +1,18 @@
-"""Pages for the atlas: the pages of ``deepscope compare`` and ``deepscope selectivity`` and the atlas section of
-``deepscope demo``."""
+"""Pages for the atlas: the pages of ``deepscope compare`` and ``deepscope selectivity``, and the sections of
+``deepscope demo`` that read scans (the atlas; selectivity, neuron clusters and two networks)."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from html import escape
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from deepscope.atlas.compare import Comparison, cka
+from deepscope.atlas.clusters import neuron_clusters
+from deepscope.atlas.compare import Comparison, cka, compare
 from deepscope.atlas.scanning.driver import scan
 from deepscope.atlas.selectivity import Selectivity
 from deepscope.atlas.workspace import Workspace
@@ -23,6 +26,7 @@ from deepscope.render.charts import (
     selectivity_image,
     selectivity_summary_image,
 )
+from deepscope.render.graph_svg import cluster_graph_svg
 from deepscope.render.html import Report
 from deepscope.render.images import data_uri
 
@@ -102,8 +106,6 @@ def selectivity_report(ws: Workspace, results: list[Selectivity]) -> Report:
 
 def atlas_section(report: Report, context) -> None:
     """Demo section: the LeNet / MNIST atlas (scan, confusion, t-SNE grid, histograms, CKA against random init)."""
-    import tempfile
-
     from deepscope.zoo.lenet import lenet5
 
     section = report.section("Dataset atlas")
@@ -187,3 +189,77 @@ def atlas_section(report: Report, context) -> None:
             ),
         )
     )
+
+
+def networks_section(report: Report, context) -> None:
+    """Demo section: from scans of LeNet-5 and the MLP over the same digits, LeNet's unit selectivity and neuron
+    clusters, and the two networks layer by layer."""
+    section = report.section("Selectivity, neuron clusters and two networks")
+    lenet, mlp, digits = context.lenet, context.mlp, context.digits
+    # the held-out digits are stored by class: every other one gives all ten, and halves the t-SNE work
+    digits = digits.subset(range(0, len(digits), 2))
+    chain = ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    with tempfile.TemporaryDirectory() as out:
+        a = scan(lenet, digits, [*chain, "relu3"], out=Path(out) / "lenet", batch_size=250)
+        b = scan(mlp, digits, ["fc1", "fc2", "fc3"], out=Path(out) / "mlp", batch_size=250, thumbnail_size=0)
+        section.text(
+            f"Each view reads a scan (ds.atlas.scan) of {len(digits)} held-out digits (every other one of the "
+            "1,000), recording LeNet-5's conv1, conv2, fc1, fc2, fc3 and relu3 (fc1 after its ReLU) and the "
+            "MLP's fc1, fc2 and fc3; none needs another pass over the data."
+        )
+
+        selectivity = a.selectivity("relu3")
+        summary = selectivity.summary()
+        section.text(
+            f"Unit selectivity (Sun et al. 2015's per-class histograms; the index of Morcos et al. 2018), "
+            f"ws.selectivity('relu3'): of LeNet-5's {summary['units']} fc1 units, {summary['defined']} have a "
+            f"defined index (mean {summary['mean_index']:.2f}); {summary['one_class']} respond to one digit only "
+            f"and {summary['all_classes']} to every digit (a class mean at least half the unit's highest). Below, "
+            "the per-class histograms of the 8 most selective units."
+        )
+        section.image(selectivity_summary_image(selectivity, "LeNet-5 relu3: class selectivity"))
+        section.image(selectivity_image(selectivity, title="relu3: the 8 most selective units"))
+
+        clusters = neuron_clusters(a, lenet, chain, k=4)
+        section.text(
+            "Neuron clusters (CNNVis, Liu et al. 2017), ds.atlas.neuron_clusters: the units of each of LeNet-5's "
+            "five layers grouped into 4 clusters by their activations over the scanned digits (Ward clustering of "
+            "the correlation profiles), each cluster shown with its 6 representative digits; an edge's width and "
+            "darkness grow with the summed absolute weights between two clusters (its value in the tooltip)."
+        )
+        section.html(
+            '<div class="scroll">'
+            + cluster_graph_svg(clusters, a.thumbnails, a.indices, "LeNet-5, 4 clusters per layer")
+            + "</div>"
+        )
+
+        result = compare(a, b, ["conv2", "fc1", "fc2", "fc3"], ["fc1", "fc2", "fc3"], layout="tsne", n_jobs=1)
+        section.text(
+            "Two networks layer by layer (Yu et al. 2016), ds.atlas.compare(lenet_scan, mlp_scan, layout='tsne'): "
+            "A is LeNet-5 (conv2, fc1, fc2, fc3), B the MLP (fc1, fc2, fc3). Per layer, a t-SNE of the digits' "
+            "pooled activations colored by digit and the layer's sparsity (the share of its output values not above "
+            f"zero); beside it, linear CKA between every pair of layers. Accuracy A {result.accuracy_a:.1%}, "
+            f"B {result.accuracy_b:.1%}; the same class on {result.agreement:.1%} of the digits."
+        )
+        section.html(
+            _side_by_side(
+                (
+                    "LeNet-5 (A) and the MLP (B) layer by layer",
+                    layer_comparison_image(result, a.labels, a.classes),
+                ),
+                (
+                    "linear CKA, LeNet-5 against the MLP",
+                    heatmap_image(
+                        result.cka,
+                        result.layers_a,
+                        result.layers_b,
+                        "linear CKA",
+                        vmin=0,
+                        vmax=1,
+                        xlabel="MLP",
+                        ylabel="LeNet-5",
+                        size=3.5,
+                    ),
+                ),
+            )
+        )

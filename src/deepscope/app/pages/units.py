@@ -10,8 +10,24 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from deepscope.render.units import activation_grid, filter_grid, image_strip, patch_grid
-from deepscope.units import activations, filters, invert_layers, top_patches, visualize
+from deepscope.render.units import (
+    activation_grid,
+    concept_grid,
+    filter_grid,
+    image_strip,
+    inversion_comparison,
+    patch_grid,
+)
+from deepscope.units import (
+    activations,
+    compare_inversions,
+    concepts,
+    filters,
+    invert_layers,
+    top_patches,
+    train_inverter,
+    visualize,
+)
 from deepscope.units.maps import has_weight_images
 from deepscope.zoo.datasets import mnist5k, split_item
 from deepscope.zoo.vision_model import VisionModel
@@ -145,3 +161,81 @@ def units_section(report, context) -> None:
     result = visualize(vm, chosen, size=128, steps=96)
     section.image(image_strip(result.image, chosen, tile_size=128), "Lite0 channels")
     context.timings["units_section_inner"] = time.perf_counter() - start
+
+
+def concepts_section(report, context) -> None:
+    """Demo section: LeNet's visual concepts, the MLP's weight images and predictions, and decoder against
+    optimization inversion, at small settings that the page states."""
+    section = report.section("Concepts, weight images and decoder inversion")
+    lenet, mlp, digits = context.lenet, context.mlp, context.digits
+
+    found = concepts(lenet, digits, "conv2", k=12, patches=8, batch_size=250)
+    section.text(
+        f"Visual concepts (Wang et al. 2015), ds.units.concepts: LeNet-5's conv2 gives a 16-channel vector at each of "
+        f"its 10x10 positions; the {found.vectors:,} vectors of the {len(digits):,} held-out digits, normalized to "
+        "unit length, are clustered into k=12 concepts by streaming mini-batch k-means (250 digits a batch, one "
+        "pass moving the centers and one assigning; the default k is 32). Each row is a concept's 8 nearest "
+        "patches, cropped to conv2's 14x14 receptive field; its caption gives the concept's share of the vectors, "
+        f"its majority digit and that digit's share. Overall purity {found.purity:.0%}: at conv2 a concept is a "
+        "stroke that many digits share, not a digit."
+    )
+    section.image(concept_grid(found, tile_size=40), "LeNet-5 conv2: 12 visual concepts", pixelated=True)
+
+    _, mlp_top = mlp.predict(mlp.preprocess(digits.images), k=1)
+    _, lenet_top = lenet.predict(lenet.preprocess(digits.images), k=1)
+    mlp_classes, lenet_classes = mlp_top[:, 0].cpu(), lenet_top[:, 0].cpu()
+    accuracy = (mlp_classes == digits.labels).float().mean().item()
+    agreement = (mlp_classes == lenet_classes).float().mean().item()
+    mistakes = torch.nonzero(mlp_classes != digits.labels).flatten()[:10].tolist()
+    section.text(
+        "A fully connected network, zoo:mlp_mnist (784-300-100-10, ReLU; trained by scripts/train_mlp.py on the "
+        f"same 4,000 digits as LeNet-5): held-out accuracy {accuracy:.1%} on the {len(digits):,} others, the same "
+        f"class as LeNet-5 on {agreement:.1%} of them. Its fc1 reads the pixels, so each of its 300 units has "
+        "one weight per pixel: ds.units.filters(mlp, 'fc1') reshapes them to 28x28 images (Erhan et al. 2009), "
+        "here the first 100, gray at zero, white positive. Below, the MLP's first mistakes: true digit, the "
+        "MLP's class, LeNet-5's class."
+    )
+    section.image(
+        filter_grid(filters(mlp, "fc1"), tile_size=40, max_filters=100, labels=False),
+        "MLP fc1: weight images of units 0-99, row by row",
+    )
+    if mistakes:
+        section.image(
+            image_strip(
+                mlp.pixels([digits.images[i] for i in mistakes]),
+                [
+                    f"{int(digits.labels[i])}: MLP {mlp.label(int(mlp_classes[i]))}, "
+                    f"LeNet {lenet.label(int(lenet_classes[i]))}"
+                    for i in mistakes
+                ],
+                columns=5,
+            ),
+            "the MLP's mistakes",
+            pixelated=True,
+        )
+
+    # the training digits are stored by class: every fourth one gives all ten
+    training = mnist5k("train")
+    training = training.subset(range(0, len(training), 4))
+    inverters = [train_inverter(lenet, training, layer, epochs=3, width=8) for layer in ("conv1", "conv2")]
+    firsts = [int(torch.nonzero(digits.labels == digit)[0]) for digit in range(10)]
+    x = lenet.preprocess([digits.images[i] for i in firsts])
+    for inverter in inverters:
+        inverter(x[:1])  # the first call pays a one-time setup that the time per image should not show
+    comparison = compare_inversions(lenet, x, inverters, schedule=[(200, 1.0), (100, 0.1)])
+    section.text(
+        "Decoder inversion (Dosovitskiy & Brox 2016), ds.units.train_inverter: a small up-convolutional decoder "
+        f"per layer (width 8; the default is 64) trained to map LeNet-5's conv1 and conv2 features back to the "
+        f"digits, on {len(training):,} training digits for 3 epochs (the default is 10), then one forward pass per "
+        "image; against the optimization-based inversion (Mahendran & Vedaldi 2015, 300 steps) of the first "
+        "held-out digit of each class, by ds.units.compare_inversions. Mean relative image error, decoder / "
+        "optimization: "
+        + ", ".join(
+            f"{layer} {float(decoder.mean()):.2f} / {float(optimized.mean()):.2f}"
+            for layer, decoder, optimized in zip(
+                comparison.layers, comparison.decoder_error, comparison.optimization_error, strict=True
+            )
+        )
+        + "."
+    )
+    section.image(inversion_comparison(comparison, tile_size=40), "decoder against optimization inversion")
