@@ -93,7 +93,6 @@ def test_every_count_option_has_a_lower_bound():
     assert not isinstance(result.exception, ValueError)
 
 
-@pytest.mark.slow  # builds every section of the page: about 4 minutes on 2 cores
 def test_demo_writes_a_self_contained_page(tmp_path):
     result = runner.invoke(cli.app, ["demo", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
