@@ -8,26 +8,23 @@ the server's API says independently (the points and layout arrays, the confusion
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from matplotlib.path import Path as Polygon
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from deepscope.app.server.arrays import decode_array
 from pages.architecture import ArchitecturePage
 from pages.base import Workbench
 from pages.dataset import DatasetPage
 from pages.image import ImagePage
 from pages.layer import LayerPage
-from pages.server import launch_chromium, workbench
+from pages.server import chromium, get_array, get_json, opened_workbench, workbench
 
 expect.set_options(timeout=30_000)
 
@@ -40,31 +37,14 @@ def server(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
 def bench(browser, server):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    workbench_page = Workbench(page, server)
-    yield workbench_page
-    context.close()
-    assert workbench_page.errors == [], f"the page raised: {workbench_page.errors}"
-
-
-def get_json(server: str, path: str):
-    with urllib.request.urlopen(server + path, timeout=120) as response:
-        return json.load(response)
-
-
-def get_array(server: str, path: str) -> np.ndarray:
-    with urllib.request.urlopen(server + path, timeout=120) as response:
-        return decode_array(response.read())[0]
+    with opened_workbench(browser, server) as page:
+        yield page
 
 
 def test_the_page_opens_on_an_image_with_its_predictions_and_heat_maps(bench):
@@ -158,8 +138,8 @@ def test_an_uploaded_photo_is_explained_and_a_file_that_is_not_an_image_is_refus
 
 
 def lenet_table(server: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    points = get_array(server, "/api/models/lenet_mnist/dataset/points")
-    layout = get_array(server, f"/api/models/lenet_mnist/dataset/layout?kind={kind}")
+    points, _ = get_array(server, "/api/models/lenet_mnist/dataset/points")
+    layout, _ = get_array(server, f"/api/models/lenet_mnist/dataset/layout?kind={kind}")
     return points, layout
 
 
@@ -206,7 +186,7 @@ def test_lasso_around_a_cluster_shows_exactly_the_samples_inside(bench):
 def test_a_confusion_cell_shows_its_samples(bench):
     bench.open(model="lenet_mnist", view="dataset", layout="pca")
     dataset = DatasetPage(bench).wait_scatter()
-    points = get_array(bench.base, "/api/models/lenet_mnist/dataset/points")
+    points, _ = get_array(bench.base, "/api/models/lenet_mnist/dataset/points")
     matrix = np.array(get_json(bench.base, "/api/models/lenet_mnist/dataset/confusion")["matrix"])
     off_diagonal = matrix - np.diag(np.diag(matrix))
     label, prediction = np.unravel_index(off_diagonal.argmax(), matrix.shape)
@@ -225,7 +205,7 @@ def test_a_copied_url_opened_in_a_fresh_page_shows_the_same_view(bench, browser)
     dataset = DatasetPage(bench).wait_scatter()
     dataset.click_cell(9, 9)
     bench.page.locator(".seg button[data-color='correct']").click()
-    points = get_array(bench.base, "/api/models/lenet_mnist/dataset/points")
+    points, _ = get_array(bench.base, "/api/models/lenet_mnist/dataset/points")
     selected = dataset.selected(count=int(((points[:, 1] == 9) & (points[:, 2] == 9)).sum()))
     copied = bench.page.url
     fresh_context = browser.new_context(viewport={"width": 1200, "height": 800})

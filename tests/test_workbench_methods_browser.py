@@ -5,19 +5,14 @@ against what the server's API says on its own."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
-
 import numpy as np
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from deepscope.app.server.arrays import decode_array
 from pages.architecture import ArchitecturePage
-from pages.base import Workbench
 from pages.compare import ComparePage
 from pages.layer import LayerPage
-from pages.server import launch_chromium, workbench
+from pages.server import chromium, get_array, get_json, opened_workbench, workbench
 
 expect.set_options(timeout=30_000)
 
@@ -31,31 +26,14 @@ def server(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
 def bench(browser, server):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    workbench_page = Workbench(page, server)
-    yield workbench_page
-    context.close()
-    assert workbench_page.errors == [], f"the page raised: {workbench_page.errors}"
-
-
-def get_json(server: str, path: str):
-    with urllib.request.urlopen(server + path, timeout=120) as response:
-        return json.load(response)
-
-
-def get_array(server: str, path: str) -> tuple[np.ndarray, dict]:
-    with urllib.request.urlopen(server + path, timeout=120) as response:
-        return decode_array(response.read())
+    with opened_workbench(browser, server) as page:
+        yield page
 
 
 def test_the_mlp_first_layer_shows_its_weights_as_images(bench):

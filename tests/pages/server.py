@@ -91,3 +91,42 @@ def launch_chromium(playwright):
     if not CHROMIUM.exists():
         raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+
+@contextmanager
+def chromium() -> Iterator:
+    """A headless chromium for a module of browser tests, closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        yield browser
+        browser.close()
+
+
+@contextmanager
+def opened_workbench(browser, base: str) -> Iterator:
+    """A fresh browser context on the workbench at ``base``; on leaving, the page must have raised no error."""
+    from pages.base import Workbench
+
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    workbench_page = Workbench(page, base)
+    yield workbench_page
+    context.close()
+    assert workbench_page.errors == [], f"the page raised: {workbench_page.errors}"
+
+
+def get_json(base: str, path: str):
+    """The server's JSON answer to ``GET path``."""
+    with urllib.request.urlopen(base + path, timeout=120) as response:
+        return json.load(response)
+
+
+def get_array(base: str, path: str):
+    """The server's binary array answer to ``GET path``: (array, header)."""
+    from deepscope.app.server.arrays import decode_array
+
+    with urllib.request.urlopen(base + path, timeout=120) as response:
+        return decode_array(response.read())

@@ -4,8 +4,8 @@
 // the strongest edge between the two layers). The numbers are the server's (ds.atlas.neuron_clusters).
 
 import * as api from "./api.js";
+import { svg } from "./dom.js";
 
-const SVG = "http://www.w3.org/2000/svg";
 const BOX_WIDTH = 176;
 const THUMB = 26;
 const PER_ROW = 6;
@@ -13,16 +13,6 @@ const GAP_X = 22;
 const GAP_Y = 86;
 const LABEL_WIDTH = 150;
 
-function svg(tag, attributes = {}, ...children) {
-  const element = document.createElementNS(SVG, tag);
-  for (const [key, value] of Object.entries(attributes)) {
-    if (value === undefined || value === null) continue;
-    if (key.startsWith("on")) element.addEventListener(key.slice(2), value);
-    else element.setAttribute(key, value);
-  }
-  for (const child of children.flat()) if (child !== null && child !== undefined) element.append(child);
-  return element;
-}
 
 /** The clusters of `payload` (GET /api/models/{id}/clusters) as an SVG element. `openLayer(name)` and
  * `openSample(index)` are called on clicks. */

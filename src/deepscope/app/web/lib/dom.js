@@ -27,6 +27,20 @@ export function h(selector, attributes = {}, ...children) {
   return element;
 }
 
+const SVG_NAMESPACE = "http://www.w3.org/2000/svg";
+
+/** svg("rect", {x, y, onclick}, ...children) -> an SVG element; null or undefined attributes are left out. */
+export function svg(tag, attributes = {}, ...children) {
+  const element = document.createElementNS(SVG_NAMESPACE, tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (value === undefined || value === null) continue;
+    if (key.startsWith("on")) element.addEventListener(key.slice(2), value);
+    else element.setAttribute(key, value);
+  }
+  for (const child of children.flat()) if (child !== null && child !== undefined) element.append(child);
+  return element;
+}
+
 function append(element, children) {
   for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;

@@ -8,10 +8,9 @@
 import * as api from "../lib/api.js";
 import { clusterDiagram } from "../lib/clusters.js";
 import { COLORMAPS, gradient } from "../lib/colormaps.js";
-import { compact, failure, fill, h, latest, shapeText } from "../lib/dom.js";
+import { compact, failure, fill, h, latest, shapeText, svg } from "../lib/dom.js";
 import * as state from "../lib/state.js";
 
-const SVG = "http://www.w3.org/2000/svg";
 const NODE_WIDTH = 210;
 const NODE_HEIGHT = 46;
 // The depth chosen when the URL names none: the deepest that keeps the diagram readable at first sight.
@@ -23,18 +22,6 @@ function layoutEngine() {
   return elk;
 }
 
-function svg(tag, attributes = {}, ...children) {
-  const element = document.createElementNS(SVG, tag);
-  for (const [key, value] of Object.entries(attributes)) {
-    if (value === undefined || value === null) continue;
-    if (key.startsWith("on")) element.addEventListener(key.slice(2), value);
-    else element.setAttribute(key, value);
-  }
-  for (const child of children.flat()) {
-    if (child !== null && child !== undefined) element.append(child);
-  }
-  return element;
-}
 
 /** The dotted module paths that hold a node, outermost first: a module call lies inside its module's parents
  * (never inside the module itself: the calls of a module used twice are two nodes), a function inside its
